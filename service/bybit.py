@@ -1,0 +1,196 @@
+"""Bybit v5 public websocket: pure frame parsing and request building (no I/O).
+
+Shapes follow ../shared/reference/bybit-v5-public.md (sections 1-3): kline pushes carry
+``data`` as an array whose every element is parsed; prices arrive as decimal strings; the
+candle time is ``start`` (never ``timestamp``); only ``confirm: true`` is a closed candle.
+Acks and pongs share the ``{"success", "ret_msg", "conn_id", "req_id", "op"}`` envelope
+(the linear pong has ``op == "ping"`` and ``ret_msg == "pong"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from service.klines import VALID_INTERVALS, Kline, interval_ms
+
+MAINNET_WS_URL = "wss://stream.bybit.com/v5/public/linear"
+MAINNET_REST_URL = "https://api.bybit.com"
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; ``reason`` is a bounded metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class KlineFrame:
+    """A ``kline.{interval}.{symbol}`` push; ``klines`` keeps the order of ``data``."""
+
+    topic: str
+    symbol: str
+    interval: str
+    ts: int
+    klines: tuple[Kline, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Reply to subscribe/unsubscribe (or an error reply to an unknown op)."""
+
+    op: str
+    success: bool
+    ret_msg: str
+    req_id: str
+    conn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Reply to a JSON ``{"op": "ping"}``."""
+
+    req_id: str
+    conn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Valid JSON that is neither data nor an ack (e.g. an error text); logged, not fatal."""
+
+    payload: dict[str, Any]
+
+
+Frame = KlineFrame | Ack | Pong | Notice
+
+
+def kline_topic(interval: str, symbol: str) -> str:
+    """The public topic name, e.g. ``kline.5.BTCUSDT``."""
+    return f"kline.{interval}.{symbol}"
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """``(interval, symbol)`` of a well-formed kline topic, else None."""
+    parts = topic.split(".")
+    if len(parts) != 3 or parts[0] != "kline":
+        return None
+    interval, symbol = parts[1], parts[2]
+    if interval not in VALID_INTERVALS or not symbol or symbol.upper() != symbol:
+        return None
+    return interval, symbol
+
+
+def subscribe_message(topics: list[str], req_id: str, op: str = "subscribe") -> str:
+    """A subscribe (or unsubscribe) request with a client-chosen ``req_id``."""
+    return json.dumps({"req_id": req_id, "op": op, "args": topics}, separators=(",", ":"))
+
+
+def ping_message(req_id: str) -> str:
+    """The JSON heartbeat Bybit recommends every 20 s."""
+    return json.dumps({"req_id": req_id, "op": "ping"}, separators=(",", ":"))
+
+
+def rejected_topic(ret_msg: str) -> str | None:
+    """The topic named by ``error:handler not found,topic:X`` (a permanent rejection)."""
+    marker = "handler not found,topic:"
+    i = ret_msg.find(marker)
+    return ret_msg[i + len(marker) :].strip() if i >= 0 else None
+
+
+def is_already_subscribed(ret_msg: str) -> bool:
+    """``already subscribed`` is benign: the first subscription keeps streaming."""
+    return "already subscribed" in ret_msg
+
+
+def _int_field(obj: dict[str, Any], key: str) -> int:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise FrameError("bad_value", f"{key} must be an integer (ms), got {v!r}")
+    return v
+
+
+def _num_field(obj: dict[str, Any], key: str, *, positive: bool) -> float:
+    v = obj.get(key)
+    if not isinstance(v, str):
+        raise FrameError("bad_value", f"{key} must be a decimal string, got {v!r}")
+    try:
+        x = float(v)
+    except ValueError:
+        raise FrameError("bad_value", f"{key} is not a number: {v!r}") from None
+    if not math.isfinite(x) or x < 0 or (positive and x == 0):
+        raise FrameError("bad_value", f"{key} out of range: {v!r}")
+    return x
+
+
+def parse_kline(obj: Any, symbol: str, interval: str) -> Kline:
+    """One element of a push's ``data`` array → :class:`Kline` (validated)."""
+    if not isinstance(obj, dict):
+        raise FrameError("bad_shape", "data element is not an object")
+    if obj.get("interval") != interval:
+        raise FrameError("bad_value", f"interval {obj.get('interval')!r} != topic's {interval!r}")
+    start = _int_field(obj, "start")
+    step = interval_ms(interval)
+    if start % step != 0 and interval != "W":  # weeks start on Monday, not at epoch
+        raise FrameError("bad_value", f"start {start} is not on the {interval} grid")
+    confirm = obj.get("confirm")
+    if not isinstance(confirm, bool):
+        raise FrameError("bad_value", f"confirm must be a boolean, got {confirm!r}")
+    o = _num_field(obj, "open", positive=True)
+    h = _num_field(obj, "high", positive=True)
+    lo = _num_field(obj, "low", positive=True)
+    c = _num_field(obj, "close", positive=True)
+    v = _num_field(obj, "volume", positive=False)
+    turnover = _num_field(obj, "turnover", positive=False) if "turnover" in obj else None
+    if h < max(o, c, lo) or lo > min(o, c):
+        raise FrameError("bad_value", f"inconsistent OHLC o={o} h={h} l={lo} c={c}")
+    return Kline(symbol, interval, start, o, h, lo, c, v, turnover, confirm)
+
+
+def _ack(msg: dict[str, Any]) -> Ack | Pong:
+    op = msg.get("op")
+    ret_msg = msg.get("ret_msg", "")
+    req_id = msg.get("req_id", "")
+    conn_id = msg.get("conn_id", "")
+    if not isinstance(ret_msg, str) or not isinstance(req_id, str):
+        raise FrameError("bad_shape", "ret_msg/req_id must be strings")
+    conn = conn_id if isinstance(conn_id, str) else str(conn_id)
+    if op in ("ping", "pong") and (ret_msg == "pong" or op == "pong"):
+        return Pong(req_id=req_id, conn_id=conn)
+    return Ack(
+        op=str(op or ""),
+        success=msg.get("success") is True,
+        ret_msg=ret_msg,
+        req_id=req_id,
+        conn_id=conn,
+    )
+
+
+def parse_frame(raw: str | bytes) -> Frame:
+    """Parse one websocket text frame; raise :class:`FrameError` for anything unusable."""
+    try:
+        msg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise FrameError("malformed_json", "frame is not JSON") from None
+    if not isinstance(msg, dict):
+        raise FrameError("bad_shape", "frame is not a JSON object")
+    topic = msg.get("topic")
+    if topic is None:
+        if "op" in msg or "success" in msg:
+            return _ack(msg)
+        return Notice(payload=msg)
+    if not isinstance(topic, str):
+        raise FrameError("bad_shape", "topic is not a string")
+    parsed = parse_topic(topic)
+    if parsed is None:
+        raise FrameError("unknown_topic", f"unexpected topic {topic!r}")
+    interval, symbol = parsed
+    data = msg.get("data")
+    if not isinstance(data, list) or not data:
+        raise FrameError("bad_shape", "data must be a non-empty array")
+    ts = _int_field(msg, "ts")
+    klines = tuple(parse_kline(item, symbol, interval) for item in data)
+    return KlineFrame(topic=topic, symbol=symbol, interval=interval, ts=ts, klines=klines)

@@ -1,0 +1,164 @@
+"""Every Prometheus metric of the service (DESIGN section 7), over an injected registry.
+
+One :class:`Metrics` object per app; tests build their own registry so nothing is global.
+Base units (seconds, USDT), ``_total`` counters, bounded labels (symbols come from the
+configuration, reasons and sides from fixed sets).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from 5 µs to 1 s: inference runs in tens of µs, the HTTP path in ms.
+LATENCY_BUCKETS = (
+    5e-6,
+    1e-5,
+    2e-5,
+    3e-5,
+    5e-5,
+    7.5e-5,
+    1e-4,
+    2e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+REJECT_REASONS = (
+    "malformed_json",
+    "bad_shape",
+    "bad_value",
+    "unknown_topic",
+    "out_of_order",
+    "duplicate",
+    "queue_overflow",
+)
+
+
+class Metrics:
+    """The service's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ns = "apprentice"
+        # latency
+        self.inference_seconds = Histogram(
+            "inference_seconds",
+            "ONNX student inference, one row",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.feature_update_seconds = Histogram(
+            "feature_update_seconds",
+            "Incremental feature update per closed kline",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.signal_latency_seconds = Histogram(
+            "signal_latency_seconds",
+            "Frame received to signal stored",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_request_duration_seconds = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request duration",
+            ["route", "method", "status"],
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # market data
+        self.klines = Counter(
+            "klines", "Kline updates received", ["symbol", "confirmed"], namespace=ns, registry=r
+        )
+        self.klines_rejected = Counter(
+            "klines_rejected", "Frames or klines rejected", ["reason"], namespace=ns, registry=r
+        )
+        self.ws_connected = Gauge(
+            "ws_connected", "1 while the exchange websocket is connected", namespace=ns, registry=r
+        )
+        self.ws_reconnects = Counter(
+            "ws_reconnects", "Websocket reconnects", namespace=ns, registry=r
+        )
+        self.backfilled_klines = Counter(
+            "backfilled_klines",
+            "Closed klines fetched by REST",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.last_kline_age_seconds = Gauge(
+            "last_kline_age_seconds",
+            "Seconds since the last kline was received (local clock)",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth", "Closed klines waiting for the pipeline", namespace=ns, registry=r
+        )
+        # signals and model
+        self.signals = Counter(
+            "signals", "Signals produced", ["symbol", "direction"], namespace=ns, registry=r
+        )
+        self.signal_probability_up = Gauge(
+            "signal_probability_up",
+            "Latest probability of an up candle",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.signal_direction = Gauge(
+            "signal_direction",
+            "Latest direction: 1 up, -1 down",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "model_info", "Loaded model (value 1)", ["name", "version"], namespace=ns, registry=r
+        )
+        self.model_reloads = Counter(
+            "model_reloads", "Model reload attempts", ["result"], namespace=ns, registry=r
+        )
+        self.ready = Gauge("ready", "1 when /ready answers 200", namespace=ns, registry=r)
+        # paper trading
+        self.paper_equity_usdt = Gauge(
+            "paper_equity_usdt", "Paper account equity", namespace=ns, registry=r
+        )
+        self.paper_realized_pnl_usdt = Gauge(
+            "paper_realized_pnl_usdt", "Paper realised PnL", namespace=ns, registry=r
+        )
+        self.paper_unrealized_pnl_usdt = Gauge(
+            "paper_unrealized_pnl_usdt", "Paper unrealised PnL", namespace=ns, registry=r
+        )
+        self.paper_fees_usdt = Gauge("paper_fees_usdt", "Paper fees paid", namespace=ns, registry=r)
+        self.paper_drawdown_ratio = Gauge(
+            "paper_drawdown_ratio",
+            "Paper drawdown from peak equity (0..1)",
+            namespace=ns,
+            registry=r,
+        )
+        self.paper_position = Gauge(
+            "paper_position",
+            "Paper position in base units (signed)",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.paper_trades = Counter(
+            "paper_trades", "Paper fills", ["symbol", "side"], namespace=ns, registry=r
+        )

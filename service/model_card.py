@@ -1,0 +1,100 @@
+"""The model card (DESIGN section 5): written by training's export, checked by the service.
+
+Shared schema so both sides agree on field names; pure (pydantic + hashlib), no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelCardError(ValueError):
+    """A model or card that must not be served; the message says what disagrees."""
+
+
+class TensorSpec(BaseModel):
+    """Name, dtype and shape of one graph input or output ("batch" marks the dynamic axis)."""
+
+    name: str
+    dtype: str = "float32"
+    shape: list[int | str]
+
+
+class NetworkSpec(BaseModel):
+    """A network's family, its architecture settings and parameter count."""
+
+    family: str
+    arch: dict[str, Any] = Field(default_factory=dict)
+    params: int
+
+
+class ModelCard(BaseModel):
+    """Everything the service needs to trust and describe an exported student."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    created_at: str
+    symbols: list[str]
+    interval: str
+    window: int
+    feature_names: list[str]
+    feature_spec_hash: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    sha256: str
+    onnx_file: str
+    teacher: NetworkSpec
+    student: NetworkSpec
+    distillation: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data_span: dict[str, Any] = Field(default_factory=dict)
+    git_commit: str = "unknown"
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        """Read and validate a card; a missing or malformed card is a :class:`ModelCardError`."""
+        p = Path(path)
+        try:
+            return cls.model_validate_json(p.read_bytes())
+        except FileNotFoundError:
+            raise ModelCardError(f"model card {p} not found (expected beside the .onnx)") from None
+        except ValueError as exc:
+            raise ModelCardError(f"model card {p} is invalid: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the card as indented JSON."""
+        p = Path(path)
+        p.write_text(self.model_dump_json(indent=2) + "\n")
+        return p
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_model(onnx_path: str | Path, card: ModelCard, feature_spec_hash: str) -> None:
+    """Refuse a model whose bytes or feature spec disagree with its card."""
+    digest = sha256_file(onnx_path)
+    if digest != card.sha256:
+        raise ModelCardError(
+            f"{onnx_path}: sha256 {digest[:12]}… does not match its card ({card.sha256[:12]}…); "
+            "re-export the model or restore the matching card"
+        )
+    if card.feature_spec_hash != feature_spec_hash:
+        raise ModelCardError(
+            f"{onnx_path}: feature-spec hash {card.feature_spec_hash[:12]}… differs from this "
+            f"service's features ({feature_spec_hash[:12]}…); "
+            "retrain/export with the current features"
+        )

@@ -1,0 +1,125 @@
+"""Service settings: environment variables with the ``APPRENTICE_`` prefix, parsed once.
+
+``python -m service`` builds one :class:`Settings` and passes it down; nothing reads the
+environment anywhere else. A bad value refuses to start with a message naming the variable
+and what to put there (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.klines import VALID_INTERVALS
+
+MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
+MAINNET_REST = "https://api.bybit.com"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_btcusdt_5m.onnx"
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+
+
+class SettingsError(SystemExit):
+    """Configuration that cannot start the service; the message says what to fix."""
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told, with mainnet defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="APPRENTICE_", extra="ignore", frozen=True)
+
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTCUSDT"], description="comma-separated, e.g. BTCUSDT,ETHUSDT"
+    )
+    interval: str = Field("5", description="Bybit kline interval: 1,3,5,15,30,60,...")
+    ws_url: str = MAINNET_WS
+    rest_url: str = MAINNET_REST
+    model: Path = DEFAULT_MODEL
+    state_dir: Path = Path("state")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # market data
+    backfill_bars: int = Field(300, ge=60, le=5000)
+    queue_size: int = Field(4096, ge=16)
+    ping_interval_s: float = Field(20.0, gt=0)
+    stale_after_intervals: float = Field(2.0, gt=0, description="signal stale after N intervals")
+
+    # signals and paper trading
+    long_threshold: float = Field(0.55, gt=0, lt=1)
+    short_threshold: float = Field(0.45, gt=0, lt=1)
+    paper_enabled: bool = True
+    paper_initial_usdt: float = Field(10_000.0, gt=0)
+    paper_notional_usdt: float = Field(1_000.0, gt=0)
+    paper_fee_bps: float = Field(5.5, ge=0)
+    paper_slippage_bps: float = Field(1.0, ge=0)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one symbol, e.g. APPRENTICE_SYMBOLS=BTCUSDT,ETHUSDT")
+        bad = [s for s in value if not _SYMBOL.match(s)]
+        if bad:
+            raise ValueError(f"symbols must be upper-case Bybit names like BTCUSDT; got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"symbols repeat: {value}")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, value: str) -> str:
+        if value not in VALID_INTERVALS:
+            raise ValueError(f"use one of {', '.join(VALID_INTERVALS)} (Bybit's spelling)")
+        return value
+
+    @field_validator("ws_url")
+    @classmethod
+    def _check_ws(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("rest_url")
+    @classmethod
+    def _check_rest(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> Settings:
+        if self.short_threshold > self.long_threshold:
+            raise ValueError("APPRENTICE_SHORT_THRESHOLD must not exceed APPRENTICE_LONG_THRESHOLD")
+        return self
+
+    @property
+    def model_card_path(self) -> Path:
+        """The model card beside the ONNX file."""
+        return self.model.with_suffix(".json")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Parse the environment once; turn validation errors into a message that says what to fix."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = ["refusing to start: bad configuration"]
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            var = f"APPRENTICE_{field.upper()}" if field != "settings" else "APPRENTICE_*"
+            given = err.get("input")
+            lines.append(f"  {var}={given!r}: {err['msg']}")
+        raise SettingsError("\n".join(lines)) from None

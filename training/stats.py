@@ -1,0 +1,179 @@
+"""Paired significance tests between two models scored on the same rows.
+
+- McNemar on the disagreements for accuracy (exact binomial, or χ² with continuity
+  correction for large counts);
+- a day-block bootstrap for differences in AUC and log loss: whole UTC days are resampled
+  with replacement, so the strong autocorrelation of overlapping windows within a day is kept
+  inside each block instead of being counted as independent evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+DAY_MS = 86_400_000
+EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """b: A right & B wrong, c: A wrong & B right; p two-sided."""
+
+    b: int
+    c: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+def _binom_cdf_half(k: int, n: int) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, ½), summed in log space (stable for large n)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
+        for i in range(k + 1)
+    ]
+    top = max(log_terms)
+    return math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+
+
+def mcnemar(
+    y: ArrayLike, pred_a: ArrayLike, pred_b: ArrayLike, exact: bool | None = None
+) -> McNemarResult:
+    """McNemar's test that models A and B have the same accuracy on the same rows.
+
+    `pred_a`, `pred_b` are 0/1 predictions (or probabilities, thresholded at 0.5).
+    `exact=None` picks the exact binomial test when b + c ≤ 10 000, else χ² with continuity
+    correction; both are two-sided.
+    """
+    ya = np.asarray(y).astype(np.int64).ravel()
+    a = _as_pred(pred_a)
+    b_ = _as_pred(pred_b)
+    if not (ya.shape == a.shape == b_.shape):
+        raise ValueError("mcnemar needs equal lengths")
+    ra, rb = a == ya, b_ == ya
+    b = int(np.sum(ra & ~rb))
+    c = int(np.sum(~ra & rb))
+    n = b + c
+    if n == 0:
+        return McNemarResult(b, c, 0.0, 1.0, "exact")
+    use_exact = n <= 10_000 if exact is None else exact
+    if use_exact:
+        p = min(1.0, 2.0 * _binom_cdf_half(min(b, c), n))
+        return McNemarResult(b, c, float(min(b, c)), p, "exact")
+    stat = (abs(b - c) - 1.0) ** 2 / n
+    # survival function of χ² with 1 dof: erfc(sqrt(x / 2))
+    return McNemarResult(b, c, stat, math.erfc(math.sqrt(stat / 2.0)), "chi2")
+
+
+def _as_pred(p: ArrayLike) -> NDArray[np.int64]:
+    arr = np.asarray(p).ravel()
+    if arr.dtype.kind == "f":
+        return (arr > 0.5).astype(np.int64)
+    return arr.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Observed difference A − B, its 95 % percentile interval, two-sided p, block count."""
+
+    metric: str
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_blocks: int
+    n_boot: int
+
+
+def day_blocks(times_ms: ArrayLike) -> NDArray[np.int64]:
+    """Block id per row: the UTC day of its timestamp, renumbered 0..D-1."""
+    days = np.asarray(times_ms, dtype=np.int64) // DAY_MS
+    _, inv = np.unique(days, return_inverse=True)
+    return inv.astype(np.int64)
+
+
+def _weighted_auc(
+    ys: NDArray[np.int64], grp: NDArray[np.int64], n_grp: int, w: NDArray[np.float64]
+) -> float:
+    """AUC under row weights `w` (N,). Rows are pre-sorted by score; `grp` numbers ties.
+
+    A positive beats every negative with a lower score and half-beats tied negatives
+    (Mann–Whitney with midranks), each pair counted with the product of the weights.
+    """
+    neg_g = np.bincount(grp, weights=w * (ys == 0), minlength=n_grp)
+    pos_g = np.bincount(grp, weights=w * (ys == 1), minlength=n_grp)
+    below = np.cumsum(neg_g) - neg_g
+    u = float(np.sum(pos_g * (below + 0.5 * neg_g)))
+    tot = float(pos_g.sum() * neg_g.sum())
+    return u / tot if tot > 0 else 0.5
+
+
+def _auc_sorter(y: NDArray[np.int64], p: NDArray[np.float64]) -> tuple[NDArray, NDArray, int]:
+    order = np.argsort(p, kind="mergesort")
+    _, grp = np.unique(p[order], return_inverse=True)
+    return order, grp.astype(np.int64), int(grp.max()) + 1
+
+
+def _row_losses(y: NDArray[np.int64], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    pc = np.clip(p, EPS, 1.0 - EPS)
+    return -(y * np.log(pc) + (1 - y) * np.log(1.0 - pc))
+
+
+def block_bootstrap(
+    y: ArrayLike,
+    p_a: ArrayLike,
+    p_b: ArrayLike,
+    blocks: ArrayLike,
+    metric: str = "auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> BootstrapResult:
+    """Paired block bootstrap of metric(A) − metric(B) for metric "auc" or "log_loss".
+
+    Blocks (e.g. `day_blocks(times)`) are resampled with replacement; the p-value is the
+    share of centred bootstrap differences at least as far from 0 as the observed one
+    (two-sided), floored at 1 / (n_boot + 1).
+    """
+    ya = np.asarray(y).astype(np.int64).ravel()
+    pa = np.asarray(p_a, dtype=np.float64).ravel()
+    pb = np.asarray(p_b, dtype=np.float64).ravel()
+    bl = np.asarray(blocks).astype(np.int64).ravel()
+    if not (ya.shape == pa.shape == pb.shape == bl.shape):
+        raise ValueError("block_bootstrap needs equal lengths")
+    n_blocks = int(bl.max()) + 1
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
+    counts = np.stack([np.bincount(d, minlength=n_blocks) for d in draws]).astype(np.float64)
+    if metric == "log_loss":
+        # per-block sums make every resample a dot product: (R, D) @ (D,)
+        d_row = _row_losses(ya, pa) - _row_losses(ya, pb)
+        obs = float(d_row.mean())
+        block_sum = np.bincount(bl, weights=d_row, minlength=n_blocks)
+        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)
+        boot = (counts @ block_sum) / (counts @ block_n)
+    elif metric == "auc":
+        oa, ga, na = _auc_sorter(ya, pa)
+        ob, gb, nb = _auc_sorter(ya, pb)
+        ysa, ysb, bla, blb = ya[oa], ya[ob], bl[oa], bl[ob]
+        one = np.ones(ya.size)
+        obs = _weighted_auc(ysa, ga, na, one) - _weighted_auc(ysb, gb, nb, one)
+        boot = np.array(
+            [
+                _weighted_auc(ysa, ga, na, c[bla]) - _weighted_auc(ysb, gb, nb, c[blb])
+                for c in counts
+            ]
+        )
+    else:
+        raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
+    centred = boot - boot.mean()
+    p = float((np.sum(np.abs(centred) >= abs(obs)) + 1) / (n_boot + 1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return BootstrapResult(metric, obs, float(lo), float(hi), min(1.0, p), n_blocks, n_boot)
