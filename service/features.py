@@ -182,53 +182,41 @@ def batch_features(
 # ---------------------------------------------------------------------- incremental path
 
 
-class _Ring:
-    """Fixed-size ring of floats (a Python list: cheaper than numpy for tiny windows)."""
-
-    __slots__ = ("_i", "buf", "count", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.buf = [0.0] * size
-        self._i = 0
-        self.count = 0
-
-    def push(self, x: float) -> None:
-        self.buf[self._i] = x
-        self._i = (self._i + 1) % self.size
-        if self.count < self.size:
-            self.count += 1
-
-    @property
-    def full(self) -> bool:
-        return self.count == self.size
-
-    def last(self) -> float:
-        return self.buf[self._i - 1]
+_RING = VOL_Z_BARS  # one ring length for every buffer: the longest look-back
 
 
-def _std_flat(buf: list[float], n: int) -> tuple[float, float, bool]:
-    """(mean, population std, all values equal) of a full ring."""
-    mean = math.fsum(buf) / n
-    var = math.fsum([(x - mean) * (x - mean) for x in buf]) / n
-    return mean, math.sqrt(var), max(buf) == min(buf)
+def _zscore_last(buf: list[float], last: float) -> float:
+    """(last - mean) / std over a full ring (ddof 0); 0 when the std is 0.
+
+    Two-pass like numpy. Equal values can leave a rounding-level variance, so a tiny
+    variance triggers the exact all-equal test (rare, so the common case stays cheap).
+    """
+    n = len(buf)
+    mean = sum(buf) / n
+    var = sum([(x - mean) * (x - mean) for x in buf]) / n
+    if var <= 1e-24 * (mean * mean + 1.0) and max(buf) == min(buf):
+        return 0.0
+    return 0.0 if var == 0.0 else (last - mean) / math.sqrt(var)
 
 
 class IncrementalFeatures:
     """O(1) feature updates, one confirmed kline at a time.
 
-    Memory is fixed by the look-back windows (48 bars at most); RSI keeps its two Wilder
-    averages. ``update`` returns the (F,) float64 vector for the kline, or None while warming up.
+    Memory is fixed: four rings of 48 floats (the longest look-back) sharing one write
+    position, plus RSI's two Wilder averages. ``update`` returns the (F,) float64 vector for
+    the kline, or None while warming up. Written for CPython speed (plain lists, no method
+    calls on the hot path): a few microseconds per kline, independent of history length.
     """
 
-    __slots__ = ("_bars", "_close", "_g", "_logret", "_loss", "_n", "_pv", "_vol", "_volx")
+    __slots__ = ("_close", "_g", "_i", "_logret", "_loss", "_n", "_pv", "_vol", "_volx")
 
     def __init__(self) -> None:
-        self._close = _Ring(SMA_SLOW)
-        self._logret = _Ring(VOLATILITY_BARS)
-        self._volx = _Ring(VOL_Z_BARS)
-        self._pv = _Ring(VWAP_BARS)
-        self._vol = _Ring(VWAP_BARS)
+        self._close = [0.0] * _RING
+        self._logret = [0.0] * _RING
+        self._volx = [0.0] * _RING  # ln(1 + volume)
+        self._pv = [0.0] * _RING  # typical price × volume
+        self._vol = [0.0] * _RING
+        self._i = 0  # next write position
         self._g = 0.0
         self._loss = 0.0
         self._n = 0  # klines seen
@@ -243,45 +231,55 @@ class IncrementalFeatures:
         """True once ``update`` returns full vectors."""
         return self._n >= WARMUP_BARS
 
+    def _recent(self, buf: list[float], k: int) -> list[float]:
+        """The k newest values of ``buf``, oldest first (k ≤ 48)."""
+        i = self._i  # already advanced past the newest value
+        return buf[i - k : i] if i >= k else buf[i - k :] + buf[:i]
+
     def update(
         self, open_: float, high: float, low: float, close: float, volume: float
     ) -> F64 | None:
         """Feed one confirmed kline; return its feature vector (F,) or None while warming up."""
         n = self._n
-        prev = self._close.last() if n > 0 else math.nan
+        i = self._i
+        prev = self._close[i - 1]  # i - 1 = -1 wraps to the newest slot
+        self._close[i] = close
+        self._volx[i] = math.log1p(volume)
+        self._pv[i] = (high + low + close) / 3.0 * volume
+        self._vol[i] = volume
         self._n = n + 1
-        self._close.push(close)
-        self._volx.push(math.log1p(volume))
-        self._pv.push((high + low + close) / 3.0 * volume)
-        self._vol.push(volume)
+        self._i = 0 if i + 1 == _RING else i + 1
         if n == 0:
             return None
         ratio = close / prev
         logret = math.log(ratio)
-        self._logret.push(logret)
+        self._logret[i] = logret
 
         change = close - prev
-        gain = change if change > 0.0 else 0.0
-        loss = -change if change < 0.0 else 0.0
         if n == RSI_PERIOD:
-            # Seeding: the simple mean of the first 14 changes (all still in the close ring).
-            self._g = self._seed_mean(gain=True)
-            self._loss = self._seed_mean(gain=False)
+            # Seeding: the simple mean of the first 14 changes (closes 0..14 are in the ring).
+            closes = self._recent(self._close, RSI_PERIOD + 1)
+            diffs = [b - a for a, b in itertools.pairwise(closes)]
+            self._g = math.fsum([d for d in diffs if d > 0.0]) / RSI_PERIOD
+            self._loss = math.fsum([-d for d in diffs if d < 0.0]) / RSI_PERIOD
         elif n > RSI_PERIOD:
-            self._g = (self._g * (RSI_PERIOD - 1) + gain) / RSI_PERIOD
-            self._loss = (self._loss * (RSI_PERIOD - 1) + loss) / RSI_PERIOD
-        if self._n < WARMUP_BARS:
+            self._g = (self._g * (RSI_PERIOD - 1) + (change if change > 0.0 else 0.0)) / RSI_PERIOD
+            self._loss = (
+                self._loss * (RSI_PERIOD - 1) + (-change if change < 0.0 else 0.0)
+            ) / RSI_PERIOD
+        if n + 1 < WARMUP_BARS:
             return None
 
-        xbuf = self._volx.buf
-        mean, std, flat = _std_flat(xbuf, VOL_Z_BARS)
-        vol_z = 0.0 if flat or std == 0.0 else (self._volx.last() - mean) / std
-        vsum = math.fsum(self._vol.buf)
-        vwap_rel = 0.0 if vsum == 0.0 else close / (math.fsum(self._pv.buf) / vsum) - 1.0
-        _, volatility, _ = _std_flat(self._logret.buf, VOLATILITY_BARS)
-        cbuf = self._close.buf
-        sma30 = math.fsum(cbuf) / SMA_SLOW
-        sma10 = math.fsum(self._last(cbuf, SMA_FAST)) / SMA_FAST
+        vol_z = _zscore_last(self._volx, self._volx[i])
+        vsum = sum(self._recent(self._vol, VWAP_BARS))
+        vwap_rel = (
+            0.0 if vsum == 0.0 else close / (sum(self._recent(self._pv, VWAP_BARS)) / vsum) - 1.0
+        )
+        lr = self._recent(self._logret, VOLATILITY_BARS)
+        m = sum(lr) / VOLATILITY_BARS
+        volatility = math.sqrt(sum([(x - m) * (x - m) for x in lr]) / VOLATILITY_BARS)
+        sma10 = sum(self._recent(self._close, SMA_FAST)) / SMA_FAST
+        sma30 = sum(self._recent(self._close, SMA_SLOW)) / SMA_SLOW
         return np.array(
             (
                 ratio - 1.0,
@@ -299,19 +297,6 @@ class IncrementalFeatures:
             ),
             dtype=np.float64,
         )
-
-    def _last(self, buf: list[float], k: int) -> list[float]:
-        """The k most recent values of the close ring, oldest first."""
-        i = self._close._i
-        return (buf[i - k : i] if i >= k else buf[i - k :] + buf[:i]) if k < len(buf) else buf
-
-    def _seed_mean(self, *, gain: bool) -> float:
-        """Mean of the first 14 gains (or losses), recomputed from the close ring with fsum
-        so that it is bit-identical to the batch path's seed."""
-        closes = self._last(self._close.buf, RSI_PERIOD + 1)
-        diffs = [b - a for a, b in itertools.pairwise(closes)]
-        vals = [max(d, 0.0) if gain else max(-d, 0.0) for d in diffs]
-        return math.fsum(vals) / RSI_PERIOD
 
 
 class FeatureWindow:

@@ -37,7 +37,8 @@ def _check_pair(x: ArrayLike, y: ArrayLike) -> tuple[F64, F64]:
 
 
 def _centre(x: F64) -> F64:
-    return x - x.mean(axis=0, keepdims=True)
+    out: F64 = x - x.mean(axis=0, keepdims=True)
+    return out
 
 
 def linear_cka(x: ArrayLike, y: ArrayLike, debiased: bool = False) -> float:
@@ -75,7 +76,7 @@ def linear_cka_gram(x: ArrayLike, y: ArrayLike) -> float:
     ll = float(np.sum(lm * lm))
     if kk == 0.0 or ll == 0.0:
         return 0.0
-    return kl / np.sqrt(kk * ll)
+    return float(kl / np.sqrt(kk * ll))
 
 
 def _unbiased_hsic(k: F64, lm: F64) -> float:
@@ -88,7 +89,7 @@ def _unbiased_hsic(k: F64, lm: F64) -> float:
     term1 = float(np.sum(kt * lt))
     term2 = float(kt.sum() * lt.sum()) / ((n - 1) * (n - 2))
     term3 = 2.0 * float(kt.sum(axis=0) @ lt.sum(axis=0)) / (n - 2)
-    return (term1 + term2 - term3) / (n * (n - 3))
+    return float((term1 + term2 - term3) / (n * (n - 3)))
 
 
 def _debiased_cka(x: F64, y: F64) -> float:

@@ -72,7 +72,7 @@ def backtest(
     if pos.size:
         net[-1] -= fee * closing
     turnover_units = float(change.sum() + closing)
-    equity = np.cumprod(1.0 + net)
+    equity: NDArray[np.float64] = np.cumprod(1.0 + net).astype(np.float64)
     peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
     drawdown = float(np.max(1.0 - equity / peak)) if equity.size else 0.0
     held = pos != 0
@@ -102,4 +102,3 @@ def next_bar_returns(close: ArrayLike) -> NDArray[np.float64]:
     out = np.full(c.shape, np.nan)
     out[:-1] = c[1:] / c[:-1] - 1.0
     return out
-

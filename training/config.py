@@ -98,7 +98,8 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists instead of tuples): JSON- and TOML-ready."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return out
 
     def to_toml(self) -> str:
         """TOML text that :func:`load_config` reads back to an equal config."""
@@ -218,7 +219,9 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{section}]; known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} in [{section}]; known: {sorted(known)}"
+        )
     kwargs = {}
     for name, value in values.items():
         default = getattr(cls(), name)

@@ -98,8 +98,8 @@ def features_with_gaps(table: KlineTable) -> tuple[F64, F64, I64]:
 
 def split_indices(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
     """Boundaries (train_end, val_end) of a chronological split of n windows."""
-    n_test = int(round(n * test_fraction))
-    n_val = int(round(n * val_fraction))
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
     return n - n_val - n_test, n - n_test
 
 

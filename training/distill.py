@@ -117,6 +117,7 @@ class Distiller(nn.Module):
         self.heads = nn.ModuleList()
         self.embed_s = nn.ModuleList()
         self.embed_t = nn.ModuleList()
+        self._bank: list[tuple[Tensor, Tensor, Tensor]] = []  # per pair: (s, t, pos) queues
         if cfg.method in ("scratch", "kd") or teacher is None:
             self.gammas: tuple[float, ...] = ()
             return
@@ -125,8 +126,10 @@ class Distiller(nn.Module):
         self.pairs = [tuple(p) for p in cfg.pairs] or default_pairs(len(t_shapes), len(s_shapes))  # type: ignore[misc]
         for t, s in self.pairs:
             if not (0 <= t < len(t_shapes) and 0 <= s < len(s_shapes)):
-                raise ValueError(f"layer pair {(t, s)} out of range: teacher has {len(t_shapes)} "
-                                 f"layers, student {len(s_shapes)}")
+                raise ValueError(
+                    f"layer pair {(t, s)} out of range: teacher has {len(t_shapes)} "
+                    f"layers, student {len(s_shapes)}"
+                )
         n = len(self.pairs)
         self.gammas = _broadcast(cfg.gammas, n, "distill.gammas")
         kinds = _broadcast(cfg.projections or (cfg.projection,), n, "distill.projections")
@@ -136,7 +139,6 @@ class Distiller(nn.Module):
                 self.embed_t.append(EmbedHead(t_shapes[t][0], cfg.crd_dim))
             else:
                 self.heads.append(build_projection(kind, s_shapes[s], t_shapes[t]))
-        self._bank: list[tuple[Tensor, Tensor, Tensor]] = []  # per pair: (s, t, pos) queues
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -161,7 +163,9 @@ class Distiller(nn.Module):
             gammas = [g if active else 0.0 for g, active in zip(gammas, on, strict=True)]
         return Weights(c.alpha, c.beta, tuple(gammas), "joint")
 
-    def forward(self, x: Tensor, y: Tensor, pos: Tensor | None = None, epoch: int = 0) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, pos: Tensor | None = None, epoch: int = 0
+    ) -> dict[str, Tensor]:
         """All loss terms of one batch: x (B, F, T), y (B,), pos (B,) bar positions."""
         w = self.weights(epoch)
         s_logits, s_feats = self.student.forward_with_features(x)  # type: ignore[operator]

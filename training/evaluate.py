@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -66,7 +67,9 @@ def last_return_baseline(
     return np.where(x_test[:, RET_1, -1] > 0, p_up, p_dn).astype(np.float64)
 
 
-def ort_probabilities(onnx_path: str | Path, x: NDArray[np.float32], batch: int = 4096) -> NDArray:
+def ort_probabilities(
+    onnx_path: str | Path, x: NDArray[np.float32], batch: int = 4096
+) -> NDArray[np.float64]:
     """Up-probabilities of an exported student for windows x (M, F, T) via onnxruntime."""
     import onnxruntime as ort
 
@@ -80,7 +83,9 @@ def ort_probabilities(onnx_path: str | Path, x: NDArray[np.float32], batch: int 
     return np.concatenate(out).astype(np.float64)
 
 
-def _held_out_windows(card: dict, symbol: str, interval: str) -> tuple[NDArray, NDArray, NDArray]:
+def _held_out_windows(
+    card: dict[str, Any], symbol: str, interval: str
+) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float64]]:
     from service.kline_io import load_bundled
 
     table = load_bundled(symbol, interval)

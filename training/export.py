@@ -23,6 +23,8 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+F32 = NDArray[np.float32]
+
 from service import features as fx
 from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
 
@@ -84,14 +86,14 @@ def check_onnx(path: str | Path) -> None:
 
 
 @torch.no_grad()
-def torch_outputs(student: nn.Module, x: NDArray[np.float32]) -> tuple[NDArray, NDArray]:
+def torch_outputs(student: nn.Module, x: NDArray[np.float32]) -> tuple[F32, F32]:
     """prob_up (B,) and logits (B, 2) from torch for windows x (B, F, T)."""
     wrapper = ProbUp(student).eval()
     p, logits = wrapper(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     return p.numpy(), logits.numpy()
 
 
-def ort_outputs(path: str | Path, x: NDArray[np.float32]) -> tuple[NDArray, NDArray]:
+def ort_outputs(path: str | Path, x: NDArray[np.float32]) -> tuple[F32, F32]:
     """prob_up and logits from onnxruntime (CPU, one thread)."""
     import onnxruntime as ort
 

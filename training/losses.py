@@ -33,7 +33,9 @@ def kd_loss(s_logits: Tensor, t_logits: Tensor, T: float) -> Tensor:
     The T² factor keeps the gradient scale independent of the temperature.
     """
     if s_logits.shape != t_logits.shape:
-        raise ValueError(f"kd_loss: logits shapes differ {tuple(s_logits.shape)} vs {tuple(t_logits.shape)}")
+        raise ValueError(
+            f"kd_loss: logits shapes differ {tuple(s_logits.shape)} vs {tuple(t_logits.shape)}"
+        )
     log_p_s = F.log_softmax(s_logits / T, dim=-1)  # (B, K)
     log_p_t = F.log_softmax(t_logits.detach() / T, dim=-1)  # (B, K)
     # KL(p_t ‖ p_s) = Σ p_t (log p_t − log p_s), summed over classes, averaged over the batch.
@@ -86,7 +88,8 @@ def attention_transfer_loss(s_feat: Tensor, t_feat: Tensor, p: int = 2) -> Tenso
     length = min(s_feat.shape[-1], t_feat.shape[-1])
     q_s = attention_map(pool_time(s_feat, length), p)  # (B, T')
     q_t = attention_map(pool_time(t_feat.detach(), length), p)  # (B, T')
-    return (q_s - q_t).norm(p=2, dim=1).mean()
+    loss: Tensor = (q_s - q_t).norm(p=2, dim=1).mean()
+    return loss
 
 
 def activation_loss(t_feat: Tensor, s_feat: Tensor) -> Tensor:
@@ -141,7 +144,10 @@ def crd_loss(
     (in-batch and bank). At chance (all logits equal, no bank) the loss is log B.
     """
     if s_emb.shape != t_emb.shape or s_emb.dim() != 2:
-        raise ValueError(f"crd_loss: embeddings must both be (B, D), got {tuple(s_emb.shape)} and {tuple(t_emb.shape)}")
+        raise ValueError(
+            "crd_loss: embeddings must both be (B, D), got "
+            f"{tuple(s_emb.shape)} and {tuple(t_emb.shape)}"
+        )
     t_emb = t_emb.detach()
     b = s_emb.shape[0]
     target = torch.arange(b, device=s_emb.device)

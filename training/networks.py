@@ -65,6 +65,9 @@ class NetSpec:
 class Normalize(nn.Module):
     """(x − mean) / std per feature, with statistics from the training split as buffers."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, n_features, 1))  # (1, F, 1)
@@ -200,4 +203,3 @@ def default_spec(family: str, role: str, n_features: int, window: int) -> NetSpe
     except KeyError:
         raise ValueError(f"no default {role!r} for family {family!r}") from None
     return NetSpec(family, n_features, window, channels, dropout=dropout)
-

@@ -30,8 +30,10 @@ class ChannelLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:  # (B, C, T) -> (B, T, C) -> linear -> (B, C', T)
-            return self.fc(x.transpose(1, 2)).transpose(1, 2)
-        return self.fc(x)  # (B, C) -> (B, C')
+            out: Tensor = self.fc(x.transpose(1, 2)).transpose(1, 2)
+            return out
+        flat: Tensor = self.fc(x)  # (B, C) -> (B, C')
+        return flat
 
 
 class ChannelMLP(nn.Module):
@@ -43,7 +45,8 @@ class ChannelMLP(nn.Module):
         self.fc2 = ChannelLinear(hidden, c_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
+        out: Tensor = self.fc2(F.relu(self.fc1(x)))
+        return out
 
 
 class Conv1x1(nn.Module):
@@ -56,7 +59,8 @@ class Conv1x1(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError("conv1x1 projection needs (B, C, T) student features; use 'linear'")
-        return self.conv(x)
+        out: Tensor = self.conv(x)
+        return out
 
 
 class PoolLinear(nn.Module):
@@ -69,7 +73,8 @@ class PoolLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 3:
             x = F.adaptive_avg_pool1d(x, 1).squeeze(-1)  # (B, C_s)
-        return self.fc(x)
+        out: Tensor = self.fc(x)
+        return out
 
 
 def default_kind(s_shape: Shape, t_shape: Shape) -> str:

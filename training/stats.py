@@ -116,15 +116,19 @@ def _weighted_auc(
     return u / tot if tot > 0 else 0.5
 
 
-def _auc_sorter(y: NDArray[np.int64], p: NDArray[np.float64]) -> tuple[NDArray, NDArray, int]:
-    order = np.argsort(p, kind="mergesort")
+def _auc_sorter(
+    y: NDArray[np.int64], p: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], int]:
+    order = np.argsort(p, kind="mergesort").astype(np.int64)
     _, grp = np.unique(p[order], return_inverse=True)
     return order, grp.astype(np.int64), int(grp.max()) + 1
 
 
 def _row_losses(y: NDArray[np.int64], p: NDArray[np.float64]) -> NDArray[np.float64]:
     pc = np.clip(p, EPS, 1.0 - EPS)
-    return -(y * np.log(pc) + (1 - y) * np.log(1.0 - pc))
+    yf = y.astype(np.float64)
+    out: NDArray[np.float64] = -(yf * np.log(pc) + (1.0 - yf) * np.log(1.0 - pc))
+    return out
 
 
 def block_bootstrap(

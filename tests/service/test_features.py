@@ -53,7 +53,7 @@ def test_names_and_spec_hash() -> None:
         "vwap_rel", "volatility_20", "sma10_rel", "sma30_rel", "rsi_14",
     )  # fmt: skip
     assert WINDOW == 32
-    assert FEATURE_SPEC_HASH == feature_spec_hash()
+    assert feature_spec_hash() == FEATURE_SPEC_HASH
     changed = dict(FEATURE_SPEC, version=999)
     assert feature_spec_hash(changed) != FEATURE_SPEC_HASH
 
@@ -128,7 +128,7 @@ def test_incremental_warmup_and_fixed_memory() -> None:
     assert all(x is None for x in outs[: WARMUP_BARS - 1])
     assert all(x is not None for x in outs[WARMUP_BARS - 1 :])
     # ring buffers never grow with history
-    assert max(len(r.buf) for r in (inc._close, inc._logret, inc._volx, inc._pv)) == 48
+    assert {len(b) for b in (inc._close, inc._logret, inc._volx, inc._pv, inc._vol)} == {48}
 
 
 BUNDLED = sorted(DATA_DIR.glob("*.csv.gz"))

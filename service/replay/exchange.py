@@ -1,0 +1,368 @@
+"""The replay exchange: Bybit's v5 public websocket and kline REST on one loopback port.
+
+``websockets`` serves both: ``process_request`` answers ``GET /v5/market/kline`` as plain
+HTTP (Bybit envelope, newest first, open candle included) and lets ``/v5/public/*`` upgrade
+to the websocket (subscribe/ack, JSON ping → pong, kline pushes). A virtual clock drives the
+bundled klines: for every candle ``updates_per_candle`` confirm=false pushes, then exactly
+one confirm=true push just after its end — unless a :class:`Faults` switch says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from service.bybit import parse_topic
+from service.kline_io import load_bundled
+from service.klines import VALID_INTERVALS, Kline, KlineTable, interval_ms
+from service.replay.faults import Faults
+from service.replay.malformed import malformed_frame
+from service.replay.tape import Tape, VirtualClock, push_frame, ws_item
+
+log = logging.getLogger(__name__)
+CONFIRM_DELAY_MS = 3  # the confirm push's ts lands just after the candle's end
+
+
+@functools.lru_cache(maxsize=16)
+def _bundled(symbol: str, interval: str) -> KlineTable:
+    return load_bundled(symbol, interval)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What to replay and how. ``start_ms`` defaults to ``history_bars`` after the data starts."""
+
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    interval: str = "5"
+    speed: float = 300.0  # virtual seconds per real second (300: one 5-minute candle per second)
+    host: str = "127.0.0.1"
+    port: int = 0
+    start_ms: int | None = None
+    history_bars: int = 1000
+    updates_per_candle: int = 4
+    faults: Faults = field(default_factory=Faults)
+    seed: int = 0
+    idle_timeout_s: float = 600.0  # Bybit cuts a socket with no ping and no data after 10 min
+    tables: dict[str, KlineTable] | None = None  # injected data; default: the bundled files
+
+
+@dataclass
+class _Conn:
+    ws: ServerConnection
+    conn_id: str = field(default_factory=lambda: uuid.uuid4().hex[:20])
+    topics: set[str] = field(default_factory=set)
+    zombie: bool = False
+
+
+class ReplayExchange:
+    """Start with ``async with ReplayExchange(config) as ex:``; then ``ex.ws_url``, ``ex.rest_url``."""
+
+    def __init__(self, config: ReplayConfig | None = None) -> None:
+        self.config = cfg = config or ReplayConfig()
+        if cfg.interval not in VALID_INTERVALS or cfg.updates_per_candle < 0:
+            raise ValueError(f"bad interval {cfg.interval!r} or updates_per_candle")
+        tables = cfg.tables or {s: _bundled(s, cfg.interval) for s in cfg.symbols}
+        self.tapes = {s: Tape(tables[s]) for s in cfg.symbols}
+        self.step = interval_ms(cfg.interval)
+        first = max(int(t.table.start[0]) for t in self.tapes.values())
+        self.start_ms = cfg.start_ms if cfg.start_ms is not None else first + cfg.history_bars * self.step
+        if self.start_ms % self.step:
+            raise ValueError(f"start_ms {self.start_ms} is not on the {cfg.interval} grid")
+        self.stats: Counter[str] = Counter()
+        self._rng = random.Random(cfg.seed)
+        self._conns: set[_Conn] = set()
+        self._recorded: dict[str, list[Kline]] = {s: [] for s in cfg.symbols}
+        self._gapped: dict[str, int] = {}
+        self._refuse = 0
+        self._server: Server | None = None
+        self._engine: asyncio.Task[None] | None = None
+        self.clock = VirtualClock(self.start_ms, cfg.speed)
+        self.port = cfg.port
+
+    # lifecycle ---------------------------------------------------------------------------
+    async def __aenter__(self) -> ReplayExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the port and start the virtual clock and the push engine."""
+        self._server = await serve(
+            self._serve_ws,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+        )
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
+        self.clock = VirtualClock(self.start_ms, self.config.speed)
+        self._engine = asyncio.create_task(self._run_engine(), name="replay-engine")
+
+    async def stop(self) -> None:
+        """Stop pushing and close every socket."""
+        if self._engine is not None:
+            self._engine.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._engine
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def ws_url(self) -> str:
+        """The public linear stream URL."""
+        return f"ws://{self.config.host}:{self.port}/v5/public/linear"
+
+    @property
+    def rest_url(self) -> str:
+        """The REST base URL (``/v5/market/kline`` below it)."""
+        return f"http://{self.config.host}:{self.port}"
+
+    def recorded(self, symbol: str) -> list[Kline]:
+        """Every candle the exchange has closed since the replay started, in order."""
+        return list(self._recorded[symbol])
+
+    def now_ms(self) -> int:
+        """The exchange's (virtual) time."""
+        return self.clock.now_ms()
+
+    # push engine --------------------------------------------------------------------------
+    async def _run_engine(self) -> None:
+        per = self.config.updates_per_candle + 1
+        tick = self.step // per
+        k = 1
+        while True:
+            c, j = divmod(k, per)
+            vt = self.start_ms + c * self.step + j * tick
+            await asyncio.sleep(self.clock.real_delay(vt))
+            if j == 0:
+                if not await self._boundary(vt):
+                    return  # every tape has run out
+            else:
+                await self._updates(vt - j * tick, vt)
+            k += 1
+
+    async def _updates(self, start: int, vt: int) -> None:
+        for symbol, tape in self.tapes.items():
+            if self._gapped.get(symbol) == start:
+                continue
+            k = tape.partial(start, vt)
+            if k is not None:
+                topic = f"kline.{tape.interval}.{symbol}"
+                await self._broadcast(topic, push_frame(topic, [ws_item(k, vt - 1)], vt))
+
+    async def _boundary(self, vt: int) -> bool:
+        """Candle ``vt - step`` closes, candle ``vt`` opens; candle faults are drawn here."""
+        f, rng = self.config.faults, self._rng
+        closing, opening = vt - self.step, vt
+        drop_first = rng.random() < f.disconnect
+        if drop_first and rng.random() < 0.5:  # sometimes the confirm is lost with the socket
+            await self._disconnect_all()
+            drop_first = False
+        alive = False
+        for symbol, tape in self.tapes.items():
+            k = tape.closed(closing)
+            if k is None:
+                continue
+            alive = True
+            self._recorded[symbol].append(k)
+            topic = f"kline.{tape.interval}.{symbol}"
+            gapped = self._gapped.pop(symbol, None) == closing
+            if rng.random() < f.gap and tape.closed(opening) is not None:
+                self._gapped[symbol] = opening
+                self.stats["gap"] += 1
+            if gapped:
+                continue
+            if rng.random() < f.missing_confirm:
+                self.stats["missing_confirm"] += 1
+                continue
+            ts = vt + CONFIRM_DELAY_MS
+            items = [ws_item(k, vt - 1)]
+            nxt = tape.partial(opening, opening)
+            if nxt is not None and opening not in (self._gapped.get(symbol),):
+                if rng.random() < f.combined:
+                    items.append(ws_item(nxt, ts))
+                    self.stats["combined"] += 1
+            frame = push_frame(topic, items, ts)
+            await self._broadcast(topic, frame)
+            if rng.random() < f.duplicate_confirm:
+                self.stats["duplicate_confirm"] += 1
+                await self._broadcast(topic, push_frame(topic, items[:1], ts + 1))
+        if drop_first:
+            await self._disconnect_all()
+        if rng.random() < f.silence and self._conns:
+            self.stats["silence"] += 1
+            for conn in self._conns:
+                conn.zombie = True
+        return alive
+
+    async def _broadcast(self, topic: str, frame: str) -> None:
+        f = self.config.faults
+        for conn in list(self._conns):
+            if topic not in conn.topics or conn.zombie:
+                continue
+            try:
+                if f.malformed and self._rng.random() < f.malformed:
+                    self.stats["malformed"] += 1
+                    await conn.ws.send(malformed_frame(self._rng, topic, frame))
+                await conn.ws.send(frame)
+            except ConnectionClosed:
+                self._conns.discard(conn)
+
+    async def _disconnect_all(self) -> None:
+        if not self._conns:
+            return
+        self._refuse = self.config.faults.refuse_handshakes
+        for conn in list(self._conns):
+            self._conns.discard(conn)
+            if self._rng.random() < 0.5:
+                self.stats["disconnect_abort"] += 1
+                conn.ws.transport.abort()
+            else:
+                self.stats["disconnect_close"] += 1
+                asyncio.create_task(conn.ws.close(1001, "going away"))  # noqa: RUF006
+
+    # websocket side -----------------------------------------------------------------------
+    async def _serve_ws(self, ws: ServerConnection) -> None:
+        conn = _Conn(ws)
+        self._conns.add(conn)
+        self.stats["connections"] += 1
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), self.config.idle_timeout_s)
+                except TimeoutError:
+                    await ws.close(1000, "idle")
+                    return
+                if not conn.zombie:
+                    await self._on_message(conn, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._conns.discard(conn)
+
+    async def _reply(self, conn: _Conn, **fields: Any) -> None:
+        await conn.ws.send(json.dumps({**fields, "conn_id": conn.conn_id}, separators=(",", ":")))
+
+    async def _on_message(self, conn: _Conn, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            await self._reply(conn, success=False, ret_msg=f"Failed to decode incoming data:{text[:80]}")
+            return
+        op, req_id = msg.get("op"), str(msg.get("req_id", ""))
+        if op == "ping":
+            await self._reply(conn, success=True, ret_msg="pong", req_id=req_id, op="ping")
+        elif op == "subscribe":
+            await self._subscribe(conn, msg.get("args"), req_id)
+        elif op == "unsubscribe":
+            args = msg.get("args") if isinstance(msg.get("args"), list) else []
+            conn.topics.difference_update(str(a) for a in args)
+            await self._reply(conn, success=True, ret_msg="", req_id=req_id, op="unsubscribe")
+        else:
+            await self._reply(conn, success=False, ret_msg="error:invalid op")
+
+    def _known(self, topic: str) -> bool:
+        parsed = parse_topic(topic)
+        return parsed is not None and parsed[0] == self.config.interval and parsed[1] in self.tapes
+
+    async def _subscribe(self, conn: _Conn, args: Any, req_id: str) -> None:
+        f = self.config.faults
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            await self._reply(conn, success=False, ret_msg="error:args invalid", req_id=req_id, op="subscribe")
+            return
+        if f.reject_subscribe and self._rng.random() < f.reject_subscribe:
+            self.stats["reject_subscribe"] += 1
+            await self._reply(
+                conn, success=False, ret_msg="error:subscribe failed, try again", req_id=req_id, op="subscribe"
+            )
+            return
+        bad = [t for t in args if not self._known(t) or t in f.reject_topics]
+        good = [t for t in args if t not in bad]
+        if bad:
+            self.stats["rejected_topic"] += 1
+            ret = f"error:handler not found,topic:{bad[0]}"
+            await self._reply(conn, success=False, ret_msg=ret, req_id=req_id, op="subscribe")
+            if not f.void_batch:
+                conn.topics.update(good)
+            return
+        dup = [t for t in good if t in conn.topics]
+        if dup:
+            ret = f"error:already subscribed,topic:{dup[0]}"
+            await self._reply(conn, success=False, ret_msg=ret, req_id=req_id, op="subscribe")
+        else:
+            await self._reply(conn, success=True, ret_msg="", req_id=req_id, op="subscribe")
+        conn.topics.update(good)
+
+    # HTTP side ----------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/v5/market/kline":
+            return self._rest(connection, parse_qs(url.query))
+        if url.path.startswith("/v5/public/"):
+            if self._refuse > 0:
+                self._refuse -= 1
+                self.stats["refused_handshake"] += 1
+                return connection.respond(503, "Service Unavailable\n")
+            return None
+        return _json(connection, 404, {"retCode": 404, "retMsg": "Not Found"})
+
+    def _rest(self, connection: ServerConnection, q: dict[str, list[str]]) -> Response:
+        f = self.config.faults
+        self.stats["rest_requests"] += 1
+        if f.http_error and self._rng.random() < f.http_error:
+            status = 429 if self._rng.random() < 0.5 else 500
+            self.stats[f"http_{status}"] += 1
+            return connection.respond(status, "Too Many Requests\n" if status == 429 else "Internal Server Error\n")
+        now = self.now_ms()
+
+        def one(name: str) -> str | None:
+            return q[name][0] if name in q else None
+
+        def error(msg: str) -> Response:
+            body = {"retCode": 10001, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": now}
+            return _json(connection, 200, body)
+
+        symbol, interval = one("symbol"), one("interval")
+        if one("category") not in (None, "linear"):
+            return error("Illegal category")
+        if symbol is None or symbol not in self.tapes:
+            return error("Not supported symbols")
+        if interval != self.config.interval:
+            return error("Invalid period!")
+        try:
+            limit = max(1, min(1000, int(one("limit") or 200)))
+            start = int(s) if (s := one("start")) is not None else None
+            end = int(e) if (e := one("end")) is not None else None
+        except ValueError:
+            return error("params error")
+        rows = self.tapes[symbol].rest_rows(now, start, end, limit)
+        result = {"symbol": symbol, "category": "linear", "list": rows}
+        return _json(connection, 200, {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now})
+
+
+def _json(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:
+    resp = connection.respond(status, json.dumps(body, separators=(",", ":")))
+    del resp.headers["Content-Type"]
+    resp.headers["Content-Type"] = "application/json"
+    return resp

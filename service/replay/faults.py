@@ -1,0 +1,79 @@
+"""Switchable faults of the replay exchange (constructor and ``--faults`` on the CLI).
+
+Rates are probabilities per event (per candle for candle faults, per frame for malformed
+frames, per request for HTTP errors); all randomness comes from one seeded generator, so a
+run with the same seed and timing injects the same faults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What the exchange does wrong. Everything off by default (a well-behaved exchange)."""
+
+    disconnect: float = 0.0  # per candle: server closes every socket (clean close or abort)
+    refuse_handshakes: int = 0  # after each disconnect, answer this many upgrades with HTTP 503
+    silence: float = 0.0  # per candle: current sockets turn zombie (no data, no JSON pongs)
+    malformed: float = 0.0  # per push: a malformed frame is sent before it
+    duplicate_confirm: float = 0.0  # per candle: the confirm=true push is sent twice
+    missing_confirm: float = 0.0  # per candle: the confirm=true push is never sent
+    combined: float = 0.0  # per candle: confirm and the next candle's first update in one frame
+    gap: float = 0.0  # per candle: no websocket push at all for that candle (REST has it)
+    reject_subscribe: float = 0.0  # per request: subscribe refused with a transient error
+    reject_topics: frozenset[str] = field(default_factory=frozenset)  # "handler not found"
+    void_batch: bool = True  # a bad topic voids its whole batch (the live behaviour, [3P])
+    http_error: float = 0.0  # per REST request: HTTP 429 or 500 instead of the answer
+
+    @classmethod
+    def all(cls) -> Faults:
+        """Every fault on at rates a client must survive (used by tests and the demo)."""
+        return cls(
+            disconnect=0.04,
+            refuse_handshakes=1,
+            silence=0.02,
+            malformed=0.05,
+            duplicate_confirm=0.1,
+            missing_confirm=0.1,
+            combined=0.1,
+            gap=0.05,
+            reject_subscribe=0.2,
+            http_error=0.2,
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> Faults:
+        """``"none"``, ``"all"``, or ``name=value`` pairs, e.g. ``all,gap=0.2,disconnect=0``.
+
+        ``reject_topics`` takes ``+``-separated topics: ``reject_topics=kline.5.XRPUSDT``.
+        """
+        faults = cls()
+        names = {f.name for f in fields(cls)}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if part == "none":
+                faults = cls()
+                continue
+            if part == "all":
+                faults = cls.all()
+                continue
+            name, sep, value = part.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in names:
+                raise ValueError(
+                    f"bad fault {part!r}: use none, all or name=value with name in {sorted(names)}"
+                )
+            parsed: object
+            if name == "reject_topics":
+                parsed = frozenset(t for t in value.split("+") if t)
+            elif name == "void_batch":
+                parsed = value.lower() in ("1", "true", "yes", "on")
+            elif name == "refuse_handshakes":
+                parsed = int(value)
+            else:
+                parsed = float(value)
+                if not 0.0 <= parsed <= 1.0:
+                    raise ValueError(f"fault {name} is a probability in [0, 1], got {value}")
+            faults = replace(faults, **{name: parsed})
+        return faults
