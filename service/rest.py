@@ -83,7 +83,9 @@ def parse_kline_page(symbol: str, interval: str, payload: dict[str, Any]) -> Kli
     server_time = payload.get("time")
     rows = (payload.get("result") or {}).get("list")
     if not isinstance(server_time, int) or not isinstance(rows, list):
-        raise RestError("kline response lacks an integer 'time' or a 'result.list'", retryable=False)
+        raise RestError(
+            "kline response lacks an integer 'time' or a 'result.list'", retryable=False
+        )
     klines: list[Kline] = []
     oldest: int | None = None
     for row in rows:
@@ -95,14 +97,19 @@ def parse_kline_page(symbol: str, interval: str, payload: dict[str, Any]) -> Kli
         oldest = start if oldest is None else min(oldest, start)
         if start + step > server_time:  # still open: REST has no confirm flag
             continue
-        o, h, lo, c, v = (_decimal(row[i], name) for i, name in enumerate(("open", "high", "low", "close", "volume"), 1))
+        o, h, lo, c, v = (
+            _decimal(row[i], name)
+            for i, name in enumerate(("open", "high", "low", "close", "volume"), 1)
+        )
         turnover = _decimal(row[6], "turnover") if len(row) > 6 else None
         klines.append(Kline(symbol, interval, start, o, h, lo, c, v, turnover, True))
     klines.sort(key=lambda k: k.start)
     return KlinePage(klines, server_time, oldest)
 
 
-def windows(start_ms: int, end_ms: int, step_ms: int, limit: int = MAX_LIMIT) -> list[tuple[int, int]]:
+def windows(
+    start_ms: int, end_ms: int, step_ms: int, limit: int = MAX_LIMIT
+) -> list[tuple[int, int]]:
     """Request windows of at most ``limit`` candles covering [start_ms, end_ms] (inclusive).
 
     Bounded windows sidestep the undocumented page anchoring when a range holds more rows.
@@ -153,7 +160,9 @@ class RestKlines:
             code = int(e.status_code)
             if code in CONFIG_CODES:
                 raise ConfigError(f"Bybit refused {what}: {e.message} (retCode {code})") from None
-            raise RestError(f"{what}: {e.message} (retCode {code})", retryable=code in RETRY_CODES) from None
+            raise RestError(
+                f"{what}: {e.message} (retCode {code})", retryable=code in RETRY_CODES
+            ) from None
         except FailedRequestError as e:
             status = int(e.status_code)
             if status == 403:
@@ -177,13 +186,21 @@ class RestKlines:
                 await asyncio.sleep(backoff.next_delay())
         raise AssertionError("unreachable")
 
-    async def fetch_range(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[Kline]:
+    async def fetch_range(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int
+    ) -> list[Kline]:
         """Closed candles with start in [start_ms, end_ms], oldest first, no duplicates."""
         step = interval_ms(interval)
         got: dict[int, Kline] = {}
         for lo, hi in windows(start_ms, end_ms, step, self.limit):
             payload = await self._request(
-                {"symbol": symbol, "interval": interval, "start": lo, "end": hi, "limit": self.limit}
+                {
+                    "symbol": symbol,
+                    "interval": interval,
+                    "start": lo,
+                    "end": hi,
+                    "limit": self.limit,
+                }
             )
             page = parse_kline_page(symbol, interval, payload)
             got.update((k.start, k) for k in page.klines if lo <= k.start <= hi)
@@ -198,7 +215,9 @@ class RestKlines:
         end: int | None = None
         while len(got) < n:
             want = min(self.limit, n - len(got) + 1)  # +1: the newest row may be open
-            payload = await self._request({"symbol": symbol, "interval": interval, "end": end, "limit": want})
+            payload = await self._request(
+                {"symbol": symbol, "interval": interval, "end": end, "limit": want}
+            )
             page = parse_kline_page(symbol, interval, payload)
             if page.oldest_start is None:
                 break
@@ -208,7 +227,9 @@ class RestKlines:
             end = page.oldest_start - step
         return [got[s] for s in sorted(got)][-n:] if n > 0 else []
 
-    def fetch_range_sync(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[Kline]:
+    def fetch_range_sync(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int
+    ) -> list[Kline]:
         """Blocking :meth:`fetch_range` for scripts (not from inside a running event loop)."""
         return asyncio.run(self.fetch_range(symbol, interval, start_ms, end_ms))
 

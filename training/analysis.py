@@ -128,18 +128,49 @@ def pearson(x: ArrayLike, y: ArrayLike) -> float:
     return 0.0 if den == 0.0 else float(np.sum(xc * yc) / den)
 
 
+def centred_gram(x: ArrayLike) -> F64:
+    """Gram matrix of the column-centred features, (N, N): Xᶜ Xᶜᵀ."""
+    xc = _centre(flatten_features(x))
+    out: F64 = xc @ xc.T
+    return out
+
+
+def cka_from_grams(k: F64, lm: F64, debiased: bool = False) -> float:
+    """CKA from two centred Grams (see :func:`centred_gram`); equal to :func:`linear_cka`."""
+    if debiased:
+        kl, kk, ll = _unbiased_hsic(k, lm), _unbiased_hsic(k, k), _unbiased_hsic(lm, lm)
+    else:
+        kl, kk, ll = float(np.sum(k * lm)), float(np.sum(k * k)), float(np.sum(lm * lm))
+    if kk <= 0.0 or ll <= 0.0:
+        return 0.0
+    return float(kl / np.sqrt(kk * ll))
+
+
 def cka_matrix(
     teacher_feats: Sequence[ArrayLike],
     student_feats: Sequence[ArrayLike],
     debiased: bool = False,
 ) -> F64:
-    """CKA for every (teacher layer, student layer) pair → (L_teacher, L_student)."""
-    t = [flatten_features(a) for a in teacher_feats]
-    s = [flatten_features(a) for a in student_feats]
-    out = np.zeros((len(t), len(s)), dtype=np.float64)
-    for i, ti in enumerate(t):
-        for j, sj in enumerate(s):
-            out[i, j] = linear_cka(ti, sj, debiased=debiased)
+    """CKA for every (teacher layer, student layer) pair → (L_teacher, L_student).
+
+    Conv features (N, C, T) are flattened to (N, C·T), which is usually wider than N, so the
+    matrix is built from one centred Gram per layer (O(N²·D) once, then O(N²) per pair).
+    """
+    return cka_matrix_from_grams(
+        [centred_gram(t) for t in teacher_feats],
+        [centred_gram(a) for a in student_feats],
+        debiased,
+    )
+
+
+def cka_matrix_from_grams(
+    teacher_grams: Sequence[F64], student_grams: Sequence[F64], debiased: bool = False
+) -> F64:
+    """:func:`cka_matrix` from precomputed centred Grams (reuse the teacher's across students)."""
+    out = np.zeros((len(teacher_grams), len(student_grams)), dtype=np.float64)
+    for i, ti in enumerate(teacher_grams):
+        for j, sj in enumerate(student_grams):
+            out[i, j] = cka_from_grams(ti, sj, debiased=debiased)
     return out
 
 

@@ -71,10 +71,34 @@ def all_reduce_mean(value: float, ctx: DistContext) -> float:
     return float(t.item()) / ctx.world
 
 
+@torch.no_grad()
+def sync_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks, in place.
+
+    DDP syncs buffers at the start of each forward only, so after an epoch every rank's
+    running stats include its own last batch; averaging them before validation keeps the
+    evaluated (and saved) models identical on every rank.
+    """
+    if not ctx.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(ctx.world)
+        else:
+            dist.broadcast(buf, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait for every rank (e.g. before rank 0 reads what others wrote)."""
     if ctx.distributed:
         dist.barrier()
+
+
+def teardown_if_initialized() -> None:
+    """Leave the process group if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def teardown(ctx: DistContext) -> None:

@@ -137,6 +137,8 @@ class Distiller(nn.Module):
             if cfg.method == "crd":
                 self.embed_s.append(EmbedHead(s_shapes[s][0], cfg.crd_dim))
                 self.embed_t.append(EmbedHead(t_shapes[t][0], cfg.crd_dim))
+            elif cfg.method == "attention" and len(s_shapes[s]) == len(t_shapes[t]) == 2:
+                self.heads.append(nn.Identity())  # AT on conv features needs no projection
             else:
                 self.heads.append(build_projection(kind, s_shapes[s], t_shapes[t]))
 

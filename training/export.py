@@ -23,11 +23,10 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-F32 = NDArray[np.float32]
-
 from service import features as fx
 from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
 
+F32 = NDArray[np.float32]
 OPSET = 18
 INPUT_NAME = "features"
 OUTPUT_NAMES = ("prob_up", "logits")

@@ -133,7 +133,8 @@ def crd_loss(
 ) -> Tensor:
     """Contrastive representation distillation as symmetric in-batch InfoNCE.
 
-    ``s_emb``, ``t_emb``: (B, D), already L2-normalised. logits = s·tᵀ/τ (B, B) and the
+    ``s_emb``, ``t_emb``: (B, D), already L2-normalised, each from a trainable head (the
+    teacher-side head reads detached teacher features). logits = s·tᵀ/τ (B, B) and the
     positive of row i is column i: ½·[CE(logits, diag) + CE(logitsᵀ, diag)].
 
     Memory bank (optional): ``bank_t`` (K, D) holds earlier teacher embeddings and is appended
@@ -148,7 +149,8 @@ def crd_loss(
             "crd_loss: embeddings must both be (B, D), got "
             f"{tuple(s_emb.shape)} and {tuple(t_emb.shape)}"
         )
-    t_emb = t_emb.detach()
+    # t_emb is NOT detached: it comes from a trainable embedding head on the (detached)
+    # teacher feature, and CRD trains that head too. Bank entries are constants.
     b = s_emb.shape[0]
     target = torch.arange(b, device=s_emb.device)
     logits = s_emb @ t_emb.T / tau  # (B, B): row i = student anchor i vs teacher j

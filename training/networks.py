@@ -17,11 +17,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 N_CLASSES = 2  # down / up
+Stats = Sequence[float] | Tensor | npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.zeros(1, n_features, 1))  # (1, F, 1)
         self.register_buffer("std", torch.ones(1, n_features, 1))  # (1, F, 1)
 
-    def set_stats(self, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
+    def set_stats(self, mean: Stats, std: Stats) -> None:
         """Install training-split statistics; tiny stds are clamped so no feature explodes."""
         m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1)
         s = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1).clamp_min(1e-8)

@@ -60,7 +60,7 @@ class ReplayConfig:
     tables: dict[str, KlineTable] | None = None  # injected data; default: the bundled files
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: kept in a set
 class _Conn:
     ws: ServerConnection
     conn_id: str = field(default_factory=lambda: uuid.uuid4().hex[:20])
@@ -69,7 +69,7 @@ class _Conn:
 
 
 class ReplayExchange:
-    """Start with ``async with ReplayExchange(config) as ex:``; then ``ex.ws_url``, ``ex.rest_url``."""
+    """Use as ``async with ReplayExchange(cfg) as ex:``, then ``ex.ws_url``, ``ex.rest_url``."""
 
     def __init__(self, config: ReplayConfig | None = None) -> None:
         self.config = cfg = config or ReplayConfig()
@@ -79,7 +79,9 @@ class ReplayExchange:
         self.tapes = {s: Tape(tables[s]) for s in cfg.symbols}
         self.step = interval_ms(cfg.interval)
         first = max(int(t.table.start[0]) for t in self.tapes.values())
-        self.start_ms = cfg.start_ms if cfg.start_ms is not None else first + cfg.history_bars * self.step
+        self.start_ms = (
+            cfg.start_ms if cfg.start_ms is not None else first + cfg.history_bars * self.step
+        )
         if self.start_ms % self.step:
             raise ValueError(f"start_ms {self.start_ms} is not on the {cfg.interval} grid")
         self.stats: Counter[str] = Counter()
@@ -196,10 +198,10 @@ class ReplayExchange:
             ts = vt + CONFIRM_DELAY_MS
             items = [ws_item(k, vt - 1)]
             nxt = tape.partial(opening, opening)
-            if nxt is not None and opening not in (self._gapped.get(symbol),):
-                if rng.random() < f.combined:
-                    items.append(ws_item(nxt, ts))
-                    self.stats["combined"] += 1
+            next_pushed = nxt is not None and self._gapped.get(symbol) != opening
+            if next_pushed and nxt is not None and rng.random() < f.combined:
+                items.append(ws_item(nxt, ts))
+                self.stats["combined"] += 1
             frame = push_frame(topic, items, ts)
             await self._broadcast(topic, frame)
             if rng.random() < f.duplicate_confirm:
@@ -268,7 +270,9 @@ class ReplayExchange:
                 raise ValueError("not an object")
         except ValueError:
             text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-            await self._reply(conn, success=False, ret_msg=f"Failed to decode incoming data:{text[:80]}")
+            await self._reply(
+                conn, success=False, ret_msg=f"Failed to decode incoming data:{text[:80]}"
+            )
             return
         op, req_id = msg.get("op"), str(msg.get("req_id", ""))
         if op == "ping":
@@ -276,8 +280,8 @@ class ReplayExchange:
         elif op == "subscribe":
             await self._subscribe(conn, msg.get("args"), req_id)
         elif op == "unsubscribe":
-            args = msg.get("args") if isinstance(msg.get("args"), list) else []
-            conn.topics.difference_update(str(a) for a in args)
+            args = msg.get("args")
+            conn.topics.difference_update(str(a) for a in (args if isinstance(args, list) else []))
             await self._reply(conn, success=True, ret_msg="", req_id=req_id, op="unsubscribe")
         else:
             await self._reply(conn, success=False, ret_msg="error:invalid op")
@@ -289,12 +293,18 @@ class ReplayExchange:
     async def _subscribe(self, conn: _Conn, args: Any, req_id: str) -> None:
         f = self.config.faults
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            await self._reply(conn, success=False, ret_msg="error:args invalid", req_id=req_id, op="subscribe")
+            await self._reply(
+                conn, success=False, ret_msg="error:args invalid", req_id=req_id, op="subscribe"
+            )
             return
         if f.reject_subscribe and self._rng.random() < f.reject_subscribe:
             self.stats["reject_subscribe"] += 1
             await self._reply(
-                conn, success=False, ret_msg="error:subscribe failed, try again", req_id=req_id, op="subscribe"
+                conn,
+                success=False,
+                ret_msg="error:subscribe failed, try again",
+                req_id=req_id,
+                op="subscribe",
             )
             return
         bad = [t for t in args if not self._known(t) or t in f.reject_topics]
@@ -333,7 +343,9 @@ class ReplayExchange:
         if f.http_error and self._rng.random() < f.http_error:
             status = 429 if self._rng.random() < 0.5 else 500
             self.stats[f"http_{status}"] += 1
-            return connection.respond(status, "Too Many Requests\n" if status == 429 else "Internal Server Error\n")
+            return connection.respond(
+                status, "Too Many Requests\n" if status == 429 else "Internal Server Error\n"
+            )
         now = self.now_ms()
 
         def one(name: str) -> str | None:
@@ -358,7 +370,11 @@ class ReplayExchange:
             return error("params error")
         rows = self.tapes[symbol].rest_rows(now, start, end, limit)
         result = {"symbol": symbol, "category": "linear", "list": rows}
-        return _json(connection, 200, {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now})
+        return _json(
+            connection,
+            200,
+            {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now},
+        )
 
 
 def _json(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:

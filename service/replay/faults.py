@@ -75,5 +75,5 @@ class Faults:
                 parsed = float(value)
                 if not 0.0 <= parsed <= 1.0:
                     raise ValueError(f"fault {name} is a probability in [0, 1], got {value}")
-            faults = replace(faults, **{name: parsed})
+            faults = replace(faults, **{name: parsed})  # type: ignore[arg-type]
         return faults

@@ -85,9 +85,7 @@ class Tape:
         low = min(k.open, close)
         volume = round(k.volume * frac, 10)
         turnover = round((k.turnover or 0.0) * frac, 8)
-        return Kline(
-            k.symbol, k.interval, start, k.open, high, low, close, volume, turnover, False
-        )
+        return Kline(k.symbol, k.interval, start, k.open, high, low, close, volume, turnover, False)
 
     def rest_rows(
         self, now_ms: int, start: int | None, end: int | None, limit: int

@@ -110,3 +110,17 @@ def test_cka_matrix_and_heat_map(rng: np.random.Generator, tmp_path: Path) -> No
     assert m[0, 0] > m[1, 0]
     out = plot_cka_matrix(m, tmp_path / "cka.png", "test", n_rows=60)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gram_route_matches_feature_form(rng: np.random.Generator) -> None:
+    from training.analysis import centred_gram, cka_from_grams
+
+    x = rng.standard_normal((80, 5, 6))
+    y = x[:, :2, :] ** 2 + rng.standard_normal((80, 2, 6))
+    kx, ky = centred_gram(x), centred_gram(y)
+    assert cka_from_grams(kx, ky) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert cka_from_grams(kx, ky, debiased=True) == pytest.approx(
+        linear_cka(x, y, debiased=True), rel=1e-10
+    )
+    m = cka_matrix([x], [y, x], debiased=True)
+    assert m[0, 1] == pytest.approx(1.0)

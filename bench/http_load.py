@@ -1,0 +1,125 @@
+"""Section 4: ``GET /signal/BTCUSDT`` under load vs a bare FastAPI route, same server settings.
+
+Both apps run in their own uvicorn process with :data:`bench.serve.UVICORN_KW`; ``wrk``
+(Debian's) drives them in alternating bounded rounds (service, bare, service, bare …) so both
+see the same background load. The replay behind the service runs at 1× (a candle every five
+minutes: idle), so the service answers from a warm signal and does no other work.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import models, procs, stack
+from bench.report import Section, Target
+
+CONNECTIONS = 8
+THREADS = 1
+_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """Requests/s and latency percentiles (µs) of one wrk run."""
+
+    rps: float
+    requests: int
+    non_2xx: int
+    p50: float
+    p90: float
+    p99: float
+
+
+def _us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """Parse ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, flags=re.M))
+    return WrkResult(
+        rps, reqs, int(bad.group(1)) if bad else 0, _us(pct.get("50", "")),
+        _us(pct.get("90", "")), _us(pct.get("99", "")),
+    )
+
+
+def wrk(port: int, path: str, seconds: float) -> WrkResult:
+    """One bounded wrk run on loopback."""
+    cmd = [
+        "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency",
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    return parse_wrk(res.stdout)
+
+
+def run(quick: bool = False) -> Section:
+    """Measure and return the section."""
+    sec = Section("4. HTTP")
+    if shutil.which("wrk") is None:
+        sec.add("`wrk` is not installed (`apt-get install wrk`); section skipped.")
+        sec.targets.append(Target("GET /signal throughput vs bare", "≥ 0.7×", "n/a", None))
+        return sec
+    tmp = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    student = models.load_student(tmp)
+    seconds, rounds = (1.0, 1) if quick else (5.0, 2)
+    path = f"/signal/{stack.SYMBOL}"
+    bport = procs.free_port()
+    bare = procs.Proc(
+        procs.python("-m", "bench.serve", "bare", "--port", str(bport)), tmp / "bare.log"
+    )
+    results: dict[str, list[WrkResult]] = {"service": [], "bare": []}
+    try:
+        with stack.running(tmp, student.path, speed=1.0, paper=True) as st:
+            procs.wait_http(bport, "/health", bare)
+            procs.wait_http(st.service_port, path, st.service)
+            for port in (st.service_port, bport):  # warm both (imports, first responses)
+                wrk(port, path, 1.0)
+            for _ in range(rounds):
+                results["service"].append(wrk(st.service_port, path, seconds))
+                results["bare"].append(wrk(bport, path, seconds))
+    finally:
+        bare.stop()
+
+    def total(rs: list[WrkResult]) -> float:
+        return sum(r.requests for r in rs) / (seconds * len(rs))
+
+    rows: list[list[object]] = []
+    for name, label in (("service", "service `GET /signal/BTCUSDT`"), ("bare", "bare FastAPI route")):
+        for i, r in enumerate(results[name]):
+            rows.append([label, i + 1, r.rps, r.p50, r.p90, r.p99, r.non_2xx])
+    ratio = total(results["service"]) / total(results["bare"])
+    sec.add(
+        f"`wrk -t{THREADS} -c{CONNECTIONS} -d{seconds:g}s --latency`, {rounds} alternating "
+        "round(s) per app; one uvicorn worker each (`bench/serve.py`: "
+        "host 127.0.0.1, loop/http auto = uvloop + httptools, no access log). The bare app "
+        "is one `async def` route returning a constant 6-key dict. wrk and the server share "
+        "the two cores.",
+        "",
+    )
+    sec.table(("app", "round", "req/s", "p50 µs", "p90 µs", "p99 µs", "non-2xx"), rows)
+    sec.add(
+        f"Mean throughput: service {total(results['service']):,.0f} req/s, bare "
+        f"{total(results['bare']):,.0f} req/s, ratio {ratio:.2f}.",
+    )
+    sec.targets.append(
+        Target(
+            "GET /signal throughput vs the bare route",
+            "≥ 0.7×",
+            f"{ratio:.2f}×",
+            ratio >= 0.7,
+            "" if ratio >= 0.7 else f"missed by {0.7 / ratio:.2f}×",
+        )
+    )
+    return sec

@@ -1,0 +1,64 @@
+"""onnxruntime call paths the inference benchmark compares (CPU, one thread each).
+
+* ``plain_run``: ``session.run`` with a feed dict — allocates the outputs on every call;
+* ``bound_run``: I/O binding over a preallocated input and output, the public
+  ``run_with_iobinding(binding)`` without RunOptions (what the service's predictor does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+F32 = npt.NDArray[np.float32]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """The service's latency settings (one intra/inter-op thread, sequential, ENABLE_ALL)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def first_output(sess: ort.InferenceSession) -> str:
+    """``prob_up`` when the graph has it (the students), else the first output."""
+    names = [o.name for o in sess.get_outputs()]
+    return "prob_up" if "prob_up" in names else names[0]
+
+
+def plain_run(sess: ort.InferenceSession, x: F32) -> Callable[[], object]:
+    """``sess.run([out], {input: x})``: new output arrays per call."""
+    out = [first_output(sess)]
+    feed = {sess.get_inputs()[0].name: x}
+    run = sess.run
+
+    def call() -> object:
+        return run(out, feed)
+
+    return call
+
+
+def bound_run(sess: ort.InferenceSession, x: F32) -> tuple[Callable[[], object], F32]:
+    """I/O binding over a private copy of ``x`` and a preallocated output; returns the call
+    and the output buffer it fills."""
+    name = first_output(sess)
+    buf = np.ascontiguousarray(x, dtype=np.float32).copy()
+    probe = sess.run([name], {sess.get_inputs()[0].name: buf})[0]
+    y = np.zeros(probe.shape, dtype=np.float32)
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input(sess.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(buf))
+    binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(y))
+    run = sess.run_with_iobinding
+
+    def call() -> object:
+        return run(binding)
+
+    return call, y

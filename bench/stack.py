@@ -1,0 +1,88 @@
+"""The replay exchange and the real service as two loopback subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import procs
+
+SYMBOL = "BTCUSDT"
+INTERVAL = "5"
+
+
+@dataclass
+class Stack:
+    """Ports and processes of a running replay + service pair."""
+
+    replay: procs.Proc
+    service: procs.Proc
+    replay_port: int
+    service_port: int
+
+    @property
+    def ws_url(self) -> str:
+        """The replay's public websocket."""
+        return f"ws://127.0.0.1:{self.replay_port}/v5/public/linear"
+
+
+@contextlib.contextmanager
+def running(
+    tmp: Path,
+    model: Path,
+    *,
+    speed: float,
+    updates_per_candle: int = 4,
+    paper: bool = True,
+) -> Iterator[Stack]:
+    """Start ``python -m service.replay`` then the service against it; wait for /ready."""
+    rport, sport = procs.free_port(), procs.free_port()
+    replay = procs.Proc(
+        procs.python(
+            "-m",
+            "service.replay",
+            "--symbols",
+            SYMBOL,
+            "--interval",
+            INTERVAL,
+            "--speed",
+            str(speed),
+            "--port",
+            str(rport),
+            "--history-bars",
+            "1000",
+            "--updates-per-candle",
+            str(updates_per_candle),
+        ),
+        tmp / f"replay-{rport}.log",
+    )
+    service: procs.Proc | None = None
+    try:
+        procs.wait_port(rport, replay)
+        state = tmp / f"state-{sport}"
+        state.mkdir(parents=True, exist_ok=True)
+        env = {
+            "APPRENTICE_SYMBOLS": SYMBOL,
+            "APPRENTICE_INTERVAL": INTERVAL,
+            "APPRENTICE_WS_URL": f"ws://127.0.0.1:{rport}/v5/public/linear",
+            "APPRENTICE_REST_URL": f"http://127.0.0.1:{rport}",
+            "APPRENTICE_MODEL": str(model),
+            "APPRENTICE_STATE_DIR": str(state),
+            "APPRENTICE_HOST": "127.0.0.1",
+            "APPRENTICE_PORT": str(sport),
+            "APPRENTICE_LOG_LEVEL": "warning",
+            "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
+        }
+        service = procs.Proc(
+            procs.python("-m", "bench.serve", "service", "--port", str(sport)),
+            tmp / f"service-{sport}.log",
+            env,
+        )
+        procs.wait_http(sport, "/ready", service, timeout=120.0)
+        yield Stack(replay, service, rport, sport)
+    finally:
+        if service is not None:
+            service.stop()
+        replay.stop()

@@ -1,0 +1,259 @@
+"""``python -m service.demo`` (``make demo``): replay exchange + signal service, fully offline.
+
+Starts the replay exchange on a free loopback port (bundled real Bybit klines of BTCUSDT,
+ETHUSDT and SOLUSDT, accelerated) and ``python -m service`` against it with paper trading,
+prints the URLs and a status line (signals, trades, equity, frame→signal latency read from
+the service's own histogram), and stops both on Ctrl-C. It supervises the service: if it dies
+(try ``kill -9 <pid>``) it is restarted and resumes its paper account from the journal.
+
+Both children run in their own process group, so one Ctrl-C reaches each exactly once (via
+this launcher), and get SIGTERM if the launcher itself dies (Linux parent-death signal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from service.journal import Journal
+from service.settings import SettingsError, load_settings
+
+DEMO_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
+STATUS_EVERY_S = 15.0
+MAX_RESTARTS = 5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the service itself also honours every APPRENTICE_* variable."""
+    p = argparse.ArgumentParser(
+        prog="python -m service.demo",
+        description="Replay exchange + signal service + paper trading on loopback, offline. "
+        "APPRENTICE_PORT / APPRENTICE_HOST choose where the service listens (default "
+        "127.0.0.1:8000); APPRENTICE_STATE_DIR where the journal lives (default state/demo).",
+    )
+    p.add_argument("--symbols", default=DEMO_SYMBOLS, help="comma-separated bundled symbols")
+    p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the last paper account (default: fresh)"
+    )
+    p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
+    return p
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the replay binds it right after)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A child in its own session that receives SIGTERM if this launcher dies."""
+    preexec: Callable[[], None] | None = _die_with_parent if sys.platform == "linux" else None
+    return subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=preexec)
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Poll ``url`` until it answers (any status) or ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def wait_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float | None:
+    """Quantile of a Prometheus histogram from exposition text (linear within buckets)."""
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-12)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def _sample(text: str, prefix: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def status_line(base: str) -> str:
+    """Signals, paper trades, equity and latency percentiles from the service's /metrics."""
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return f"status: /metrics unavailable ({exc})"
+    lat = "apprentice_signal_latency_seconds"
+    p50, p99 = histogram_quantile(text, lat, 0.5), histogram_quantile(text, lat, 0.99)
+    n = _sample(text, f"{lat}_count")
+    us = "n/a" if p50 is None or p99 is None else f"p50 {p50 * 1e6:.0f} µs, p99 {p99 * 1e6:.0f} µs"
+    return (
+        f"status: {_sample(text, 'apprentice_signals_total'):.0f} signals, "
+        f"{_sample(text, 'apprentice_paper_trades_total'):.0f} paper trades, "
+        f"equity {_sample(text, 'apprentice_paper_equity_usdt'):.2f} USDT; "
+        f"frame→signal latency over {n:.0f} live candles: {us}"
+    )
+
+
+def stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float = 15.0) -> None:
+    """Signal a child once, wait, escalate to SIGKILL if it hangs."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo until Ctrl-C (or ``--duration``)."""
+    args = build_parser().parse_args(argv)
+    symbols = args.symbols
+    env = dict(os.environ)
+    env.setdefault("APPRENTICE_STATE_DIR", str(Path("state") / "demo"))
+    replay_port = free_port()
+    env.update(
+        APPRENTICE_SYMBOLS=symbols,
+        APPRENTICE_INTERVAL="5",
+        APPRENTICE_WS_URL=f"ws://127.0.0.1:{replay_port}/v5/public/linear",
+        APPRENTICE_REST_URL=f"http://127.0.0.1:{replay_port}",
+        APPRENTICE_PAPER_ENABLED="true",
+    )
+    try:
+        settings = load_settings(
+            **{
+                k[len("APPRENTICE_") :].lower(): v
+                for k, v in env.items()
+                if k.startswith("APPRENTICE_")
+            }
+        )
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not args.resume:
+        journal = Journal(settings.state_dir)
+        journal.open()
+        terms = journal.new_account(
+            settings.paper_initial_usdt,
+            settings.paper_notional_usdt,
+            settings.paper_fee_bps,
+            settings.paper_slippage_bps,
+        )
+        journal.close()
+        print(
+            f"demo: fresh paper account {terms.epoch} in {journal.path} (--resume keeps the last)"
+        )
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    py = sys.executable
+    replay_cmd = [py, "-m", "service.replay", "--symbols", symbols, "--interval", "5"]
+    replay_cmd += ["--speed", str(args.speed), "--port", str(replay_port)]
+    replay = spawn(replay_cmd, env)
+    service: subprocess.Popen[bytes] | None = None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    rc = 0
+    try:
+        if not wait_port("127.0.0.1", replay_port, 30, replay):
+            print("demo: the replay exchange did not start", file=sys.stderr)
+            return 1
+        service = spawn([py, "-m", "service"], env)
+        if not wait_http(f"{base}/health", 60, service):
+            print("demo: the service did not start (see its messages above)", file=sys.stderr)
+            return 1
+        print(
+            f"\n  dashboard      {base}/\n  signal         {base}/signal/BTCUSDT\n"
+            f"  all signals    {base}/signals\n  paper account  {base}/paper\n"
+            f"  paper trades   {base}/paper/trades\n  metrics        {base}/metrics\n"
+            f"  API docs       {base}/docs\n  replay (Bybit) ws://127.0.0.1:{replay_port}/v5/public/linear\n"
+            f"\n  service pid {service.pid} (kill -9 it: it restarts and resumes from the journal),"
+            f" replay pid {replay.pid}; Ctrl-C stops both\n",
+            flush=True,
+        )
+        restarts = 0
+        started = time.monotonic()
+        next_status = started + STATUS_EVERY_S
+        while not stopping:
+            time.sleep(0.2)
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            if replay.poll() is not None:
+                print(f"demo: the replay exchange exited ({replay.returncode})", file=sys.stderr)
+                rc = 1
+                break
+            if service.poll() is not None:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    print("demo: the service keeps dying; giving up", file=sys.stderr)
+                    rc = 1
+                    break
+                print(f"demo: service exited ({service.returncode}); restarting", flush=True)
+                service = spawn([py, "-m", "service"], env)
+                print(f"demo: service pid {service.pid}", flush=True)
+            if time.monotonic() >= next_status:
+                next_status += STATUS_EVERY_S
+                print("demo " + status_line(base), flush=True)
+        with contextlib.suppress(Exception):
+            print("demo " + status_line(base), flush=True)
+        return rc
+    finally:
+        print("demo: stopping", flush=True)
+        stop(service, signal.SIGINT)
+        stop(replay, signal.SIGINT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

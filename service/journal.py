@@ -1,0 +1,221 @@
+"""The paper-trading journal: SQLite in the state directory, the account's source of truth.
+
+WAL with ``synchronous=FULL``: a fill is committed (and fsynced) before the trader books it,
+so whatever the account shows survives kill -9 and power loss. ``UNIQUE(account, symbol,
+candle_start)`` makes "a candle never trades twice" a database rule, not a hope. A reset
+opens a new account (epoch); old accounts and their fills stay for the record.
+
+Every statement runs on one dedicated worker thread (:meth:`Journal.call`), so SQLite's
+fsync never blocks the event loop and the connection is only ever used by one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+JOURNAL_FILE = "paper.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    epoch INTEGER PRIMARY KEY,
+    initial_usdt REAL NOT NULL,
+    notional_usdt REAL NOT NULL,
+    fee_bps REAL NOT NULL,
+    slippage_bps REAL NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fills (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch INTEGER NOT NULL REFERENCES accounts(epoch),
+    symbol TEXT NOT NULL,
+    candle_start INTEGER NOT NULL,
+    side TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+    qty REAL NOT NULL CHECK (qty > 0),
+    price REAL NOT NULL,
+    close REAL NOT NULL,
+    fee REAL NOT NULL,
+    realized_pnl REAL NOT NULL,
+    position_after REAL NOT NULL,
+    avg_entry_after REAL NOT NULL,
+    probability_up REAL NOT NULL,
+    action TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    UNIQUE (epoch, symbol, candle_start)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One paper order, as journaled. ``qty`` > 0 in base units; prices and money in USDT."""
+
+    symbol: str
+    candle_start: int
+    side: str
+    qty: float
+    price: float
+    close: float
+    fee: float
+    realized_pnl: float
+    position_after: float
+    avg_entry_after: float
+    probability_up: float
+    action: str
+    ts_ms: int
+
+
+_FILL_COLUMNS = tuple(f.name for f in fields(Fill))  # the schema's column order
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be opened or written; the message names the file."""
+
+
+class DuplicateFill(JournalError):
+    """This (account, symbol, candle_start) already has a fill."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTerms:
+    """An account's fixed terms, as journaled when it was opened."""
+
+    epoch: int
+    initial_usdt: float
+    notional_usdt: float
+    fee_bps: float
+    slippage_bps: float
+    created_ms: int
+
+
+class Journal:
+    """SQLite journal at ``state_dir/paper.sqlite3``; open with :meth:`open` (blocking)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / JOURNAL_FILE
+        self._db: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the journal's thread and await it."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def aclose(self) -> None:
+        """Close on the journal thread (after any in-flight write), then stop the thread."""
+        await self.call(self._close_db)
+        await asyncio.to_thread(self._executor.shutdown, True)
+
+    # ------------------------------------------------------------------ blocking API
+    def open(self) -> None:
+        """Create the directory, the file and the schema; WAL + synchronous=FULL."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(
+                f"cannot open the paper journal {self.path}: {exc}; "
+                "check APPRENTICE_STATE_DIR is writable"
+            ) from None
+        self._db = db
+
+    def close(self) -> None:
+        """Close the connection and stop the worker thread (not from the journal thread)."""
+        self._executor.submit(self._close_db).result()
+        self._executor.shutdown(wait=True)
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise JournalError(f"journal {self.path} is not open")
+        return self._db
+
+    def current_account(
+        self, initial_usdt: float, notional_usdt: float, fee_bps: float, slippage_bps: float
+    ) -> AccountTerms:
+        """The newest account, or a new one with these terms if the journal is empty."""
+        row = self.db.execute("SELECT * FROM accounts ORDER BY epoch DESC LIMIT 1").fetchone()
+        if row is None:
+            return self.new_account(initial_usdt, notional_usdt, fee_bps, slippage_bps)
+        return AccountTerms(*row)
+
+    def new_account(
+        self, initial_usdt: float, notional_usdt: float, fee_bps: float, slippage_bps: float
+    ) -> AccountTerms:
+        """Open a fresh account (the next epoch); committed before it is returned."""
+        now = int(time.time() * 1000)
+        cur = self.db.execute(
+            "INSERT INTO accounts (initial_usdt, notional_usdt, fee_bps, slippage_bps, "
+            "created_ms) VALUES (?, ?, ?, ?, ?)",
+            (initial_usdt, notional_usdt, fee_bps, slippage_bps, now),
+        )
+        epoch = cur.lastrowid
+        assert epoch is not None
+        return AccountTerms(epoch, initial_usdt, notional_usdt, fee_bps, slippage_bps, now)
+
+    def insert_fill(self, epoch: int, fill: Fill) -> int:
+        """Journal one fill and commit it (autocommit); returns its row id.
+
+        Raises :class:`DuplicateFill` if the candle already traded in this account.
+        """
+        values = astuple(fill)
+        try:
+            cur = self.db.execute(
+                f"INSERT INTO fills (epoch, {', '.join(_FILL_COLUMNS)}) "
+                f"VALUES (?, {', '.join('?' * len(_FILL_COLUMNS))})",
+                (epoch, *values),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc):
+                raise DuplicateFill(
+                    f"{fill.symbol} candle {fill.candle_start} already traded in account {epoch}"
+                ) from None
+            raise
+        rowid = cur.lastrowid
+        assert rowid is not None
+        return rowid
+
+    def fills(
+        self,
+        epoch: int,
+        *,
+        symbol: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Fill]:
+        """Fills of one account (optionally one symbol), in journal order or newest first."""
+        sql = f"SELECT {', '.join(_FILL_COLUMNS)} FROM fills WHERE epoch = ?"
+        args: list[Any] = [epoch]
+        if symbol is not None:
+            sql += " AND symbol = ?"
+            args.append(symbol)
+        sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Fill(*row) for row in self.db.execute(sql, args)]
+
+    def fills_page(self, epoch: int, symbol: str | None, limit: int) -> list[Fill]:
+        """The newest ``limit`` fills of one account (optionally one symbol), newest first."""
+        return self.fills(epoch, symbol=symbol, limit=limit, newest_first=True)
+
+    def count_fills(self, epoch: int) -> int:
+        """Number of fills in one account."""
+        row = self.db.execute("SELECT COUNT(*) FROM fills WHERE epoch = ?", (epoch,)).fetchone()
+        return int(row[0])

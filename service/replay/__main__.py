@@ -1,0 +1,96 @@
+"""``python -m service.replay``: serve bundled Bybit klines as a live exchange on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from datetime import datetime
+
+from service.replay.exchange import ReplayConfig, ReplayExchange
+from service.replay.faults import Faults
+
+
+def _start_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--start {text!r} needs a UTC offset, e.g. +00:00")
+    return int(dt.timestamp() * 1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m service.replay",
+        description="Bybit v5 public websocket + GET /v5/market/kline on one loopback port, "
+        "driven by the bundled real klines on a virtual clock.",
+    )
+    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT", help="comma-separated")
+    p.add_argument("--interval", default="5", help="Bybit interval of the bundled files (1 or 5)")
+    p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--start", type=_start_ms, default=None, help="virtual start (ISO UTC or ms)")
+    p.add_argument("--history-bars", type=int, default=1000, help="closed bars before the start")
+    p.add_argument("--updates-per-candle", type=int, default=4, help="confirm=false pushes")
+    p.add_argument(
+        "--faults",
+        type=Faults.parse,
+        default=Faults(),
+        help="none | all | name=value,... (e.g. all,disconnect=0.1); see service/replay/faults.py",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+async def _serve(cfg: ReplayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with ReplayExchange(cfg) as ex:
+        start = datetime.fromtimestamp(ex.start_ms / 1000).astimezone().isoformat()
+        print(f"replay exchange: ws {ex.ws_url}  rest {ex.rest_url}", flush=True)
+        print(
+            f"  symbols {','.join(cfg.symbols)} interval {cfg.interval} speed {cfg.speed}x "
+            f"from {start}; faults {cfg.faults}",
+            flush=True,
+        )
+        await stop.wait()
+        print(f"replay exchange: stopping; stats {dict(ex.stats)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run until SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    cfg = ReplayConfig(
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        interval=args.interval,
+        speed=args.speed,
+        host=args.host,
+        port=args.port,
+        start_ms=args.start,
+        history_bars=args.history_bars,
+        updates_per_candle=args.updates_per_candle,
+        faults=args.faults,
+        seed=args.seed,
+    )
+    try:
+        asyncio.run(_serve(cfg))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

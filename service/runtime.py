@@ -1,0 +1,264 @@
+"""The one runtime container: every long-lived object of a running service, no globals.
+
+``Runtime(settings)`` only builds plain objects (no I/O, no event loop needed), so
+``create_app`` stays cheap and testable. :meth:`Runtime.start` (from the lifespan) loads and
+verifies the model, opens the paper journal and resumes the account, then starts the
+feed, pipeline and paper tasks; :meth:`Runtime.stop` cancels them and awaits them with a
+timeout. Readiness, staleness and model reloads are answered here for the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from service.journal import Journal
+from service.klines import KlineEvent, interval_ms
+from service.metrics import Metrics
+from service.paper import PaperAccount, PaperTrader, replay_fills
+from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
+from service.predictor import ModelSlot, Predictor
+from service.settings import Settings
+from service.signals import Signal, SignalStore
+
+log = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 5.0
+
+
+class Feed(Protocol):
+    """What the runtime needs from a market-data feed (``service.feed.KlineFeed``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+
+FeedFactory = Callable[[Settings, "asyncio.Queue[KlineEvent]", Metrics], Feed]
+
+
+def bybit_feed(settings: Settings, queue: asyncio.Queue[KlineEvent], metrics: Metrics) -> Feed:
+    """The real feed: Bybit (or the replay exchange) websocket + REST backfill."""
+    from service.feed import KlineFeed
+    from service.rest import RestKlines
+
+    feed: Feed = KlineFeed(
+        symbols=list(settings.symbols),
+        interval=settings.interval,
+        ws_url=settings.ws_url,
+        rest=RestKlines(settings.rest_url),
+        out=queue,
+        metrics=metrics,
+        backfill_bars=settings.backfill_bars,
+        ping_interval_s=settings.ping_interval_s,
+        emit_interim=False,  # the pipeline uses closed candles only
+    )
+    return feed
+
+
+class Runtime:
+    """Settings, metrics, model slot, signal store, pipeline, paper trader, feed and tasks."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        feed_factory: FeedFactory | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        self.clock = clock  # local receive clock, same base as KlineEvent.received_ns
+        self.interval_s = interval_ms(settings.interval) / 1000.0
+        self.stale_after_s = settings.stale_after_intervals * self.interval_s
+        self.slot = ModelSlot()
+        self.store = SignalStore(settings.symbols)
+        self.journal = Journal(settings.state_dir) if settings.paper_enabled else None
+        self.trader: PaperTrader | None = None
+        self.pipeline = Pipeline(
+            symbols=settings.symbols,
+            interval=settings.interval,
+            slot=self.slot,
+            store=self.store,
+            metrics=self.metrics,
+            long_threshold=settings.long_threshold,
+            short_threshold=settings.short_threshold,
+        )
+        self.feed_factory = feed_factory or bybit_feed
+        self.feed: Feed | None = None
+        self.queue: asyncio.Queue[KlineEvent] | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.started_at = time.time()
+        self._reload_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the model, resume the paper account, start feed, pipeline and trader."""
+        s = self.settings
+        predictor = await asyncio.to_thread(Predictor.load, s.model, s.model_card_path)
+        self._install(predictor)
+        self._warn_if_mismatched(predictor)
+        if self.journal is not None:
+            journal = self.journal
+            await journal.call(journal.open)
+            terms = await journal.call(
+                journal.current_account,
+                s.paper_initial_usdt,
+                s.paper_notional_usdt,
+                s.paper_fee_bps,
+                s.paper_slippage_bps,
+            )
+            fills = await journal.call(journal.fills, terms.epoch)
+            account: PaperAccount = replay_fills(terms, fills)
+            self.trader = PaperTrader(journal, account, self.metrics, interval_ms(s.interval))
+            self.pipeline.sink = self.trader.queue.put_nowait
+            log.info(
+                "paper account %d resumed from %s: %d fills, equity %.2f USDT",
+                terms.epoch,
+                journal.path,
+                len(fills),
+                account.equity,
+            )
+        self._reload_lock = asyncio.Lock()
+        self.queue = asyncio.Queue(maxsize=s.queue_size)
+        self.feed = self.feed_factory(s, self.queue, self.metrics)
+        if self.trader is not None:
+            self._spawn("paper", self.trader.run())
+        self._spawn("pipeline", self.pipeline.run(self.queue))
+        self._spawn("feed", self.feed.run())
+
+    def _spawn(self, name: str, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        task.add_done_callback(self._on_task_done)
+        self.tasks[name] = task
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("%s task stopped: %r", task.get_name(), exc, exc_info=exc)
+        else:
+            log.error("%s task returned unexpectedly", task.get_name())
+
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Cancel the tasks (feed first, the journal writer last) and await them."""
+        for name in ("feed", "pipeline", "paper"):
+            task = self.tasks.get(name)
+            if task is None:
+                continue
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                log.warning("%s task did not stop within %.1fs", name, timeout_s)
+        if self.journal is not None:
+            # Waits for an in-flight fill to commit; what is in the journal is the account.
+            await self.journal.aclose()
+        self.metrics.ready.set(0)
+
+    # ------------------------------------------------------------------ model
+    def _install(self, predictor: Predictor) -> None:
+        self.slot.swap(predictor)
+        info = self.metrics.model_info
+        info.clear()
+        info.labels(name=predictor.card.name, version=predictor.card.version).set(1)
+
+    def _warn_if_mismatched(self, predictor: Predictor) -> None:
+        card = predictor.card
+        if card.interval != self.settings.interval:
+            log.warning(
+                "model %s was trained on interval %s, serving interval %s",
+                card.name,
+                card.interval,
+                self.settings.interval,
+            )
+
+    async def reload_model(self, path: Path | None = None) -> Predictor:
+        """Load and validate ``path`` (default: the configured model) off the event loop, then
+        swap it in atomically. A bad model raises ModelCardError and the old one keeps serving.
+        """
+        target = path or self.settings.model
+        lock = self._reload_lock or asyncio.Lock()
+        async with lock:
+            try:
+                predictor = await asyncio.to_thread(
+                    Predictor.load, target, target.with_suffix(".json")
+                )
+            except Exception:
+                self.metrics.model_reloads.labels(result="rejected").inc()
+                raise
+            self._install(predictor)
+            self._warn_if_mismatched(predictor)
+            self.metrics.model_reloads.labels(result="ok").inc()
+            log.info(
+                "model reloaded: %s %s from %s", predictor.card.name, predictor.card.version, target
+            )
+            return predictor
+
+    # ------------------------------------------------------------------ health and readiness
+    def uptime_s(self) -> float:
+        """Seconds since the runtime was built."""
+        return time.time() - self.started_at
+
+    def age_s(self, received_ns: int) -> float:
+        """Seconds since a local receive-clock reading."""
+        return max(0.0, (self.clock() - received_ns) / 1e9)
+
+    def is_stale(self, signal: Signal) -> bool:
+        """No newer closed candle for ``stale_after_intervals`` intervals (local clock)."""
+        return self.age_s(signal.received_ns) > self.stale_after_s
+
+    def task_problems(self) -> list[str]:
+        """Tasks that ended while the service runs (a liveness failure)."""
+        out = []
+        for name, task in self.tasks.items():
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                out.append(f"{name} task stopped: {exc!r}" if exc else f"{name} task returned")
+        return out
+
+    def readiness(self) -> list[str]:
+        """Reasons the service is not ready; empty when it is. Updates the ready gauge."""
+        reasons = list(self.task_problems())
+        if self.slot.current is None:
+            reasons.append("model not loaded")
+        if self.feed is None or not self.feed.connected:
+            reasons.append("feed not connected to the exchange websocket")
+        for symbol in self.settings.symbols:
+            st = self.pipeline.states[symbol]
+            if not st.warm:
+                reasons.append(
+                    f"{symbol}: warming up ({st.bars}/{BARS_TO_FIRST_SIGNAL} closed candles)"
+                )
+                continue
+            signal = self.store.latest(symbol)
+            if signal is None:
+                reasons.append(f"{symbol}: no signal yet")
+            elif self.is_stale(signal):
+                reasons.append(
+                    f"{symbol}: stale (last closed candle received "
+                    f"{self.age_s(signal.received_ns):.0f}s ago, limit {self.stale_after_s:.0f}s)"
+                )
+        self.metrics.ready.set(0 if reasons else 1)
+        return reasons
+
+    def warm_retry_after_s(self, symbol: str) -> int:
+        """A Retry-After estimate for a warming symbol: soon while backfill may still arrive."""
+        st = self.pipeline.states[symbol]
+        if st.bars == 0:
+            return 5  # nothing yet: backfill is on its way (or the feed is reconnecting)
+        missing = max(1, BARS_TO_FIRST_SIGNAL - st.bars)
+        return int(min(missing * self.interval_s, 3600))
+
+    def refresh_gauges(self) -> None:
+        """Scrape-time gauges (the feed keeps queue depth and kline ages itself)."""
+        self.readiness()
+        if self.trader is not None:
+            self.trader.update_gauges()
