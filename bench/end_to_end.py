@@ -44,7 +44,9 @@ def parse_histograms(text: str) -> dict[str, list[tuple[float, float]]]:
         le = [p.split("=", 1)[1].strip('"') for p in labels.split(",") if p.startswith("le=")]
         if not le or labels.count("=") != 1:
             continue  # labelled histograms (HTTP) are not needed here
-        out.setdefault(name, []).append((math.inf if le[0] == "+Inf" else float(le[0]), float(value)))
+        out.setdefault(name, []).append(
+            (math.inf if le[0] == "+Inf" else float(le[0]), float(value))
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 

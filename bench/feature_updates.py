@@ -168,5 +168,3 @@ def run(quick: bool = False) -> Section:
         )
     )
     return sec
-
-

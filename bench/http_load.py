@@ -1,8 +1,9 @@
 """Section 4: ``GET /signal/BTCUSDT`` under load vs a bare FastAPI route, same server settings.
 
-Both apps run in their own uvicorn process with :data:`bench.serve.UVICORN_KW`; ``wrk``
-(Debian's) drives them in alternating bounded rounds (service, bare, service, bare …) so both
-see the same background load. The replay behind the service runs at 1× (a candle every five
+The service runs as users run it (``python -m service``), the bare app under the same
+``uvicorn.run`` arguments (:data:`bench.serve.UVICORN_KW`); ``wrk`` (Debian's) drives them
+in alternating bounded rounds (service, bare, service, bare …) so both see the same
+background load. The replay behind the service runs at 1× (a candle every five
 minutes: idle), so the service answers from a warm signal and does no other work.
 """
 
@@ -49,15 +50,23 @@ def parse_wrk(out: str) -> WrkResult:
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, flags=re.M))
     return WrkResult(
-        rps, reqs, int(bad.group(1)) if bad else 0, _us(pct.get("50", "")),
-        _us(pct.get("90", "")), _us(pct.get("99", "")),
+        rps,
+        reqs,
+        int(bad.group(1)) if bad else 0,
+        _us(pct.get("50", "")),
+        _us(pct.get("90", "")),
+        _us(pct.get("99", "")),
     )
 
 
 def wrk(port: int, path: str, seconds: float) -> WrkResult:
     """One bounded wrk run on loopback."""
     cmd = [
-        "wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency",
+        "wrk",
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds:g}s",
+        "--latency",
         f"http://127.0.0.1:{port}{path}",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True)
@@ -76,9 +85,7 @@ def run(quick: bool = False) -> Section:
     seconds, rounds = (1.0, 1) if quick else (5.0, 2)
     path = f"/signal/{stack.SYMBOL}"
     bport = procs.free_port()
-    bare = procs.Proc(
-        procs.python("-m", "bench.serve", "bare", "--port", str(bport)), tmp / "bare.log"
-    )
+    bare = procs.Proc(procs.python("-m", "bench.serve", "--port", str(bport)), tmp / "bare.log")
     results: dict[str, list[WrkResult]] = {"service": [], "bare": []}
     try:
         with stack.running(tmp, student.path, speed=1.0, paper=True) as st:
@@ -96,14 +103,18 @@ def run(quick: bool = False) -> Section:
         return sum(r.requests for r in rs) / (seconds * len(rs))
 
     rows: list[list[object]] = []
-    for name, label in (("service", "service `GET /signal/BTCUSDT`"), ("bare", "bare FastAPI route")):
+    for name, label in (
+        ("service", "service `GET /signal/BTCUSDT`"),
+        ("bare", "bare FastAPI route"),
+    ):
         for i, r in enumerate(results[name]):
             rows.append([label, i + 1, r.rps, r.p50, r.p90, r.p99, r.non_2xx])
     ratio = total(results["service"]) / total(results["bare"])
     sec.add(
         f"`wrk -t{THREADS} -c{CONNECTIONS} -d{seconds:g}s --latency`, {rounds} alternating "
-        "round(s) per app; one uvicorn worker each (`bench/serve.py`: "
-        "host 127.0.0.1, loop/http auto = uvloop + httptools, no access log). The bare app "
+        "round(s) per app; one uvicorn worker each, same `uvicorn.run` arguments "
+        "(`python -m service` and `bench/serve.py`: loop/http auto = uvloop + httptools, "
+        "no access log). The bare app "
         "is one `async def` route returning a constant 6-key dict. wrk and the server share "
         "the two cores.",
         "",

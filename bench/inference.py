@@ -37,38 +37,6 @@ LABELS = {
 }
 
 
-def _service_predictor(student: models.Student) -> Any:
-    """helper-4's Predictor on the student (a minimal card for a stand-in model)."""
-    import onnxruntime as ort
-
-    from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
-    from service.predictor import Predictor, session_options
-
-    if student.origin == "committed":
-        return Predictor.load(student.path)
-    card = ModelCard(
-        name="standin",
-        version="0",
-        created_at="",
-        symbols=["BTCUSDT"],
-        interval="5",
-        window=fx.WINDOW,
-        feature_names=list(fx.FEATURE_NAMES),
-        feature_spec_hash=fx.FEATURE_SPEC_HASH,
-        inputs=[TensorSpec(name="features", shape=["batch", fx.N_FEATURES, fx.WINDOW])],
-        outputs=[TensorSpec(name="prob_up", shape=["batch"])],
-        opset=18,
-        sha256=sha256_file(student.path),
-        onnx_file=student.path.name,
-        teacher=NetworkSpec(family="tcn", params=0),
-        student=NetworkSpec(family="tcn", params=0),
-    )
-    sess = ort.InferenceSession(
-        str(student.path), session_options(), providers=["CPUExecutionProvider"]
-    )
-    return Predictor(student.path, card, sess)
-
-
 def _torch_call(net: Any, x: np.ndarray) -> Callable[[], object]:
     import torch
 
@@ -101,7 +69,7 @@ def run(quick: bool = False) -> Section:
     s_teacher = session(teacher_path)
     int8_path = models.quantize_int8(student.path, tmp / "student_int8.onnx")
     s_int8 = session(int8_path)
-    predictor = _service_predictor(student)
+    predictor = models.service_predictor(student)
 
     # the service's own input: a float64 (F, T) strided view of its window ring
     ring = fx.FeatureWindow()
@@ -137,7 +105,7 @@ def run(quick: bool = False) -> Section:
         calls["teacher_ort"] = bound_run(s_teacher, x)[0]
         calls["torch_student"] = _torch_call(t_student, x)
         calls["torch_teacher"] = _torch_call(t_teacher, x)
-        n = 500 if quick else 20_000
+        n = 200 if quick else 20_000
         runs = dict.fromkeys(calls, n)
         if batch == 64 and not quick:
             # torch at batch 64 costs ms per call: fewer samples keep the section bounded
@@ -146,7 +114,7 @@ def run(quick: bool = False) -> Section:
             runs["teacher_ort"] = 5_000
         t0 = time.perf_counter()
         results[batch] = interleaved(
-            calls, runs, warmup=50 if quick else 500, rounds=100 if quick else 1000
+            calls, runs, warmup=20 if quick else 500, rounds=50 if quick else 1000
         )
         sec.add(f"<!-- batch {batch}: {time.perf_counter() - t0:.0f} s -->")
 
@@ -175,9 +143,7 @@ def _write(
     )
     svc = r1["service"]
     order = list(LABELS)
-    sec.table(
-        LATENCY_HEADER, latency_rows([r1[k] for k in order if k in r1], svc, LABELS)
-    )
+    sec.table(LATENCY_HEADER, latency_rows([r1[k] for k in order if k in r1], svc, LABELS))
     sec.add("### Batch 64 (64, 12, 32); ratios to the student with I/O binding", "")
     sec.table(
         LATENCY_HEADER,

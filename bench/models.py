@@ -49,7 +49,9 @@ def identity_onnx(path: Path, n_features: int = fx.N_FEATURES, window: int = fx.
     shape: list[int | str] = ["batch", n_features, window]
     inp = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, shape)
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)
-    graph = helper.make_graph([helper.make_node("Identity", [INPUT], ["out"])], "floor", [inp], [out])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [INPUT], ["out"])], "floor", [inp], [out]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -145,11 +147,13 @@ def torch_student(student: Student) -> tuple[Any, str]:
                 loaded += 1
         for mod in net.modules():
             if isinstance(mod, torch.nn.BatchNorm1d):
+                assert mod.running_mean is not None and mod.running_var is not None
                 mod.running_mean.zero_()
                 mod.running_var.fill_(1.0 - mod.eps)
                 mod.weight.fill_(1.0)
                 mod.bias.fill_(0.0)
-    params = [n for n in state if not n.endswith(("running_mean", "running_var", "batches_tracked"))]
+    skip = ("running_mean", "running_var", "batches_tracked")
+    params = [n for n in state if not n.endswith(skip)]
     params = [n for n in params if ".bn" not in n]
     how = f"weights from the ONNX initialisers ({loaded}/{len(params)} tensors)"
     return net, how
@@ -194,3 +198,35 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 def param_count(net: Any) -> int:
     """Trainable parameters of a torch module."""
     return int(sum(p.numel() for p in net.parameters() if p.requires_grad))
+
+
+def service_predictor(student: Student) -> Any:
+    """helper-4's Predictor on the student (a minimal card for a stand-in model)."""
+    import onnxruntime as ort
+
+    from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
+    from service.predictor import Predictor, session_options
+
+    if student.origin == "committed":
+        return Predictor.load(student.path)
+    card = ModelCard(
+        name="standin",
+        version="0",
+        created_at="",
+        symbols=["BTCUSDT"],
+        interval="5",
+        window=fx.WINDOW,
+        feature_names=list(fx.FEATURE_NAMES),
+        feature_spec_hash=fx.FEATURE_SPEC_HASH,
+        inputs=[TensorSpec(name="features", shape=["batch", fx.N_FEATURES, fx.WINDOW])],
+        outputs=[TensorSpec(name="prob_up", shape=["batch"])],
+        opset=18,
+        sha256=sha256_file(student.path),
+        onnx_file=student.path.name,
+        teacher=NetworkSpec(family="tcn", params=0),
+        student=NetworkSpec(family="tcn", params=0),
+    )
+    sess = ort.InferenceSession(
+        str(student.path), session_options(), providers=["CPUExecutionProvider"]
+    )
+    return Predictor(student.path, card, sess)

@@ -1,8 +1,8 @@
-"""``python -m bench.serve {service,bare} --port P``: one app under the shared uvicorn settings.
+"""``python -m bench.serve --port P``: a bare FastAPI app under the service's uvicorn settings.
 
-The HTTP comparison serves the real service (``create_app(load_settings())``, configured by
-``APPRENTICE_*`` variables) and a bare FastAPI app with one constant route through exactly
-the same ``uvicorn.run`` arguments, so only the application differs.
+The HTTP comparison runs the real service as users run it (``python -m service``) beside
+this app: one constant route, served with the same ``uvicorn.run`` arguments that
+``service/__main__.py`` passes, so only the application differs.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-# The same server settings for both apps (one worker process, uvloop + httptools when
-# installed, no access log: the service logs nothing per request either).
+# Mirrors service/__main__.py's uvicorn.run(...) (one worker process; loop/http "auto" =
+# uvloop + httptools when installed; no access log); log level as the benchmark sets
+# APPRENTICE_LOG_LEVEL for the service.
 UVICORN_KW: dict[str, Any] = {
     "host": "127.0.0.1",
     "log_level": "warning",
     "access_log": False,
-    "loop": "auto",
-    "http": "auto",
-    "lifespan": "on",
+    "timeout_graceful_shutdown": 10,
 }
 BARE_BODY = {
     "symbol": "BTCUSDT",
@@ -48,22 +47,12 @@ def bare_app() -> FastAPI:
     return app
 
 
-def service_app() -> FastAPI:
-    """The real service, configured from the environment."""
-    from service.app import create_app
-    from service.settings import load_settings
-
-    return create_app(load_settings())
-
-
 def main() -> None:
-    """Run one app until SIGINT."""
+    """Serve the bare app until SIGINT."""
     ap = argparse.ArgumentParser(prog="python -m bench.serve")
-    ap.add_argument("app", choices=("service", "bare"))
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args()
-    app = service_app() if args.app == "service" else bare_app()
-    uvicorn.run(app, port=args.port, **UVICORN_KW)
+    uvicorn.run(bare_app(), port=args.port, **UVICORN_KW)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def running(
     updates_per_candle: int = 4,
     paper: bool = True,
 ) -> Iterator[Stack]:
-    """Start ``python -m service.replay`` then the service against it; wait for /ready."""
+    """Start ``python -m service.replay`` then ``python -m service`` against it; wait for /ready."""
     rport, sport = procs.free_port(), procs.free_port()
     replay = procs.Proc(
         procs.python(
@@ -76,7 +76,7 @@ def running(
             "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
         }
         service = procs.Proc(
-            procs.python("-m", "bench.serve", "service", "--port", str(sport)),
+            procs.python("-m", "service"),
             tmp / f"service-{sport}.log",
             env,
         )

@@ -82,9 +82,7 @@ def interleaved(
 
 def time_calls(fn: Callable[[], object], runs: int, warmup: int = 100) -> Summary:
     """Percentiles of ``runs`` single calls of one function (no interleaving)."""
-    return interleaved({"x": fn}, {"x": runs}, warmup=warmup, rounds=max(1, min(runs, 1000)))[
-        "x"
-    ]
+    return interleaved({"x": fn}, {"x": runs}, warmup=warmup, rounds=max(1, min(runs, 1000)))["x"]
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:

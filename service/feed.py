@@ -253,7 +253,9 @@ class KlineFeed:
             if self.recycle_after_s is not None:
                 deadline = min(deadline, opened + self.recycle_after_s)
             try:
-                raw = await asyncio.wait_for(ws.recv(), timeout=max(0.001, deadline - loop.time()))
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout_at(deadline):
+                    raw = await ws.recv()
             except TimeoutError:
                 now = loop.time()
                 if now >= last_any + self.silence_timeout_s:

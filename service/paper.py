@@ -192,13 +192,10 @@ def replay_fills(terms: AccountTerms, fills: list[Fill]) -> PaperAccount:
 class PaperTrader:
     """Consumes signals, journals fills (committed) and books them; one task, one writer."""
 
-    def __init__(
-        self, journal: Journal, account: PaperAccount, metrics: Metrics, interval_ms: int
-    ) -> None:
+    def __init__(self, journal: Journal, account: PaperAccount, metrics: Metrics) -> None:
         self.journal = journal
         self.account = account
         self.metrics = metrics
-        self.interval_ms = interval_ms
         self.queue: asyncio.Queue[Signal] = asyncio.Queue()
         self.lock = asyncio.Lock()  # serialises trading with reset
         self.duplicates = 0
@@ -227,7 +224,7 @@ class PaperTrader:
                 account.apply(fill)
                 self.metrics.paper_trades.labels(symbol=fill.symbol, side=fill.side).inc()
         if signal.live and fill is None:
-            account.record(signal.candle_start + self.interval_ms)
+            account.record(signal.candle_start)
         self.update_gauges()
         return fill
 

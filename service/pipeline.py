@@ -118,9 +118,9 @@ class Pipeline:
         st.last_start = k.start
         st.last_received_ns = event.received_ns
         st.bars += 1
-        self._m_features.observe((t1 - t0) / _NS_PER_S)
         predictor = self.slot.current
         if not st.window.full or predictor is None:
+            self._m_features.observe((t1 - t0) / _NS_PER_S)
             return None
         p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
         t2 = time.perf_counter_ns()
@@ -151,6 +151,7 @@ class Pipeline:
         # Everything below is bookkeeping after the signal is stored (not in the latency).
         if live:
             self._m_latency.observe((t3 - event.received_ns) / _NS_PER_S)
+        self._m_features.observe((t1 - t0) / _NS_PER_S)
         self._m_inference.observe((t2 - t1) / _NS_PER_S)
         (st.signals_up if p >= 0.5 else st.signals_down).inc()
         self._m_prob[k.symbol].set(p)

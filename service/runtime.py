@@ -117,7 +117,7 @@ class Runtime:
             )
             fills = await journal.call(journal.fills, terms.epoch)
             account: PaperAccount = replay_fills(terms, fills)
-            self.trader = PaperTrader(journal, account, self.metrics, interval_ms(s.interval))
+            self.trader = PaperTrader(journal, account, self.metrics)
             self.pipeline.sink = self.trader.queue.put_nowait
             log.info(
                 "paper account %d resumed from %s: %d fills, equity %.2f USDT",

@@ -147,7 +147,7 @@ class PaperOut(BaseModel):
     trades: int
     positions: list[PositionOut]
     equity_curve: list[tuple[int, float]] = Field(
-        description="(candle close ms, equity) points, oldest first"
+        description="(candle start ms, equity) after each live candle, oldest first"
     )
 
 

@@ -249,7 +249,8 @@ class ReplayExchange:
         try:
             while True:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), self.config.idle_timeout_s)
+                    async with asyncio.timeout(self.config.idle_timeout_s):
+                        raw = await ws.recv()
                 except TimeoutError:
                     await ws.close(1000, "idle")
                     return

@@ -39,6 +39,7 @@ class SoakResult:
     feed_stats: dict[str, Any]
     rejected: dict[str, float]
     seconds: float
+    registry: CollectorRegistry
     mismatches: list[str] = field(default_factory=list)
 
     @property
@@ -52,7 +53,11 @@ class SoakResult:
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
             "closed_delivered": {s: len(v) for s, v in self.closed.items()},
-            "backfilled": {s: sum(e.source == "rest" for e in v) for s, v in self.closed.items()},
+            "initial_backfill": {s: _leading_rest(v) for s, v in self.closed.items()},
+            "rest_fills": {
+                s: sum(e.source == "rest" for e in v) - _leading_rest(v)
+                for s, v in self.closed.items()
+            },
             "interim_delivered": {s: len(v) for s, v in self.interim.items()},
             "faults_injected": self.exchange_stats,
             "feed": self.feed_stats,
@@ -75,18 +80,21 @@ def fast_feed_options() -> dict[str, Any]:
     }
 
 
+def _leading_rest(events: list[KlineEvent]) -> int:
+    n = 0
+    while n < len(events) and events[n].source == "rest":
+        n += 1
+    return n
+
+
 def _compare(symbol: str, got: list[KlineEvent], ex: ReplayExchange, backfill: int) -> list[str]:
     tape, step = ex.tapes[symbol], ex.step
     if not got:
         return [f"{symbol}: nothing delivered"]
     out: list[str] = []
-    n_rest = 0
-    while (
-        n_rest < len(got) and got[n_rest].source == "rest" and got[n_rest].kline.start < ex.start_ms
-    ):
-        n_rest += 1
+    n_rest = _leading_rest(got)
     if backfill and n_rest < backfill:
-        out.append(f"{symbol}: only {n_rest} backfilled bars before the replay start")
+        out.append(f"{symbol}: only {n_rest} backfilled bars before the first live one")
     first = got[0].kline.start
     for i, ev in enumerate(got):
         want = tape.closed(first + i * step)
@@ -107,6 +115,8 @@ async def soak(
     timeout_s: float = 60.0,
     feed_options: dict[str, Any] | None = None,
     feed_symbols: list[str] | None = None,
+    queue_size: int = 10_000,
+    consumer_delay_s: float = 0.0,
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout)."""
     cfg = ReplayConfig(
@@ -120,7 +130,7 @@ async def soak(
     registry = CollectorRegistry()
     t0 = time.perf_counter()
     async with ReplayExchange(cfg) as ex:
-        out: asyncio.Queue[KlineEvent] = asyncio.Queue(maxsize=10_000)
+        out: asyncio.Queue[KlineEvent] = asyncio.Queue(maxsize=queue_size)
         rest = RestKlines(
             ex.rest_url, backoff=lambda: Backoff(0.01, 0.05), max_attempts=8, timeout_s=5.0
         )
@@ -150,6 +160,8 @@ async def soak(
                         task.result()  # the feed must never stop on its own: surface why
                         raise RuntimeError("the feed returned")
                     ev = get.result()
+                    if consumer_delay_s:
+                        await asyncio.sleep(consumer_delay_s)  # a slow pipeline
                     (closed if ev.kline.confirm else interim)[ev.kline.symbol].append(ev)
         except TimeoutError:
             pass
@@ -176,6 +188,7 @@ async def soak(
             feed_stats=feed.snapshot(),
             rejected=rejected,
             seconds=time.perf_counter() - t0,
+            registry=registry,
             mismatches=mismatches,
         )
 

@@ -152,8 +152,8 @@ def _depths(expr: str) -> list[int]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """Metric names used by ``expr``: identifiers outside braces that are followed by a
-    selector, a range or an operator - i.e. not functions, keywords or grouping labels."""
+    """Metric names used by ``expr``: its identifiers less functions, keywords, label names
+    (in braces or in by/on/without clauses), durations, numbers and Grafana variables."""
     masked = _mask(expr)
     depth = _depths(masked)
     names: set[str] = set()

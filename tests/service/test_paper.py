@@ -146,7 +146,7 @@ async def test_trader_journals_before_booking_and_never_trades_a_candle_twice(
     await j.call(j.open)
     terms = await j.call(j.current_account, 10_000.0, 1_000.0, 5.5, 1.0)
     metrics = Metrics()
-    trader = PaperTrader(j, PaperAccount(terms), metrics, 300_000)
+    trader = PaperTrader(j, PaperAccount(terms), metrics)
 
     assert await trader.on_signal(sig("BTCUSDT", 0, 100.0, "long", live=False)) is None
     assert trader.account.trades == 0  # history is never traded
@@ -158,7 +158,7 @@ async def test_trader_journals_before_booking_and_never_trades_a_candle_twice(
     restored = replay_fills(terms, await j.call(j.fills, terms.epoch))
     assert restored.snapshot()["positions"] == trader.account.snapshot()["positions"]
     # ... and the same candle offered again (even with another action) does not trade.
-    trader2 = PaperTrader(j, restored, metrics, 300_000)
+    trader2 = PaperTrader(j, restored, metrics)
     assert await trader2.on_signal(sig("BTCUSDT", 300_000, 100.0, "short")) is None
     assert trader2.duplicates == 1 and trader2.account.trades == 1
     assert await j.call(j.count_fills, terms.epoch) == 1

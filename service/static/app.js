@@ -1,0 +1,159 @@
+// Apprentice dashboard: polls the service's own JSON routes and /metrics; no libraries.
+"use strict";
+
+const PERIOD_MS = 2000;
+const HISTORY = 120; // probability points per symbol
+const $ = (id) => document.getElementById(id);
+
+function fmt(x, digits = 2) {
+  return x === null || x === undefined || Number.isNaN(x) ? "–" : Number(x).toFixed(digits);
+}
+function signed(x, digits = 2) {
+  const cls = x > 0 ? "pos" : x < 0 ? "neg" : "";
+  return `<span class="${cls}">${x > 0 ? "+" : ""}${fmt(x, digits)}</span>`;
+}
+function when(ms) {
+  return new Date(ms).toISOString().replace("T", " ").slice(0, 16);
+}
+function us(seconds) {
+  if (seconds === null) return "–";
+  const u = seconds * 1e6;
+  return u < 1000 ? `${u.toFixed(0)} µs` : `${(u / 1000).toFixed(1)} ms`;
+}
+function esc(s) {
+  return String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+}
+async function getJSON(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  return { status: r.status, body: await r.json() };
+}
+
+// Line chart on a canvas, sized to its CSS box. points: [[x, y], ...]
+function chart(canvas, points, { lo, hi, mid, color }) {
+  const dpr = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
+  canvas.width = w * dpr; canvas.height = h * dpr;
+  const g = canvas.getContext("2d");
+  g.scale(dpr, dpr);
+  g.clearRect(0, 0, w, h);
+  if (points.length < 2) return;
+  points = points.slice().sort((a, b) => a[0] - b[0]); // several symbols share a candle time
+  const ys = points.map((p) => p[1]);
+  const y0 = lo ?? Math.min(...ys), y1 = hi ?? Math.max(...ys);
+  const span = y1 - y0 || 1;
+  const x0 = points[0][0], xs = points[points.length - 1][0] - x0 || 1;
+  const px = (x) => 4 + ((x - x0) / xs) * (w - 8);
+  const py = (y) => h - 4 - ((y - y0) / span) * (h - 8);
+  if (mid !== undefined) {
+    g.strokeStyle = "#3a4552"; g.setLineDash([4, 4]); g.beginPath();
+    g.moveTo(0, py(mid)); g.lineTo(w, py(mid)); g.stroke(); g.setLineDash([]);
+  }
+  g.strokeStyle = color; g.lineWidth = 1.6; g.beginPath();
+  points.forEach(([x, y], i) => (i ? g.lineTo(px(x), py(y)) : g.moveTo(px(x), py(y))));
+  g.stroke();
+}
+
+function renderSignals(data) {
+  const box = $("signals");
+  const cards = [];
+  for (const s of data.signals) {
+    const badge = s.action === "flat" ? "" : s.action;
+    cards.push(`<div class="card ${s.direction}" data-symbol="${esc(s.symbol)}">
+      <div><span class="sym">${esc(s.symbol)}</span><span class="badge ${badge}">${esc(s.action)}</span>
+        ${s.stale ? '<span class="badge stale">stale</span>' : ""}</div>
+      <div class="prob">${s.direction === "up" ? "▲" : "▼"} ${fmt(s.probability_up * 100, 1)}%</div>
+      <div class="muted small">P(up) · confidence ${fmt(s.confidence, 3)} · candle ${when(s.candle_start)} UTC</div>
+      <div class="muted small">features ${fmt(s.latency_us.features, 1)} µs · inference ${fmt(s.latency_us.inference, 1)} µs · age ${fmt(s.age_seconds, 1)} s</div>
+      <canvas id="spark-${esc(s.symbol)}" width="260" height="48"></canvas></div>`);
+  }
+  for (const w of data.warming) {
+    cards.push(`<div class="card" data-symbol="${esc(w.symbol)}"><span class="sym">${esc(w.symbol)}</span>
+      <span class="badge">warming</span><div class="muted">${w.bars}/${w.needed} closed candles</div></div>`);
+  }
+  box.innerHTML = cards.join("") || '<p class="muted">no symbols</p>';
+  for (const s of data.signals) {
+    const pts = (data.history && data.history[s.symbol]) || [];
+    chart($(`spark-${s.symbol}`), pts, { lo: 0, hi: 1, mid: 0.5, color: "#4c9aff" });
+  }
+}
+
+function renderPaper(p) {
+  $("paper-account").textContent = `#${p.account} · ${p.currency}`;
+  $("paper-figures").innerHTML = [
+    ["equity", fmt(p.equity)], ["net PnL", signed(p.net_pnl)], ["realised", signed(p.realized_pnl)],
+    ["unrealised", signed(p.unrealized_pnl)], ["fees", fmt(p.fees)], ["trades", p.trades],
+    ["drawdown", `${fmt(p.drawdown * 100)}%`],
+  ].map(([k, v]) => `<div><span class="muted small">${k}</span><b>${v}</b></div>`).join("");
+  chart($("equity"), p.equity_curve, { mid: p.initial_usdt, color: "#2fbf71" });
+  $("positions").tBodies[0].innerHTML = p.positions.map((x) => `<tr><td>${esc(x.symbol)}</td>
+    <td>${x.side}</td><td>${fmt(x.qty, 5)}</td><td>${fmt(x.avg_entry, 4)}</td>
+    <td>${fmt(x.mark, 4)}</td><td>${signed(x.unrealized_pnl)}</td></tr>`).join("");
+}
+
+function renderTrades(t) {
+  $("trades").tBodies[0].innerHTML = t.trades.map((x) => `<tr><td>${when(x.candle_start)}</td>
+    <td>${esc(x.symbol)}</td><td>${x.side}</td><td>${fmt(x.qty, 5)}</td><td>${fmt(x.price, 4)}</td>
+    <td>${fmt(x.fee, 4)}</td><td>${signed(x.realized_pnl)}</td><td>${esc(x.action)}</td></tr>`).join("")
+    || '<tr><td colspan="8" class="muted">no trades yet</td></tr>';
+}
+
+// Prometheus text -> {name: [[le, cumulative count], ...]} for un-labelled histograms.
+function histograms(text) {
+  const out = {};
+  for (const line of text.split("\n")) {
+    const m = line.match(/^(apprentice_\w+)_bucket\{le="([^"]+)"\} ([0-9.eE+-]+)$/);
+    if (m) (out[m[1]] = out[m[1]] || []).push([parseFloat(m[2]), parseFloat(m[3])]);
+  }
+  return out;
+}
+function quantile(buckets, q) {
+  if (!buckets || !buckets.length) return null;
+  const total = buckets[buckets.length - 1][1];
+  if (!total) return null;
+  const rank = q * total;
+  let prevLe = 0, prevN = 0;
+  for (const [le, n] of buckets) {
+    if (n >= rank) return le === Infinity ? prevLe : prevLe + ((le - prevLe) * (rank - prevN)) / Math.max(n - prevN, 1e-12);
+    prevLe = le; prevN = n;
+  }
+  return prevLe;
+}
+function renderLatency(text) {
+  const h = histograms(text);
+  const rows = [["frame → signal", "apprentice_signal_latency_seconds"],
+    ["features", "apprentice_feature_update_seconds"], ["inference", "apprentice_inference_seconds"]];
+  $("latency").tBodies[0].innerHTML = rows.map(([label, name]) => {
+    const b = h[name];
+    const n = b && b.length ? b[b.length - 1][1] : 0;
+    return `<tr><td>${label}</td><td>${us(quantile(b, 0.5))}</td><td>${us(quantile(b, 0.9))}</td>
+      <td>${us(quantile(b, 0.99))}</td><td>${n}</td></tr>`;
+  }).join("");
+}
+
+function renderReady(r) {
+  const el = $("status");
+  el.className = `pill ${r.status === 200 ? "ok" : "bad"}`;
+  el.textContent = r.status === 200 ? "ready" : `not ready: ${r.body.reasons[0] || "?"}`;
+  el.title = (r.body.reasons || []).join("\n");
+}
+
+async function refresh() {
+  const jobs = [
+    getJSON(`/signals?history=${HISTORY}`).then((r) => renderSignals(r.body)),
+    getJSON("/ready").then(renderReady),
+    getJSON("/model").then((r) => {
+      if (r.status === 200) $("model").textContent = `model: ${r.body.name} ${r.body.version} · interval ${r.body.interval}m · window ${r.body.window}`;
+    }),
+    getJSON("/paper").then((r) => (r.status === 200 ? renderPaper(r.body) : null)),
+    getJSON("/paper/trades?limit=12").then((r) => (r.status === 200 ? renderTrades(r.body) : null)),
+    fetch("/metrics", { cache: "no-store" }).then((r) => r.text()).then(renderLatency),
+  ];
+  const results = await Promise.allSettled(jobs);
+  const failed = results.filter((x) => x.status === "rejected").length;
+  $("updated").textContent = failed ? `${failed} requests failed at ${new Date().toLocaleTimeString()}`
+    : `updated ${new Date().toLocaleTimeString()}`;
+}
+
+$("period").textContent = PERIOD_MS / 1000;
+refresh();
+setInterval(refresh, PERIOD_MS);

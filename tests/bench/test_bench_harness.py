@@ -1,0 +1,121 @@
+"""The benchmark harness: pure helpers against hand-computed values, and a quick smoke run.
+
+No timing is asserted anywhere (speed belongs to BENCHMARKS.md, not to tests).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.end_to_end import parse_histograms
+from bench.http_load import parse_wrk
+from bench.timing import Summary, histogram_quantile, interleaved
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WRK_OUT = """Running 5s test @ http://127.0.0.1:8000/signal/BTCUSDT
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms    1.20ms  30.00ms   90.00%
+    Req/Sec     3.90k   200.00     4.20k    70.00%
+  Latency Distribution
+     50%    1.50ms
+     75%    2.00ms
+     90%  800.00us
+     99%    1.20s
+  19500 requests in 5.00s, 6.00MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:   3900.12
+Transfer/sec:      1.20MB
+"""
+
+PROM = """# HELP apprentice_signal_latency_seconds Frame received to signal stored
+# TYPE apprentice_signal_latency_seconds histogram
+apprentice_signal_latency_seconds_bucket{le="1e-05"} 2.0
+apprentice_signal_latency_seconds_bucket{le="2e-05"} 6.0
+apprentice_signal_latency_seconds_bucket{le="+Inf"} 8.0
+apprentice_signal_latency_seconds_count 8.0
+apprentice_http_request_duration_seconds_bucket{method="GET",route="/x",status="200",le="0.1"} 3.0
+"""
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    buckets = [(10.0, 2.0), (20.0, 6.0), (math.inf, 8.0)]
+    # rank 4 of 8 lies halfway through (10, 20]: 2 → 6
+    assert histogram_quantile(0.5, buckets) == 15.0
+    # rank 1 lies in the first bucket, interpolated from 0
+    assert histogram_quantile(0.125, buckets) == 5.0
+    # a quantile in +Inf answers the last finite bound
+    assert histogram_quantile(0.99, buckets) == 20.0
+    assert math.isnan(histogram_quantile(0.5, [(10.0, 0.0), (math.inf, 0.0)]))
+
+
+def test_parse_histograms_reads_unlabelled_buckets_only() -> None:
+    h = parse_histograms(PROM)
+    assert list(h) == ["apprentice_signal_latency_seconds"]
+    assert h["apprentice_signal_latency_seconds"] == [(1e-05, 2.0), (2e-05, 6.0), (math.inf, 8.0)]
+
+
+def test_parse_wrk_units() -> None:
+    r = parse_wrk(WRK_OUT)
+    assert r.rps == 3900.12
+    assert r.requests == 19500
+    assert r.non_2xx == 7
+    assert (r.p50, r.p90, r.p99) == (1500.0, 800.0, 1.2e6)
+
+
+def test_summary_percentiles() -> None:
+    s = Summary.of("x", np.arange(1, 1001, dtype=np.int64) * 1000)  # 1..1000 µs
+    assert s.runs == 1000
+    assert s.p50 == np.percentile(np.arange(1, 1001), 50)
+    assert s.p999 > s.p99 > s.p90 > s.p50
+
+
+def test_interleaved_runs_every_contender_its_quota_in_rounds() -> None:
+    order: list[str] = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    out = interleaved(calls, {"a": 40, "b": 10}, warmup=0, rounds=10)
+    assert out["a"].runs == 40 and out["b"].runs == 10
+    # round-robin: each round is a block of 4 a's then 1 b
+    assert order[:10] == ["a"] * 4 + ["b"] + ["a"] * 4 + ["b"]
+
+
+def test_quick_run_writes_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "BENCH.md"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "inference,features",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    text = out.read_text()
+    for needle in (
+        "# Benchmarks",
+        "## Targets",
+        "## 1. Inference",
+        "Identity floor",
+        "student as the service runs it",
+        "teacher torch eager",
+        "int8",
+        "## 2. Features",
+        "100,000",
+        "onnxruntime 1.",
+    ):
+        assert needle in text, needle
+    assert "FAILED" not in text

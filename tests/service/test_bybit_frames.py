@@ -1,0 +1,176 @@
+"""Golden-frame tests: the exact JSON shapes of ../shared/reference/bybit-v5-public.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.bybit import (
+    Ack,
+    FrameError,
+    KlineFrame,
+    Notice,
+    Pong,
+    is_already_subscribed,
+    kline_topic,
+    parse_frame,
+    parse_topic,
+    ping_message,
+    rejected_topic,
+    subscribe_message,
+)
+
+# §2.1, verbatim (official example of a kline push)
+OFFICIAL_PUSH = """{
+  "topic": "kline.5.BTCUSDT",
+  "data": [
+    {
+      "start": 1672324800000,
+      "end": 1672325099999,
+      "interval": "5",
+      "open": "16649.5",
+      "close": "16677",
+      "high": "16677",
+      "low": "16608",
+      "volume": "2.081",
+      "turnover": "34666.4005",
+      "confirm": false,
+      "timestamp": 1672324988882
+    }
+  ],
+  "ts": 1672324988882,
+  "type": "snapshot"
+}"""
+
+# §2.4 closed candle
+CLOSED_PUSH = (
+    '{"topic":"kline.5.BTCUSDT","data":[{"start":1672324800000,"end":1672325099999,"interval":"5",'
+    '"open":"16649.5","close":"16680.5","high":"16690","low":"16608","volume":"3.5","turnover":"58000.1",'
+    '"confirm":true,"timestamp":1672325099870}],"ts":1672325100003,"type":"snapshot"}'
+)
+
+SUB_ACK = (
+    '{"success": true, "ret_msg": "", '
+    '"conn_id": "3cd84cb1-4d06-4a05-930a-2efe5fc70f0f", "req_id": "", "op": "subscribe"}'
+)
+FAILED_ACK = (
+    '{"success": false, "ret_msg": "error:handler not found,topic:kline.7.BTCUSDT", '
+    '"conn_id": "x", "req_id": "r1", "op": "subscribe"}'
+)
+ALREADY_ACK = (
+    '{"success": false, "ret_msg": "error:already subscribed,topic:kline.5.BTCUSDT", '
+    '"conn_id": "x", "req_id": "r2", "op": "subscribe"}'
+)
+INVALID_OP = '{"success": false, "ret_msg": "error:invalid op", "conn_id": "x"}'
+PONG = (
+    '{"success": true, "ret_msg": "pong", '
+    '"conn_id": "465772b1-7630-4fdc-a492-e003e6f0f260", "req_id": "", "op": "ping"}'
+)
+OPTION_PONG = '{"args":["1672916271846"],"op":"pong"}'
+
+
+def test_official_push_parses_with_prices_from_strings() -> None:
+    frame = parse_frame(OFFICIAL_PUSH)
+    assert isinstance(frame, KlineFrame)
+    assert (frame.topic, frame.symbol, frame.interval, frame.ts) == (
+        "kline.5.BTCUSDT",
+        "BTCUSDT",
+        "5",
+        1672324988882,
+    )
+    (k,) = frame.klines
+    assert k.start == 1672324800000 and k.end == 1672325099999
+    assert (k.open, k.high, k.low, k.close) == (16649.5, 16677.0, 16608.0, 16677.0)
+    assert (k.volume, k.turnover) == (2.081, 34666.4005)
+    assert k.confirm is False
+
+
+def test_closed_push_is_confirmed_and_takes_start_not_timestamp() -> None:
+    frame = parse_frame(CLOSED_PUSH.encode())  # bytes work too
+    assert isinstance(frame, KlineFrame)
+    (k,) = frame.klines
+    assert k.confirm is True
+    assert k.start == 1672324800000  # not "timestamp" (ccxt #18181)
+    assert frame.ts == 1672325100003
+
+
+def test_every_element_of_data_is_parsed_in_order() -> None:
+    msg = json.loads(CLOSED_PUSH)
+    nxt = dict(msg["data"][0], start=1672325100000, end=1672325399999, confirm=False)
+    nxt.update(open="16680.5", high="16680.5", low="16680.5", close="16680.5", volume="0")
+    msg["data"].append(nxt)
+    frame = parse_frame(json.dumps(msg))
+    assert isinstance(frame, KlineFrame)
+    assert [(k.start, k.confirm) for k in frame.klines] == [
+        (1672324800000, True),
+        (1672325100000, False),
+    ]
+
+
+def test_acks_and_pongs() -> None:
+    ack = parse_frame(SUB_ACK)
+    assert ack == Ack("subscribe", True, "", "", "3cd84cb1-4d06-4a05-930a-2efe5fc70f0f")
+    failed = parse_frame(FAILED_ACK)
+    assert isinstance(failed, Ack) and not failed.success and failed.req_id == "r1"
+    assert rejected_topic(failed.ret_msg) == "kline.7.BTCUSDT"
+    already = parse_frame(ALREADY_ACK)
+    assert isinstance(already, Ack) and is_already_subscribed(already.ret_msg)
+    assert rejected_topic(already.ret_msg) is None
+    invalid = parse_frame(INVALID_OP)
+    assert isinstance(invalid, Ack) and not invalid.success and invalid.op == ""
+    pong = parse_frame(PONG)
+    assert pong == Pong(req_id="", conn_id="465772b1-7630-4fdc-a492-e003e6f0f260")
+    assert isinstance(parse_frame(OPTION_PONG), Pong)
+
+
+def test_unknown_json_is_a_notice() -> None:
+    assert parse_frame('{"hello": 1}') == Notice({"hello": 1})
+
+
+def _mutated(**changes: object) -> str:
+    msg = json.loads(CLOSED_PUSH)
+    msg["data"][0].update(changes)
+    return json.dumps(msg)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("not json {", "malformed_json"),
+        (CLOSED_PUSH[:40], "malformed_json"),
+        (b"\xff\xfe\x00garbage", "malformed_json"),
+        ("[1, 2]", "bad_shape"),
+        ('{"topic": "kline.5.BTCUSDT", "data": {}, "ts": 1}', "bad_shape"),
+        ('{"topic": "kline.5.BTCUSDT", "data": [], "ts": 1}', "bad_shape"),
+        ('{"topic": "orderbook.50.BTCUSDT", "data": [{}], "ts": 1}', "unknown_topic"),
+        ('{"topic": "kline.5.btcusdt", "data": [{}], "ts": 1}', "unknown_topic"),
+        (_mutated(open=16649.5), "bad_value"),  # a float on the wire, not a string
+        (_mutated(close="-1"), "bad_value"),
+        (_mutated(volume="NaN"), "bad_value"),
+        (_mutated(confirm="true"), "bad_value"),
+        (_mutated(start="1672324800000"), "bad_value"),
+        (_mutated(start=1672324800001), "bad_value"),  # off the 5-minute grid
+        (_mutated(interval="1"), "bad_value"),  # disagrees with the topic
+        (_mutated(high="16000"), "bad_value"),  # high below open/close
+    ],
+)
+def test_malformed_frames_raise_frame_error_with_a_bounded_reason(
+    raw: str | bytes, reason: str
+) -> None:
+    with pytest.raises(FrameError) as err:
+        parse_frame(raw)
+    assert err.value.reason == reason
+
+
+def test_request_builders_match_the_documented_shapes() -> None:
+    assert json.loads(subscribe_message(["kline.5.BTCUSDT", "kline.5.ETHUSDT"], "r7")) == {
+        "req_id": "r7",
+        "op": "subscribe",
+        "args": ["kline.5.BTCUSDT", "kline.5.ETHUSDT"],
+    }
+    assert json.loads(ping_message("100001")) == {"req_id": "100001", "op": "ping"}
+    assert kline_topic("5", "BTCUSDT") == "kline.5.BTCUSDT"
+    assert parse_topic("kline.5.BTCUSDT") == ("5", "BTCUSDT")
+    assert parse_topic("kline.7.BTCUSDT") is None
+    assert parse_topic("publicTrade.BTCUSDT") is None
