@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -132,6 +133,7 @@ def run(quick: bool = False) -> Section:
         h1 = _scrape(st.service_port)
         lat, missed = client_latencies(st, seconds)  # phase 2: a client polls /signal
         h2 = _scrape(st.service_port)
+    load = os.getloadavg()[0]
     quiet_rows, quiet_p99 = _rows(_delta(h1, h0))
     busy_rows, busy_p99 = _rows(_delta(h2, h1))
     sec.add(
@@ -171,7 +173,12 @@ def run(quick: bool = False) -> Section:
             if math.isnan(quiet_p99)
             else f"{quiet_p99:.0f} µs (under HTTP polling: {busy_p99:.0f} µs)",
             None if math.isnan(quiet_p99) else ok,
-            "" if ok or math.isnan(quiet_p99) else f"missed by {quiet_p99 / 100:.2f}×",
+            ""
+            if ok or math.isnan(quiet_p99)
+            else f"missed by {quiet_p99 / 100:.2f}×: the code path itself is tens of µs hot "
+            "(section 6), but the service idles ~50 ms between candles and each candle then "
+            "runs with cold caches on a shared VM (section 6: ≈10× slower after 50 ms idle); "
+            f"load average during the run {load:.1f} on 2 cores",
         )
     )
     return sec

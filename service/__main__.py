@@ -43,13 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def precheck(settings: Settings) -> None:
-    """Refuse to start on a model that does not match its card (before binding the port)."""
+    """Refuse to start, before binding the port, on a model that does not match its card or
+    a state directory where the paper journal cannot be written."""
+    from service.journal import Journal, JournalError
     from service.model_card import ModelCardError
     from service.predictor import Predictor
 
     try:
         Predictor.load(settings.model, settings.model_card_path)
-    except ModelCardError as exc:
+        if settings.paper_enabled:
+            journal = Journal(settings.state_dir)
+            journal.open()
+            journal.close()
+    except (ModelCardError, JournalError) as exc:
         raise SettingsError(f"refusing to start: {exc}") from None
 
 

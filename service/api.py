@@ -1,8 +1,12 @@
 """HTTP routes (DESIGN section 6). Every answer is JSON; errors are ``{"detail": ...}``.
 
 Handlers read the runtime container from ``request.app.state.runtime``; nothing here keeps
-state. Admin routes (model reload, paper reset) need ``Authorization: Bearer <token>``
-compared in constant time, and are disabled (403) when no ``APPRENTICE_ADMIN_TOKEN`` is set.
+state. Every handler and dependency is ``async def`` on purpose: they are quick reads of
+state the event loop owns, and a sync handler would run in a worker thread (racing the
+pipeline and contending for the GIL); the journal is read on its own thread.
+
+Admin routes (model reload, paper reset) need ``Authorization: Bearer <token>`` compared in
+constant time, and are disabled (403) when no ``APPRENTICE_ADMIN_TOKEN`` is set.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     """The app's runtime container."""
     rt: Runtime = request.app.state.runtime
     return rt
@@ -63,7 +67,7 @@ def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
-def require_admin(request: Request, rt: RuntimeDep) -> None:
+async def require_admin(request: Request, rt: RuntimeDep) -> None:
     """Bearer-token check in constant time; 403 when admin routes are disabled."""
     token = rt.settings.admin_token
     if token is None or not token.get_secret_value():
@@ -96,7 +100,7 @@ def _signal_out(rt: Runtime, symbol: str) -> SignalOut | None:
     responses=_ERRORS,
     summary="The latest signal of one symbol",
 )
-def get_signal(symbol: Symbol, rt: RuntimeDep) -> SignalOut:
+async def get_signal(symbol: Symbol, rt: RuntimeDep) -> SignalOut:
     """Direction, probability and action for the newest closed candle of ``symbol``."""
     sym = symbol.upper()
     if sym not in rt.pipeline.states:
@@ -115,7 +119,7 @@ def get_signal(symbol: Symbol, rt: RuntimeDep) -> SignalOut:
 
 
 @router.get("/signals", response_model=SignalsOut, summary="Every configured symbol's signal")
-def get_signals(
+async def get_signals(
     rt: RuntimeDep,
     history: Annotated[int, Query(ge=0, le=500, description="probability points")] = 0,
 ) -> SignalsOut:
@@ -133,7 +137,7 @@ def get_signals(
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-def get_health(rt: RuntimeDep) -> Any:
+async def get_health(rt: RuntimeDep) -> Any:
     """Liveness: 200 while the event loop answers and no service task has died."""
     problems = rt.task_problems()
     body = HealthOut(
@@ -147,7 +151,7 @@ def get_health(rt: RuntimeDep) -> Any:
 
 
 @router.get("/ready", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
-def get_ready(rt: RuntimeDep) -> Any:
+async def get_ready(rt: RuntimeDep) -> Any:
     """200 only with the model loaded, the feed connected, every symbol warm and fresh."""
     reasons = rt.readiness()
     symbols = {}
@@ -177,14 +181,14 @@ def get_ready(rt: RuntimeDep) -> Any:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-def get_metrics(rt: RuntimeDep) -> Response:
+async def get_metrics(rt: RuntimeDep) -> Response:
     """Prometheus metrics of this service (its own registry)."""
     rt.refresh_gauges()
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/model", response_model=ModelCard, responses={503: {"model": ErrorOut}})
-def get_model(rt: RuntimeDep) -> ModelCard:
+async def get_model(rt: RuntimeDep) -> ModelCard:
     """The model card of the model now serving."""
     predictor = rt.slot.current
     if predictor is None:
@@ -199,7 +203,7 @@ def _paper(rt: Runtime) -> PaperTrader:
 
 
 @router.get("/paper", response_model=PaperOut, responses={404: {"model": ErrorOut}})
-def get_paper(rt: RuntimeDep) -> PaperOut:
+async def get_paper(rt: RuntimeDep) -> PaperOut:
     """Positions, equity, realised/unrealised PnL, fees and the equity curve."""
     trader = _paper(rt)
     return PaperOut(enabled=True, **trader.account.snapshot())

@@ -80,7 +80,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await rt.start()
+        try:
+            await rt.start()
+        except BaseException:
+            await rt.stop()  # whatever did start (journal thread, tasks) is stopped again
+            raise
         log.info(
             "serving %s on interval %s with model %s %s",
             ",".join(settings.symbols),
@@ -106,7 +110,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
-    def dashboard() -> FileResponse:
+    async def dashboard() -> FileResponse:
         """The dashboard page (self-contained: no CDN)."""
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 

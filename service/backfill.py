@@ -1,54 +1,28 @@
-"""Recovery policy for the feed: retry backoff and per-symbol candle sequencing (pure, no I/O).
+"""The feed's REST side: warm-up history, and per-symbol sequencing of closed candles.
 
-The sequencer is the single place that decides, for one symbol, whether a closed candle is
-the next one to deliver, a duplicate, or the far side of a gap, and which range must be
-fetched by REST because its confirm never arrived. Every decision is made on exchange time
-(candle ``start`` and the frame's ``ts``), never on the local clock, so an accelerated
-replay of old data behaves like the live exchange.
+:class:`CandleSequencer` (pure) is the single place that decides, for one symbol, whether
+a closed candle is the next one to deliver, a duplicate, or the far side of a gap, and which
+range must be fetched by REST because its confirm never arrived. Every decision is made on
+exchange time (candle ``start`` and the frame's ``ts``), never on the local clock, so an
+accelerated replay of old data behaves like the live exchange. :class:`Backfiller` does the I/O: it
+fetches what the sequencer asks for and puts it on the feed's queue with ``source="rest"``.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
+import asyncio
+import logging
+import time
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from service.klines import Kline, interval_ms
+from service.klines import Kline, KlineEvent, interval_ms
+from service.metrics import Metrics
+from service.rest import Backoff, ConfigError, RestError, RestForbidden, RestKlines
 
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial · factor^n`` capped at ``max_s``, ±``jitter``.
-
-    Injectable so tests reconnect in milliseconds; :meth:`reset` after a healthy period.
-    """
-
-    def __init__(
-        self,
-        initial_s: float = 0.5,
-        max_s: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 0.25,
-        rng: random.Random | None = None,
-    ) -> None:
-        if initial_s < 0 or max_s < initial_s or factor < 1 or not 0 <= jitter < 1:
-            raise ValueError("Backoff needs 0 <= initial_s <= max_s, factor >= 1, 0 <= jitter < 1")
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.factor = factor
-        self.jitter = jitter
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt (grows until :meth:`reset`)."""
-        base = min(self.max_s, self.initial_s * self.factor**self.attempt)
-        self.attempt += 1
-        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
-
-    def reset(self) -> None:
-        """Back to the initial delay."""
-        self.attempt = 0
+__all__ = ["Backfiller", "Backoff", "CandleSequencer", "FillRange", "Verdict"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +110,94 @@ class CandleSequencer:
     def defer(self, exchange_ts: int, delay_ms: int) -> None:
         """Do not retry a fill before ``exchange_ts + delay_ms`` (REST empty or failing)."""
         self._retry_at_ts = exchange_ts + delay_ms
+
+
+class Backfiller:
+    """Fetches closed candles by REST and delivers them in order onto ``out``.
+
+    ``stats`` is the feed's counter dict (shared, so one snapshot shows both sides).
+    """
+
+    def __init__(
+        self,
+        *,
+        rest: RestKlines,
+        interval: str,
+        out: asyncio.Queue[KlineEvent],
+        metrics: Metrics,
+        backoff: Backoff,
+        stats: dict[str, int],
+        fill_retry_ms: int = 5_000,
+        forbidden_backoff_s: float = 600.0,
+    ) -> None:
+        self.rest = rest
+        self.interval = interval
+        self.step = interval_ms(interval)
+        self.out = out
+        self.metrics = metrics
+        self.backoff = backoff
+        self.stats = stats
+        self.fill_retry_ms = fill_retry_ms
+        self.forbidden_backoff_s = forbidden_backoff_s
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    async def warm_up(self, seq: CandleSequencer, bars: int) -> None:
+        """The newest ``bars`` closed candles; retried until REST answers (ConfigError raises)."""
+        while True:
+            try:
+                klines = await self.rest.fetch_latest(seq.symbol, self.interval, bars)
+                break
+            except RestForbidden as e:
+                wait = self.forbidden_backoff_s
+                log.error("backfill %s: %s; pausing REST %.0f s", seq.symbol, e, wait)
+                await asyncio.sleep(wait)
+            except ConfigError:
+                raise
+            except RestError as e:
+                delay = self.backoff.next_delay()
+                log.warning("backfill %s failed (%s); retrying in %.1f s", seq.symbol, e, delay)
+                await asyncio.sleep(delay)
+        self.backoff.reset()
+        await self._deliver(seq.symbol, seq.take(klines))
+        log.info("backfilled %d closed %s klines for %s", len(klines), self.interval, seq.symbol)
+
+    async def fill_due(
+        self, seqs: Iterable[CandleSequencer], ts: int, skip: Container[str]
+    ) -> None:
+        """Fetch every candle whose confirm is overdue at exchange time ``ts``."""
+        for seq in seqs:
+            if seq.symbol in skip:
+                continue
+            due = seq.due_fill(ts)
+            if due is not None:
+                self._count("late_fills")
+                await self.fill(seq, due.first, due.last, ts)
+
+    async def fill(
+        self, seq: CandleSequencer, first: int, last: int, ts: int, before: int | None = None
+    ) -> bool:
+        """Fetch closed candles [first, last] and deliver them; False if REST failed."""
+        try:
+            klines = await self.rest.fetch_range(seq.symbol, self.interval, first, last)
+        except ConfigError:
+            raise
+        except RestError as e:
+            wait_ms = int(self.forbidden_backoff_s * 1000) if isinstance(e, RestForbidden) else 0
+            log.warning("REST fill %s [%d, %d] failed: %s", seq.symbol, first, last, e)
+            seq.defer(ts, max(wait_ms, self.fill_retry_ms))
+            self._count("fill_errors")
+            return False
+        got = seq.take(klines, before=before)
+        if not got and before is None:
+            seq.defer(ts, self.fill_retry_ms)  # not on REST yet: ask again a little later
+        await self._deliver(seq.symbol, got)
+        return True
+
+    async def _deliver(self, symbol: str, klines: list[Kline]) -> None:
+        for k in klines:
+            self.metrics.backfilled_klines.labels(symbol).inc()
+            self._count("closed_rest")
+            # exchange_ts: the candle's close; received_ns: when it reached us
+            await self.out.put(KlineEvent(k, k.start + self.step, time.perf_counter_ns(), "rest"))

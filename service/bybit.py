@@ -194,3 +194,85 @@ def parse_frame(raw: str | bytes) -> Frame:
     ts = _int_field(msg, "ts")
     klines = tuple(parse_kline(item, symbol, interval) for item in data)
     return KlineFrame(topic=topic, symbol=symbol, interval=interval, ts=ts, klines=klines)
+
+
+@dataclass(frozen=True, slots=True)
+class AckOutcome:
+    """What an ack means for the client: requests to send now, and how the batch ended."""
+
+    resend: list[str]
+    subscribed: list[str]
+    rejected: str | None = None  # topic refused for good ("handler not found")
+    give_up: bool = False  # transient refusals kept coming: reconnect
+
+
+@dataclass
+class _PendingRequest:
+    topics: list[str]
+    deadline: float
+    attempt: int
+
+
+class SubscriptionBook:
+    """Subscribe bookkeeping of one client (pure): batches, ``req_id`` → ack, retries.
+
+    Small batches because one bad topic voids its whole batch [3P]; a permanently refused
+    topic is dropped and the rest of its batch requested again; any other refusal is retried
+    up to ``max_attempts`` times; ``deadline()`` is when a missing ack becomes a failure.
+    """
+
+    def __init__(
+        self,
+        topics: list[str],
+        *,
+        batch: int = 10,
+        ack_timeout_s: float = 10.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.topics = list(topics)
+        self.batch = max(1, batch)
+        self.ack_timeout_s = ack_timeout_s
+        self.max_attempts = max_attempts
+        self.rejected: set[str] = set()
+        self._pending: dict[str, _PendingRequest] = {}
+        self._ids = 0
+
+    def active(self) -> list[str]:
+        """Topics still wanted (configured minus permanently rejected)."""
+        return [t for t in self.topics if t not in self.rejected]
+
+    def connect(self, now: float) -> list[str]:
+        """A fresh connection: forget pending acks, return the subscribe requests to send."""
+        self._pending.clear()
+        return self.requests(self.active(), now)
+
+    def requests(self, topics: list[str], now: float, attempt: int = 1) -> list[str]:
+        """Subscribe requests for ``topics`` in batches, each with a unique ``req_id``."""
+        out = []
+        for i in range(0, len(topics), self.batch):
+            self._ids += 1
+            req_id = f"sub-{self._ids}"
+            chunk = topics[i : i + self.batch]
+            self._pending[req_id] = _PendingRequest(chunk, now + self.ack_timeout_s, attempt)
+            out.append(subscribe_message(chunk, req_id))
+        return out
+
+    def deadline(self) -> float | None:
+        """The earliest time an outstanding ack is overdue (None when nothing is pending)."""
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    def on_ack(self, ack: Ack, now: float) -> AckOutcome | None:
+        """Match an ack to its request; None if it answers nothing we sent."""
+        pending = self._pending.pop(ack.req_id, None)
+        if ack.op != "subscribe" or pending is None:
+            return None
+        if ack.success or is_already_subscribed(ack.ret_msg):
+            return AckOutcome(resend=[], subscribed=pending.topics)
+        bad = rejected_topic(ack.ret_msg)
+        if bad is not None and bad in pending.topics:
+            self.rejected.add(bad)
+            rest = [t for t in pending.topics if t != bad]
+            return AckOutcome(self.requests(rest, now, pending.attempt), [], rejected=bad)
+        if pending.attempt >= self.max_attempts:
+            return AckOutcome(resend=[], subscribed=[], give_up=True)
+        return AckOutcome(self.requests(pending.topics, now, pending.attempt + 1), [])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -121,20 +122,23 @@ def _sample(text: str, prefix: str) -> float:
 
 
 def status_line(base: str) -> str:
-    """Signals, paper trades, equity and latency percentiles from the service's /metrics."""
+    """Signals and latency percentiles (this service process, from /metrics) and the paper
+    account (from /paper: it survives restarts)."""
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=2) as r:
             text = r.read().decode()
-    except OSError as exc:
-        return f"status: /metrics unavailable ({exc})"
+        with urllib.request.urlopen(f"{base}/paper", timeout=2) as r:
+            paper = json.loads(r.read())
+    except (OSError, ValueError) as exc:
+        return f"status: service unavailable ({exc})"
     lat = "apprentice_signal_latency_seconds"
     p50, p99 = histogram_quantile(text, lat, 0.5), histogram_quantile(text, lat, 0.99)
     n = _sample(text, f"{lat}_count")
     us = "n/a" if p50 is None or p99 is None else f"p50 {p50 * 1e6:.0f} µs, p99 {p99 * 1e6:.0f} µs"
     return (
         f"status: {_sample(text, 'apprentice_signals_total'):.0f} signals, "
-        f"{_sample(text, 'apprentice_paper_trades_total'):.0f} paper trades, "
-        f"equity {_sample(text, 'apprentice_paper_equity_usdt'):.2f} USDT; "
+        f"paper account {paper['account']}: {paper['trades']} trades, "
+        f"equity {paper['equity']:.2f} USDT; "
         f"frame→signal latency over {n:.0f} live candles: {us}"
     )
 

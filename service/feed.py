@@ -25,29 +25,27 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from service.backfill import Backoff, CandleSequencer, Verdict
+from service.backfill import Backfiller, CandleSequencer, Verdict
 from service.bybit import (
     Ack,
     FrameError,
     KlineFrame,
     Notice,
     Pong,
-    is_already_subscribed,
+    SubscriptionBook,
     kline_topic,
     parse_frame,
     ping_message,
-    rejected_topic,
-    subscribe_message,
 )
 from service.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.rest import ConfigError, RestError, RestForbidden, RestKlines
+from service.rest import Backoff, ConfigError, RestKlines
+from service.settings import Settings
 
 __all__ = ["Backoff", "ConfigError", "KlineFeed"]
 log = logging.getLogger(__name__)
@@ -55,13 +53,6 @@ log = logging.getLogger(__name__)
 
 class _Reconnect(Exception):
     """The session must end (watchdog, missing ack); the run loop reconnects."""
-
-
-@dataclass
-class _Pending:
-    topics: list[str]
-    deadline: float
-    attempt: int
 
 
 class KlineFeed:
@@ -103,9 +94,6 @@ class KlineFeed:
         # a pong is due every ping interval: two missed plus margin means a dead socket
         self.silence_timeout_s = silence_timeout_s or 2 * ping_interval_s + 5.0
         self.data_timeout_s = data_timeout_s
-        self.ack_timeout_s = ack_timeout_s
-        self.subscribe_batch = max(1, subscribe_batch)
-        self.fill_retry_ms = fill_retry_ms
         self.forbidden_backoff_s = forbidden_backoff_s
         self.stable_after_s = stable_after_s
         self.open_timeout_s = open_timeout_s
@@ -113,17 +101,51 @@ class KlineFeed:
         self.emit_interim = emit_interim
         self.step = interval_ms(interval)
         self.topics = {kline_topic(interval, s): s for s in self.symbols}
-        self.rejected_topics: set[str] = set()
+        self.subs = SubscriptionBook(
+            list(self.topics), batch=subscribe_batch, ack_timeout_s=ack_timeout_s
+        )
+        self.rejected_topics = self.subs.rejected  # the same set, for callers and tests
         self.reconnects = 0
         self.stats: dict[str, int] = {}
         self._seq = {s: CandleSequencer(s, interval, grace_ms=grace_ms) for s in self.symbols}
         self._last_rx: dict[str, int] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._req_ids = itertools.count(1)
         self._connected = False
+        self.backfill = Backfiller(
+            rest=rest,
+            interval=interval,
+            out=out,
+            metrics=metrics,
+            backoff=self.backoff,
+            stats=self.stats,
+            fill_retry_ms=fill_retry_ms,
+            forbidden_backoff_s=forbidden_backoff_s,
+        )
         metrics.queue_depth.set_function(out.qsize)
         for s in self.symbols:
             metrics.last_kline_age_seconds.labels(s).set_function(functools.partial(self._age, s))
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        out: asyncio.Queue[KlineEvent],
+        metrics: Metrics,
+        rest: RestKlines | None = None,
+        **options: Any,
+    ) -> KlineFeed:
+        """The feed the service runs: symbols, interval, URLs and timings from ``settings``."""
+        return cls(
+            symbols=list(settings.symbols),
+            interval=settings.interval,
+            ws_url=settings.ws_url,
+            rest=rest or RestKlines(settings.rest_url),
+            out=out,
+            metrics=metrics,
+            backfill_bars=settings.backfill_bars,
+            ping_interval_s=settings.ping_interval_s,
+            **options,
+        )
 
     # public face --------------------------------------------------------------------------
     @property
@@ -142,7 +164,9 @@ class KlineFeed:
     async def run(self) -> None:
         """Backfill, then stream forever; returns only by cancellation or a ConfigError."""
         try:
-            await self._initial_backfill()
+            if self.backfill_bars > 0:
+                for seq in self._seq.values():
+                    await self.backfill.warm_up(seq, self.backfill_bars)
             first = True
             while True:
                 if not first:
@@ -169,29 +193,6 @@ class KlineFeed:
     def _reject(self, reason: str) -> None:
         self._count(f"rejected_{reason}")
         self.metrics.klines_rejected.labels(reason).inc()
-
-    async def _initial_backfill(self) -> None:
-        for symbol in self.symbols:
-            if self.backfill_bars <= 0:
-                continue
-            while True:
-                try:
-                    klines = await self.rest.fetch_latest(symbol, self.interval, self.backfill_bars)
-                    break
-                except RestForbidden as e:
-                    log.error(
-                        "backfill %s: %s; pausing REST %.0f s", symbol, e, self.forbidden_backoff_s
-                    )
-                    await asyncio.sleep(self.forbidden_backoff_s)
-                except ConfigError:
-                    raise
-                except RestError as e:
-                    delay = self.backoff.next_delay()
-                    log.warning("backfill %s failed (%s); retrying in %.1f s", symbol, e, delay)
-                    await asyncio.sleep(delay)
-            self.backoff.reset()
-            await self._deliver_rest(symbol, self._seq[symbol].take(klines))
-            log.info("backfilled %d closed %s klines for %s", len(klines), self.interval, symbol)
 
     async def _session_guarded(self) -> float:
         """One connection; returns the delay before the next. Never swallows cancellation."""
@@ -224,11 +225,10 @@ class KlineFeed:
             ping_timeout=self.ping_interval_s,
             close_timeout=1.0,
         ) as ws:
-            self._pending.clear()
             pinger = asyncio.create_task(self._pinger(ws), name="feed-pinger")
             try:
-                active = [t for t in self.topics if t not in self.rejected_topics]
-                await self._subscribe(ws, active, attempt=1)
+                for request in self.subs.connect(asyncio.get_running_loop().time()):
+                    await ws.send(request)
                 await self._read_loop(ws)
             finally:
                 pinger.cancel()
@@ -249,12 +249,15 @@ class KlineFeed:
         stable = False
         while True:
             deadline = min(last_any + self.silence_timeout_s, last_data + self.data_timeout_s)
-            deadline = min([deadline, *(p.deadline for p in self._pending.values())])
+            ack_deadline = self.subs.deadline()
+            if ack_deadline is not None:
+                deadline = min(deadline, ack_deadline)
             if self.recycle_after_s is not None:
                 deadline = min(deadline, opened + self.recycle_after_s)
             try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
-                async with asyncio.timeout_at(deadline):
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                # The floor lets frames buffered during a slow REST fill be read first.
+                async with asyncio.timeout_at(max(deadline, loop.time() + 0.05)):
                     raw = await ws.recv()
             except TimeoutError:
                 now = loop.time()
@@ -264,7 +267,7 @@ class KlineFeed:
                     ) from None
                 if now >= last_data + self.data_timeout_s:
                     raise _Reconnect(f"no kline data for {self.data_timeout_s:.1f} s") from None
-                if any(now >= p.deadline for p in self._pending.values()):
+                if ack_deadline is not None and now >= ack_deadline:
                     raise _Reconnect("no subscribe ack in time") from None
                 if self.recycle_after_s is not None and now >= opened + self.recycle_after_s:
                     raise _Reconnect("recycling a long-lived connection") from None
@@ -308,7 +311,8 @@ class KlineFeed:
         seq = self._seq[symbol]
         # candles that ended more than grace_ms before this frame's ts without a confirm
         # (lost confirms, bars missed while disconnected) come from REST first
-        await self._fill_due(frame.ts)
+        skip = {self.topics[t] for t in self.rejected_topics}
+        await self.backfill.fill_due(self._seq.values(), frame.ts, skip)
         # a closing candle and the next one may share a frame, in any order
         for k in sorted(frame.klines, key=lambda k: (k.start, k.confirm)):
             self.metrics.klines.labels(symbol, "true" if k.confirm else "false").inc()
@@ -326,7 +330,7 @@ class KlineFeed:
         if verdict is Verdict.GAP:
             gap = seq.gap_before(k)
             self._count("gaps")
-            if not await self._fill(seq, gap.first, gap.last, ts, before=k.start):
+            if not await self.backfill.fill(seq, gap.first, gap.last, ts, before=k.start):
                 return  # REST failing: this candle is fetched later with the range
         seq.accept(k)
         self._count("closed_ws")
@@ -340,79 +344,33 @@ class KlineFeed:
         except asyncio.QueueFull:
             self._reject("queue_overflow")
 
-    async def _fill_due(self, ts: int) -> None:
-        for symbol, seq in self._seq.items():
-            if kline_topic(self.interval, symbol) in self.rejected_topics:
-                continue
-            due = seq.due_fill(ts)
-            if due is not None:
-                self._count("late_fills")
-                await self._fill(seq, due.first, due.last, ts)
-
-    async def _fill(
-        self, seq: CandleSequencer, first: int, last: int, ts: int, before: int | None = None
-    ) -> bool:
-        """Fetch closed candles [first, last] and deliver them; False if REST failed."""
-        try:
-            klines = await self.rest.fetch_range(seq.symbol, self.interval, first, last)
-        except ConfigError:
-            raise
-        except RestError as e:
-            wait_ms = int(self.forbidden_backoff_s * 1000) if isinstance(e, RestForbidden) else 0
-            log.warning("REST fill %s [%d, %d] failed: %s", seq.symbol, first, last, e)
-            seq.defer(ts, max(wait_ms, self.fill_retry_ms))
-            self._count("fill_errors")
-            return False
-        got = seq.take(klines, before=before)
-        if not got and before is None:
-            seq.defer(ts, self.fill_retry_ms)  # not on REST yet: ask again a little later
-        await self._deliver_rest(seq.symbol, got)
-        return True
-
-    async def _deliver_rest(self, symbol: str, klines: list[Kline]) -> None:
-        for k in klines:
-            self.metrics.backfilled_klines.labels(symbol).inc()
-            self._count("closed_rest")
-            await self.out.put(KlineEvent(k, k.start + self.step, time.perf_counter_ns(), "rest"))
-
     # internals: subscriptions -------------------------------------------------------------
-    async def _subscribe(self, ws: ClientConnection, topics: list[str], attempt: int) -> None:
-        loop = asyncio.get_running_loop()
-        for i in range(0, len(topics), self.subscribe_batch):
-            batch = topics[i : i + self.subscribe_batch]
-            req_id = f"sub-{next(self._req_ids)}"
-            self._pending[req_id] = _Pending(batch, loop.time() + self.ack_timeout_s, attempt)
-            await ws.send(subscribe_message(batch, req_id))
-
     async def _on_ack(self, ws: ClientConnection, ack: Ack) -> None:
-        pending = self._pending.pop(ack.req_id, None)
-        if ack.op != "subscribe" or pending is None:
+        outcome = self.subs.on_ack(ack, asyncio.get_running_loop().time())
+        if outcome is None:
             if not ack.success:
                 log.warning("exchange error reply: %s", ack.ret_msg)
             return
-        if ack.success or is_already_subscribed(ack.ret_msg):
-            log.info("subscribed %s (conn_id %s)", ",".join(pending.topics), ack.conn_id)
+        if outcome.subscribed:
+            log.info("subscribed %s (conn_id %s)", ",".join(outcome.subscribed), ack.conn_id)
             self._set_connected(True)
-            return
-        bad = rejected_topic(ack.ret_msg)
-        if bad is not None and bad in pending.topics:
-            # a permanent refusal of one topic voids its whole batch: drop it, resend the rest
-            log.error("exchange rejected %s (%s); continuing without it", bad, ack.ret_msg)
-            self.rejected_topics.add(bad)
+        if outcome.rejected is not None:
+            # a permanent refusal voids its batch: the book re-requests the rest of it
+            log.error(
+                "exchange rejected %s (%s); continuing without it", outcome.rejected, ack.ret_msg
+            )
             self._count("rejected_topics")
-            if len(self.rejected_topics) == len(self.topics):
+            if not self.subs.active():
                 raise ConfigError(
                     f"the exchange rejected every topic: {sorted(self.rejected_topics)}"
                 )
-            rest = [t for t in pending.topics if t != bad]
-            if rest:
-                await self._subscribe(ws, rest, attempt=pending.attempt)
-            return
-        self._count("subscribe_retries")
-        if pending.attempt >= 3:
-            raise _Reconnect(f"subscribe keeps failing: {ack.ret_msg}")
-        log.warning("subscribe %s failed (%s); retrying", pending.topics, ack.ret_msg)
-        await self._subscribe(ws, pending.topics, attempt=pending.attempt + 1)
+        elif not outcome.subscribed:
+            self._count("subscribe_retries")
+            if outcome.give_up:
+                raise _Reconnect(f"subscribe keeps failing: {ack.ret_msg}")
+            log.warning("subscribe failed (%s); retrying", ack.ret_msg)
+        for request in outcome.resend:
+            await ws.send(request)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for logs and tests (frames, closed_ws, closed_rest, gaps, rejected_*...)."""

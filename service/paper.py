@@ -27,6 +27,7 @@ from service.metrics import Metrics
 from service.signals import TARGET, Signal
 
 log = logging.getLogger(__name__)
+QUEUE_SIZE = 10_000  # signals waiting for the trader (backfill delivers a few hundred)
 EQUITY_POINTS = 1000  # equity curve points kept in memory (the dashboard's chart)
 BUY = "buy"
 SELL = "sell"
@@ -196,17 +197,38 @@ class PaperTrader:
         self.journal = journal
         self.account = account
         self.metrics = metrics
-        self.queue: asyncio.Queue[Signal] = asyncio.Queue()
+        self.queue: asyncio.Queue[Signal] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self.lock = asyncio.Lock()  # serialises trading with reset
         self.duplicates = 0
+        self.dropped = 0
+        self.errors = 0
         self.update_gauges()
 
+    def offer(self, signal: Signal) -> None:
+        """Hand a signal over without waiting (the pipeline's sink); drop it if backed up."""
+        try:
+            self.queue.put_nowait(signal)
+        except asyncio.QueueFull:
+            self.dropped += 1  # the trader is stuck (journal?); health shows the errors
+            if self.dropped == 1:
+                log.error("paper trader backed up: dropping signals")
+
     async def run(self) -> None:
-        """Trade each queued live signal; mark-to-market on backfilled ones."""
+        """Trade each queued live signal; mark-to-market on backfilled ones.
+
+        A failed journal write books nothing (the next signal plans again); it is logged,
+        never fatal, so one bad disk moment does not stop paper trading for good.
+        """
         while True:
             signal = await self.queue.get()
             async with self.lock:
-                await self.on_signal(signal)
+                try:
+                    await self.on_signal(signal)
+                except Exception:
+                    self.errors += 1
+                    log.exception(
+                        "paper: signal %s %s not traded", signal.symbol, signal.candle_start
+                    )
 
     async def on_signal(self, signal: Signal) -> Fill | None:
         """Mark, plan, journal, then book. Returns the booked fill, if any."""

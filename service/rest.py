@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +26,46 @@ import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 
-from service.backfill import Backoff
 from service.bybit import MAINNET_REST_URL
 from service.klines import Kline, interval_ms
 
 MAX_LIMIT = 1000
 CONFIG_CODES = frozenset({10001, 10029})  # parameter error / symbol invalid: fix the config
 RETRY_CODES = frozenset({10000, 10002, 10006, 10016})  # timeouts, server errors, rate limits
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``initial · factor^n`` capped at ``max_s``, ±``jitter``.
+
+    Injectable so tests reconnect in milliseconds; :meth:`reset` after a healthy period.
+    """
+
+    def __init__(
+        self,
+        initial_s: float = 0.5,
+        max_s: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
+    ) -> None:
+        if initial_s < 0 or max_s < initial_s or factor < 1 or not 0 <= jitter < 1:
+            raise ValueError("Backoff needs 0 <= initial_s <= max_s, factor >= 1, 0 <= jitter < 1")
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (grows until :meth:`reset`)."""
+        base = min(self.max_s, self.initial_s * self.factor**self.attempt)
+        self.attempt += 1
+        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+
+    def reset(self) -> None:
+        """Back to the initial delay."""
+        self.attempt = 0
 
 
 class RestError(RuntimeError):

@@ -118,7 +118,7 @@ class Runtime:
             fills = await journal.call(journal.fills, terms.epoch)
             account: PaperAccount = replay_fills(terms, fills)
             self.trader = PaperTrader(journal, account, self.metrics)
-            self.pipeline.sink = self.trader.queue.put_nowait
+            self.pipeline.sink = self.trader.offer
             log.info(
                 "paper account %d resumed from %s: %d fills, equity %.2f USDT",
                 terms.epoch,

@@ -160,7 +160,9 @@ class CachedTeacher(nn.Module):
         r = self._rows
         n_layers = 1 + max(self.feats, default=-1)
         empty = self.logits.new_zeros(0)
-        out = [self.feats[k].index_select(0, r) if k in self.feats else empty for k in range(n_layers)]
+        out = [
+            self.feats[k].index_select(0, r) if k in self.feats else empty for k in range(n_layers)
+        ]
         return self.logits.index_select(0, r), out
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,9 +200,13 @@ def fit(
     During a two-stage hint phase early stopping waits for the task phase.
     """
     seed_everything(seed)
-    net = copy.deepcopy(init) if init is not None else build_network(spec)
-    if init is None:
-        net.norm.set_stats(data.mean, data.std)
+    net: nn.Module
+    if init is not None:
+        net = copy.deepcopy(init)
+    else:
+        fresh = build_network(spec)
+        fresh.norm.set_stats(data.mean, data.std)
+        net = fresh
     distiller = Distiller(
         net,
         teacher if cfg.method != "scratch" else None,
@@ -209,7 +215,9 @@ def fit(
         input_shape=(spec.n_features, spec.window),
         window=spec.window,
     )
-    opt = torch.optim.AdamW(distiller.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(
+        distiller.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     tr = data.train
     x_all = torch.from_numpy(tr.x)
     y_all = torch.from_numpy(tr.y)
@@ -247,7 +255,12 @@ def fit(
         if in_hint:
             continue
         if val < best - 1e-6:
-            best, best_state, waited, result.best_epoch = val, copy.deepcopy(net.state_dict()), 0, epoch
+            best, best_state, waited, result.best_epoch = (
+                val,
+                copy.deepcopy(net.state_dict()),
+                0,
+                epoch,
+            )
         else:
             waited += 1
             if waited >= settings.patience:

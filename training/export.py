@@ -214,6 +214,69 @@ def export_student(
     return card, {"parity_max_abs": err, "latency_us": lat}
 
 
+def export_checkpoint(ckpt_path: Path, out: Path, name: str | None = None) -> ModelCard:
+    """Export a student checkpoint of `python -m training distill` with a full model card.
+
+    Test-split metrics, agreement with the checkpoint's teacher and CKA per layer pair are
+    recomputed on the checkpoint's own (chronological, purged) test split.
+    """
+    from training.analysis import linear_cka
+    from training.config import DataConfig
+    from training.data import load_dataset
+    from training.experiment import network_outputs, predict_proba
+    from training.metrics_eval import agreement, classification_report
+    from training.train import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    student = model_from_checkpoint(ckpt)
+    data_cfg = DataConfig(**ckpt["config"]["data"])
+    ds = load_dataset(data_cfg)
+    p = predict_proba(student, ds.test.x)
+    metrics: dict[str, Any] = dict(classification_report(ds.test.y, p).as_dict())
+    teacher_info = ckpt.get("teacher") or {}
+    teacher_spec = NetworkSpec(family="none", arch={}, params=0)
+    if teacher_info.get("path") and Path(teacher_info["path"]).exists():
+        teacher = model_from_checkpoint(teacher_info["path"])
+        metrics["agreement_with_teacher"] = agreement(p, predict_proba(teacher, ds.test.x))
+        rows = np.linspace(0, len(ds.test) - 1, min(1000, len(ds.test))).astype(np.int64)
+        n_t = len(teacher_info["spec"]["channels"])
+        n_s = len(ckpt["spec"]["channels"])
+        _, tf = network_outputs(teacher, ds.test.x[rows], range(n_t))
+        _, sf = network_outputs(student, ds.test.x[rows], range(n_s))
+        metrics["cka"] = {
+            f"t{a}-s{b}": linear_cka(tf[a].double().numpy(), sf[b].double().numpy())
+            for a, b in ckpt.get("pairs", [])
+        }
+        metrics["cka_n"] = int(rows.size)
+        teacher_spec = NetworkSpec(
+            family=teacher_info["spec"]["family"],
+            arch=teacher_info["spec"],
+            params=int(teacher_info["params"]),
+        )
+    span = ds.span()
+    test_span = span["test"]
+    assert isinstance(test_span, dict)
+    card, _ = export_student(
+        student,
+        out,
+        ds.test.x[:64],
+        {
+            "name": name or out.stem,
+            "symbols": [ckpt["symbol"]],
+            "interval": ckpt["interval"],
+            "window": int(ckpt["window"]),
+            "teacher": teacher_spec,
+            "student": NetworkSpec(
+                family=ckpt["spec"]["family"], arch=ckpt["spec"], params=int(ckpt["params"])
+            ),
+            "distillation": {"config": ckpt["config"], "pairs": ckpt.get("pairs", [])},
+            "metrics": metrics,
+            "data_span": {**span, "test_first_ms": test_span["first_ms"]},
+        },
+    )
+    return card
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: export a student checkpoint written by `python -m training distill`."""
     ap = argparse.ArgumentParser(prog="python -m training export", description=__doc__)
@@ -221,8 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default="models/student_btcusdt_5m.onnx", help="ONNX file to write")
     ap.add_argument("--name", default="", help="model name (default: the file stem)")
     args = ap.parse_args(argv)
-    from training.export_ckpt import export_checkpoint
-
     card = export_checkpoint(Path(args.checkpoint), Path(args.out), args.name or None)
     print(f"wrote {args.out} ({card.sha256[:12]}…) and {Path(args.out).with_suffix('.json')}")
     return 0

@@ -11,7 +11,6 @@ honest out-of-sample metrics).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from numpy.typing import NDArray
 from service import features as fx
 from service.kline_io import load_bundled
 from service.klines import interval_ms
-from training.analysis import centred_gram, cka_matrix_from_grams, plot_cka_matrix
+from training.analysis import centred_gram, cka_matrix_from_grams
 from training.data import Split, features_with_gaps
 from training.distill import default_pairs
 from training.evaluate import LeakageAlarm, last_return_baseline, leakage_check, majority_baseline
@@ -131,7 +130,9 @@ def cross_fitted_logits(
     secs = 0.0
     for own, other in ((first, second), (second, first)):
         half = replace(data, train=subset(tr, own))
-        res = fit(ctx.t_spec, half, replace(ctx.cfg.distill, method="scratch"), ctx.cfg.teacher_fit, 0)
+        res = fit(
+            ctx.t_spec, half, replace(ctx.cfg.distill, method="scratch"), ctx.cfg.teacher_fit, 0
+        )
         secs += res.seconds
         idx = np.flatnonzero(other)
         lg, _ = network_outputs(res.net, tr.x[idx])
@@ -170,7 +171,7 @@ def run_fold(ctx: Context, series: Series, fold: Fold, is_last: bool) -> FoldOut
     out.seconds["teacher"] = float(np.mean([t.seconds for t in teachers]))
 
     # cached targets: teacher logits + matched features on the training rows
-    n_t = len(teacher.forward_with_features(torch.zeros(2, ctx.t_spec.n_features, ctx.t_spec.window))[1])  # type: ignore[operator]
+    n_t = len(ctx.t_spec.channels)  # one feature per block
     n_s = len(ctx.s_spec.channels)
     pairs = [tuple(p) for p in cfg.distill.pairs] or default_pairs(n_t, n_s)
     out.pairs = [(int(a), int(b)) for a, b in pairs]
@@ -196,7 +197,9 @@ def run_fold(ctx: Context, series: Series, fold: Fold, is_last: bool) -> FoldOut
     for name, method, tgt in plan:
         secs = []
         for seed in cfg.seeds:
-            res = fit(ctx.s_spec, data, replace(cfg.distill, method=method), cfg.student_fit, seed, tgt)
+            res = fit(
+                ctx.s_spec, data, replace(cfg.distill, method=method), cfg.student_fit, seed, tgt
+            )
             out.preds.setdefault(name, []).append(predict_proba(res.net, data.test.x))
             secs.append(res.seconds)
             if seed == cfg.seeds[0]:
@@ -237,7 +240,9 @@ def pool(folds: Sequence[FoldOutput]) -> FoldOutput:
     )
     for name in first.preds:
         n_runs = len(first.preds[name])
-        pooled.preds[name] = [np.concatenate([f.preds[name][i] for f in folds]) for i in range(n_runs)]
+        pooled.preds[name] = [
+            np.concatenate([f.preds[name][i] for f in folds]) for i in range(n_runs)
+        ]
     return pooled
 
 
@@ -355,8 +360,10 @@ def _export(
     name = cfg.export_method
     last = outputs[-1]
     p = last.preds[name][0]
-    rep = classification_report(last.y, p).as_dict()
-    rep["agreement_with_teacher"] = agreement(p, ctx.export_teacher_p) if ctx.export_teacher_p is not None else None
+    rep: dict[str, Any] = dict(classification_report(last.y, p).as_dict())
+    rep["agreement_with_teacher"] = (
+        agreement(p, ctx.export_teacher_p) if ctx.export_teacher_p is not None else None
+    )
     rep["cka"] = ctx.export_cka
     rep["cka_n"] = last.cka_n
     rep["teacher_test"] = classification_report(last.y, last.preds["teacher"][0]).as_dict()
@@ -375,7 +382,9 @@ def _export(
         "test_windows": n_test,
     }
     rng = np.random.default_rng(0)
-    parity_x = data.test.x[np.sort(rng.choice(len(data.test), size=min(64, len(data.test)), replace=False))]
+    parity_x = data.test.x[
+        np.sort(rng.choice(len(data.test), size=min(64, len(data.test)), replace=False))
+    ]
     models = Path(cfg.models_dir)
     onnx_path = models / f"{cfg.export_name}.onnx"
     card, measured = export_student(
@@ -387,13 +396,22 @@ def _export(
             "symbols": [cfg.symbol],
             "interval": cfg.interval,
             "window": fx.WINDOW,
-            "teacher": NetworkSpec(family=ctx.t_spec.family, arch=ctx.t_spec.to_dict(), params=count_parameters(ctx.last_teacher)),
-            "student": NetworkSpec(family=ctx.s_spec.family, arch=ctx.s_spec.to_dict(), params=count_parameters(student)),
+            "teacher": NetworkSpec(
+                family=ctx.t_spec.family,
+                arch=ctx.t_spec.to_dict(),
+                params=count_parameters(ctx.last_teacher),
+            ),
+            "student": NetworkSpec(
+                family=ctx.s_spec.family,
+                arch=ctx.s_spec.to_dict(),
+                params=count_parameters(student),
+            ),
             "distillation": {
                 "method": name,
                 "seed": cfg.seeds[0],
                 "pairs": [list(p) for p in last.pairs],
-                "config": replace(cfg.distill, method=name).__dict__ | {"pairs": [list(p) for p in last.pairs]},
+                "config": replace(cfg.distill, method=name).__dict__
+                | {"pairs": [list(p) for p in last.pairs]},
                 "fit": cfg.student_fit.__dict__,
                 "report": cfg.to_dict(),
             },
@@ -408,6 +426,13 @@ def _export(
     fixture = Path("tests/fixtures/student_parity.npz")
     if models.resolve() == (Path.cwd() / "models").resolve():
         fixture.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(fixture, x=parity_x, prob_up=tp, logits=tl, sha256=np.array(card.sha256))
+        np.savez_compressed(
+            fixture, x=parity_x, prob_up=tp, logits=tl, sha256=np.array(card.sha256)
+        )
     op, _ = ort_outputs(onnx_path, parity_x)
-    return {"path": str(onnx_path), "card": card.model_dump(), **measured, "parity_check": float(np.abs(op - tp).max())}
+    return {
+        "path": str(onnx_path),
+        "card": card.model_dump(),
+        **measured,
+        "parity_check": float(np.abs(op - tp).max()),
+    }

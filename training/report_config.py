@@ -58,8 +58,10 @@ class ReportConfig:
     cka_rows: int = 1000
     bootstrap: int = 500
     backtest_band: float = 0.02  # flat inside 0.5 ± band in the second backtest
-    teacher_fit: FitSettings = FitSettings(epochs=8, lr=1e-3, patience=2)
-    student_fit: FitSettings = FitSettings(epochs=10, lr=2e-3, patience=3)
+    teacher_fit: FitSettings = field(
+        default_factory=lambda: FitSettings(epochs=6, lr=1e-3, weight_decay=1e-2, patience=1)
+    )
+    student_fit: FitSettings = field(default_factory=lambda: FitSettings(epochs=8, patience=2))
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(teacher="cached"))
     transfer: TransferSettings = field(default_factory=TransferSettings)
 
@@ -68,14 +70,17 @@ class ReportConfig:
         import dataclasses
         import json
 
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        out: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return out
 
 
 def _build(cls: type, raw: dict[str, Any], base: Any) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(raw) - known
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} for {cls.__name__}; known {sorted(known)}")
+        raise ValueError(
+            f"unknown key(s) {sorted(unknown)} for {cls.__name__}; known {sorted(known)}"
+        )
     vals = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     if "pairs" in vals:
         vals["pairs"] = tuple(tuple(p) for p in vals["pairs"])

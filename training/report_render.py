@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,12 +39,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt_ms(values: Sequence[float], digits: int = 4) -> str:
-    """"0.5123 ± 0.0021" (± only with more than one value)."""
+    """ "0.5123 ± 0.0021" (± only with more than one value)."""
     m, s = mean_std(values)
     return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def seed_metrics(y: NDArray[np.int64], runs: Sequence[P], teacher: P | None) -> dict[str, list[float]]:
+def seed_metrics(
+    y: NDArray[np.int64], runs: Sequence[P], teacher: P | None
+) -> dict[str, list[float]]:
     """Every metric (and teacher agreement) for each seed's predictions."""
     out: dict[str, list[float]] = {}
     for p in runs:
@@ -105,7 +108,9 @@ def paired(
     ra = block_bootstrap(y, pa, pb, blocks, "auc", n_boot=n_boot)
     rl = block_bootstrap(y, pa, pb, blocks, "log_loss", n_boot=n_boot)
     d_acc = float(np.mean((pa > 0.5) == y) - np.mean((pb > 0.5) == y))
-    return Paired(a, b, d_acc, mc.p_value, ra.diff, (ra.ci_low, ra.ci_high), ra.p_value, rl.diff, rl.p_value)
+    return Paired(
+        a, b, d_acc, mc.p_value, ra.diff, (ra.ci_low, ra.ci_high), ra.p_value, rl.diff, rl.p_value
+    )
 
 
 def paired_table(rows: Sequence[Paired]) -> str:
@@ -154,10 +159,11 @@ def verdict(r: Paired, alpha: float = 0.05) -> str:
 
 def ensemble(runs: Sequence[P]) -> P:
     """Seed-averaged probabilities."""
-    return np.mean(np.stack(runs), axis=0)
+    out: P = np.mean(np.stack(runs), axis=0)
+    return out
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +177,13 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path, title:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, hist in histories.items():
-        ax.plot([h["epoch"] + 1 for h in hist], [h["val_log_loss"] for h in hist], marker="o", ms=3, label=name)
+        ax.plot(
+            [h["epoch"] + 1 for h in hist],
+            [h["val_log_loss"] for h in hist],
+            marker="o",
+            ms=3,
+            label=name,
+        )
     ax.axhline(np.log(2), color="k", lw=0.8, ls="--", label="ln 2 (coin flip)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation log loss")

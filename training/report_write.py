@@ -73,7 +73,6 @@ def write_report(
     blocks = day_blocks(pooled.times)
     names = list(pooled.preds)
     students = _students(names)
-    teacher_p = ensemble(pooled.preds["teacher"])
     teacher0 = pooled.preds["teacher"][0]
     pcount = {n: params["student"] for n in students} | {"teacher": params["teacher"]}
     md: list[str] = []
@@ -126,7 +125,10 @@ def write_report(
     )
     w("| fold | train | val | test |\n|---|---|---|---|")
     for f in folds:
-        cells = [f"{_day(a)} → {_day(b)} ({n})" for a, b, n in (f.spans[k] for k in ("train", "val", "test"))]
+        cells = [
+            f"{_day(a)} → {_day(b)} ({n})"
+            for a, b, n in (f.spans[k] for k in ("train", "val", "test"))
+        ]
         w(f"| {f.index} | " + " | ".join(cells) + " |")
     w("")
     w(
@@ -140,7 +142,11 @@ def write_report(
     w(table + "\n")
     w("Agreement is with the seed-0 teacher's direction on each bar.\n")
     w("### Per fold (AUC / accuracy, mean over seeds)\n")
-    head = "| model | " + " | ".join(f"fold {f.index} AUC | fold {f.index} acc" for f in folds) + " | AUC spread (max−min) |"
+    head = (
+        "| model | "
+        + " | ".join(f"fold {f.index} AUC | fold {f.index} acc" for f in folds)
+        + " | AUC spread (max−min) |"
+    )
     w(head)
     w("|" + "---|" * (2 * len(folds) + 2))
     for n in names:
@@ -169,23 +175,31 @@ def write_report(
     rows: list[Paired] = []
     for n in students:
         for ref in CONTROLS:
-            if n != ref and ref in ens and not (ref == "kd" and n in ("scratch", "label-smoothed")):
-                if not (ref == "label-smoothed" and n == "scratch"):
-                    rows.append(cmp(n, ref))
+            below = {"kd": ("scratch", "label-smoothed"), "label-smoothed": ("scratch",)}
+            if n != ref and ref in ens and n not in below.get(ref, ()):
+                rows.append(cmp(n, ref))
     w(paired_table(rows) + "\n")
     w("In words (p < 0.05):\n")
     for r in rows:
         w(f"- {verdict(r)}.")
     w("")
-    feature_methods = [n for n in students if n not in ("scratch", "label-smoothed", "kd", "kd (cross-fitted)")]
+    feature_methods = [
+        n for n in students if n not in ("scratch", "label-smoothed", "kd", "kd (cross-fitted)")
+    ]
     beaten = [
-        r.a for r in rows if r.b == "scratch" and r.a in feature_methods and "beats" in verdict(r) and "does not" not in verdict(r)
+        r.a
+        for r in rows
+        if r.b == "scratch"
+        and r.a in feature_methods
+        and "beats" in verdict(r)
+        and "does not" not in verdict(r)
     ]
     not_beaten = [m for m in feature_methods if m not in beaten]
     w("### Summary\n")
     if not_beaten:
         w(
-            f"**Feature distillation does not beat the scratch student** for: {', '.join(not_beaten)} "
+            "**Feature distillation does not beat the scratch student** for: "
+            f"{', '.join(not_beaten)} "
             "(no metric significantly better at p < 0.05)."
         )
     if beaten:
@@ -195,10 +209,12 @@ def write_report(
     # -------------------------------------------------------- gap recovered
     w("## How much of the teacher-minus-scratch gap is recovered?\n")
     w("(student − scratch) / (teacher − scratch), on the seed means of the pooled metrics.\n")
-    w("| student | AUC gap recovered | accuracy gap recovered | log-loss gap recovered |\n|---|---|---|---|")
+    w("| student | AUC gap recovered | accuracy gap recovered | log-loss gap recovered |")
+    w("|---|---|---|---|")
     for n in students:
         if n != "scratch":
-            w(f"| {n} | {_gap(raw, n, 'auc')} | {_gap(raw, n, 'accuracy')} | {_gap(raw, n, 'log_loss')} |")
+            gaps = [_gap(raw, n, k) for k in ("auc", "accuracy", "log_loss")]
+            w(f"| {n} | " + " | ".join(gaps) + " |")
     t_auc, s_auc = np.mean(raw["teacher"]["auc"]), np.mean(raw["scratch"]["auc"])
     best = max(students, key=lambda n: float(np.mean(raw[n]["auc"])))
     w(
@@ -216,7 +232,11 @@ def write_report(
         "Values are the mean over folds.\n"
     )
     pairs = last.pairs
-    w("| student | " + " | ".join(f"t{a}↔s{b} CKA (debiased)" for a, b in pairs) + " | best-matching teacher layer per student layer |")
+    w(
+        "| student | "
+        + " | ".join(f"t{a}↔s{b} CKA (debiased)" for a, b in pairs)
+        + " | best-matching teacher layer per student layer |"
+    )
     w("|" + "---|" * (len(pairs) + 2))
     for n in students:
         if n not in last.cka:
@@ -229,7 +249,12 @@ def write_report(
     w("")
     for n in ("scratch", cfg.export_method):
         if n in last.cka:
-            fig = plot_cka_matrix(last.cka[n], out / f"cka_{n.replace(' ', '_')}.png", f"teacher × {n} (fold {last.index})", last.cka_n)
+            fig = plot_cka_matrix(
+                last.cka[n],
+                out / f"cka_{n.replace(' ', '_')}.png",
+                f"teacher × {n} (fold {last.index})",
+                last.cka_n,
+            )
             w(f"![CKA {n}]({fig.name})")
     w("")
 
@@ -241,18 +266,29 @@ def write_report(
         f"the market (long if P(up) > 0.5 else short) and a band (flat inside 0.5 ± "
         f"{cfg.backtest_band}). Break-even cost = the round-trip cost at which net P&L is 0.\n"
     )
-    w("| model | rule | total return | Sharpe (ann.) | max drawdown | hit rate | exposure | turnover / bar | break-even bps / round trip |")
+    w(
+        "| model | rule | total return | Sharpe (ann.) | max drawdown | hit rate | exposure "
+        "| turnover / bar | break-even bps / round trip |"
+    )
     w("|---|---|---|---|---|---|---|---|---|")
     curves: dict[str, np.ndarray] = {}
-    bt_models = [n for n in ("teacher", "last-return sign", "scratch", "kd", cfg.export_method, best) if n in ens]
+    bt_models = [
+        n
+        for n in ("teacher", "last-return sign", "scratch", "kd", cfg.export_method, best)
+        if n in ens
+    ]
     for n in dict.fromkeys(bt_models):
-        for rule, (up, lo) in (("always in", (0.5, 0.5)), ("band", (0.5 + cfg.backtest_band, 0.5 - cfg.backtest_band))):
+        for rule, (up, lo) in (
+            ("always in", (0.5, 0.5)),
+            ("band", (0.5 + cfg.backtest_band, 0.5 - cfg.backtest_band)),
+        ):
             res, eq = backtest(ens[n], pooled.next_ret, up, lo)
             if rule == "always in":
                 curves[n] = eq
             w(
-                f"| {n} | {rule} | {res.total_return:+.2%} | {res.sharpe:+.2f} | {res.max_drawdown:.2%} | "
-                f"{res.hit_rate:.3f} | {res.exposure:.2f} | {res.turnover:.3f} | {res.break_even_bps_round_trip:+.2f} |"
+                f"| {n} | {rule} | {res.total_return:+.2%} | {res.sharpe:+.2f} "
+                f"| {res.max_drawdown:.2%} | {res.hit_rate:.3f} | {res.exposure:.2f} "
+                f"| {res.turnover:.3f} | {res.break_even_bps_round_trip:+.2f} |"
             )
     plot_equity(curves, out / "equity.png", "net equity, always-in rule, 5.5 bps taker fee")
     w("\n![equity](equity.png)\n")
@@ -263,10 +299,22 @@ def write_report(
 
     # ------------------------------------------------------- curves/calib
     w("## Training curves and calibration\n")
-    plot_curves(last.histories, out / "curves.png", f"validation log loss per epoch, fold {last.index}, seed {cfg.seeds[0]}")
-    plot_calibration(y, {n: ens[n] for n in ("teacher", "scratch", "kd", cfg.export_method) if n in ens}, out / "calibration.png")
+    plot_curves(
+        last.histories,
+        out / "curves.png",
+        f"validation log loss per epoch, fold {last.index}, seed {cfg.seeds[0]}",
+    )
+    plot_calibration(
+        y,
+        {n: ens[n] for n in ("teacher", "scratch", "kd", cfg.export_method) if n in ens},
+        out / "calibration.png",
+    )
     w("![curves](curves.png) ![calibration](calibration.png)\n")
-    w("Mean training seconds per run (last fold): " + ", ".join(f"{k} {v:.1f}s" for k, v in last.seconds.items()) + ".\n")
+    w(
+        "Mean training seconds per run (last fold): "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in last.seconds.items())
+        + ".\n"
+    )
 
     # ------------------------------------------------------------- transfer
     w("## Transfer experiments\n")
@@ -295,19 +343,23 @@ def write_report(
     if exported:
         card = exported["card"]
         m = card["metrics"]
+        span = card["data_span"]
         w(
-            f"`{exported['path']}` (+ `.json` card): method `{cfg.export_method}`, seed {cfg.seeds[0]}, "
-            f"last fold (trained on data up to {_day(card['data_span']['val_last_ms'])}, tested on "
-            f"{_day(card['data_span']['test_first_ms'])} → {_day(card['data_span']['test_last_ms'])}). "
-            f"sha256 `{card['sha256'][:16]}…`, opset {card['opset']}, {card['student']['params']} parameters.\n"
+            f"`{exported['path']}` (+ `.json` card): method `{cfg.export_method}`, "
+            f"seed {cfg.seeds[0]}, last fold (trained on data up to {_day(span['val_last_ms'])}, "
+            f"tested on {_day(span['test_first_ms'])} → {_day(span['test_last_ms'])}). "
+            f"sha256 `{card['sha256'][:16]}…`, opset {card['opset']}, "
+            f"{card['student']['params']} parameters.\n"
         )
         w(
-            f"- Test accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}, log loss {m['log_loss']:.4f}; "
-            f"agreement with the teacher's direction {m['agreement_with_teacher']:.3f} on {m['n']} bars."
+            f"- Test accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}, "
+            f"log loss {m['log_loss']:.4f}; agreement with the teacher's direction "
+            f"{m['agreement_with_teacher']:.3f} on {m['n']} bars."
         )
         w(f"- CKA per layer pair (N={m['cka_n']}): {json.dumps(m['cka'])}.")
         w(
-            f"- onnxruntime vs torch max |Δ| = {exported['parity_max_abs']:.2e} on a fixed batch of 64; "
+            f"- onnxruntime vs torch max |Δ| = {exported['parity_max_abs']:.2e} on a fixed "
+            "batch of 64; "
             f"single-row onnxruntime latency (1 thread, median) {exported['latency_us']:.1f} µs."
         )
     else:
@@ -320,6 +372,9 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(
-        json.dumps({"pooled": {n: {k: list(map(float, v)) for k, v in d.items()} for n, d in raw.items()}}, indent=1)
+        json.dumps(
+            {"pooled": {n: {k: list(map(float, v)) for k, v in d.items()} for n, d in raw.items()}},
+            indent=1,
+        )
     )
     return path

@@ -28,7 +28,14 @@ from service import features as fx
 from service.klines import interval_ms
 from training.data import Split
 from training.distill import default_pairs
-from training.experiment import CachedTeacher, FoldData, fit, make_fold_data, network_outputs, predict_proba
+from training.experiment import (
+    CachedTeacher,
+    FoldData,
+    fit,
+    make_fold_data,
+    network_outputs,
+    predict_proba,
+)
 from training.walkforward import walk_forward_folds
 
 if TYPE_CHECKING:
@@ -59,6 +66,7 @@ def channel_distance(src: NDArray[np.floating], tgt: NDArray[np.floating]) -> ND
     src (N, C[, T]) and tgt (M, C[, T]); statistics over batch (and time). Returns (C,):
     standardised mean gap plus absolute log ratio of standard deviations (0 = identical).
     """
+
     def stats(a: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         x = np.asarray(a, dtype=np.float64)
         x = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])  # (N·T, C)
@@ -73,7 +81,7 @@ def channel_distance(src: NDArray[np.floating], tgt: NDArray[np.floating]) -> ND
 
 def select_channels(distance: NDArray[np.float64], keep_fraction: float) -> NDArray[np.int64]:
     """Indices of the `keep_fraction` closest channels, ascending index order."""
-    k = max(1, int(round(keep_fraction * distance.size)))
+    k = max(1, round(keep_fraction * distance.size))
     return np.sort(np.argsort(distance, kind="stable")[:k]).astype(np.int64)
 
 
@@ -137,7 +145,9 @@ def cross_timeframe(ctx: Context, series5: Series) -> TransferResult | None:
     ok = align >= 0
     ends5, align = ends5[ok], align[ok]
     fold = walk_forward_folds(series5.start[ends5], step5, 1, 1, cfg.embargo, 0.25, 0.15)[0]
-    data = make_fold_data(series5.feats, series5.labels, series5.pos, series5.start, series5.close, ends5, fold)
+    data = make_fold_data(
+        series5.feats, series5.labels, series5.pos, series5.start, series5.close, ends5, fold
+    )
     # the 1-minute teacher: trained on 1-minute windows ending before the 5-minute val period
     val0 = int(data.val.start_ms[0])
     test0 = int(data.test.start_ms[0])
@@ -207,10 +217,18 @@ def _target_fold(ctx: Context, symbol: str) -> tuple[Series, FoldData, FoldData]
         return None
     from training.walkforward import Fold
 
-    full = make_fold_data(tgt.feats, tgt.labels, tgt.pos, tgt.start, tgt.close, tgt.ends, Fold(0, train, val, test))
+    full = make_fold_data(
+        tgt.feats, tgt.labels, tgt.pos, tgt.start, tgt.close, tgt.ends, Fold(0, train, val, test)
+    )
     n_keep = max(64, int(train.size * cfg.transfer.reduced_fraction))
     small = make_fold_data(
-        tgt.feats, tgt.labels, tgt.pos, tgt.start, tgt.close, tgt.ends, Fold(0, train[-n_keep:], val, test)
+        tgt.feats,
+        tgt.labels,
+        tgt.pos,
+        tgt.start,
+        tgt.close,
+        tgt.ends,
+        Fold(0, train[-n_keep:], val, test),
     )
     return tgt, full, small
 
@@ -241,7 +259,9 @@ def cross_asset_and_domain(ctx: Context) -> list[TransferResult]:
             small.test.y,
             small.test.start_ms,
         )
-        res.preds[f"{cfg.symbol} teacher (zero-shot on {sym})"] = [predict_proba(teacher, small.test.x)]
+        res.preds[f"{cfg.symbol} teacher (zero-shot on {sym})"] = [
+            predict_proba(teacher, small.test.x)
+        ]
         plan: list[tuple[str, str, CachedTeacher | None, dict[str, Any]]] = [
             ("scratch", "scratch", None, {}),
             ("kd", "kd", cached, {}),
@@ -249,7 +269,13 @@ def cross_asset_and_domain(ctx: Context) -> list[TransferResult]:
         ]
         _students(ctx, small, plan, cfg.transfer.seeds, res.preds)
         ref: dict[str, list[P]] = {}
-        _students(ctx, full, [(f"scratch on all {sym} data", "scratch", None, {})], cfg.transfer.seeds, ref)
+        _students(
+            ctx,
+            full,
+            [(f"scratch on all {sym} data", "scratch", None, {})],
+            cfg.transfer.seeds,
+            ref,
+        )
         res.preds.update(ref)
         out.append(res)
     if cfg.transfer.cross_domain:
@@ -266,7 +292,9 @@ def cross_asset_and_domain(ctx: Context) -> list[TransferResult]:
                 "kept": int(sel.size),
                 "of": int(d.size),
                 "median distance kept": float(np.median(d[sel])),
-                "median distance dropped": float(np.median(np.delete(d, sel))) if sel.size < d.size else 0.0,
+                "median distance dropped": float(np.median(np.delete(d, sel)))
+                if sel.size < d.size
+                else 0.0,
             }
         selected = CachedTeacher(teacher, lg, fe, channels=channels)
         res = TransferResult(

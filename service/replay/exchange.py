@@ -31,6 +31,7 @@ from service.kline_io import load_bundled
 from service.klines import VALID_INTERVALS, Kline, KlineTable, interval_ms
 from service.replay.faults import Faults
 from service.replay.malformed import malformed_frame
+from service.replay.protocol import handle_op, kline_envelope
 from service.replay.tape import Tape, VirtualClock, push_frame, ws_item
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,13 @@ class ReplayExchange:
         if self.start_ms % self.step:
             raise ValueError(f"start_ms {self.start_ms} is not on the {cfg.interval} grid")
         self.stats: Counter[str] = Counter()
-        self._rng = random.Random(cfg.seed)
+        # one generator per kind of decision, so that timing (how many sockets or requests
+        # there happen to be) never shifts another kind's draws: same seed, same faults
+        self._rng = random.Random(f"{cfg.seed}:candles")
+        self._rng_frames = random.Random(f"{cfg.seed}:frames")
+        self._rng_close = random.Random(f"{cfg.seed}:close")
+        self._rng_ops = random.Random(f"{cfg.seed}:ops")
+        self._rng_http = random.Random(f"{cfg.seed}:http")
         self._conns: set[_Conn] = set()
         self._recorded: dict[str, list[Kline]] = {s: [] for s in cfg.symbols}
         self._gapped: dict[str, int] = {}
@@ -221,9 +228,9 @@ class ReplayExchange:
             if topic not in conn.topics or conn.zombie:
                 continue
             try:
-                if f.malformed and self._rng.random() < f.malformed:
+                if f.malformed and self._rng_frames.random() < f.malformed:
                     self.stats["malformed"] += 1
-                    await conn.ws.send(malformed_frame(self._rng, topic, frame))
+                    await conn.ws.send(malformed_frame(self._rng_frames, topic, frame))
                 await conn.ws.send(frame)
             except ConnectionClosed:
                 self._conns.discard(conn)
@@ -234,7 +241,7 @@ class ReplayExchange:
         self._refuse = self.config.faults.refuse_handshakes
         for conn in list(self._conns):
             self._conns.discard(conn)
-            if self._rng.random() < 0.5:
+            if self._rng_close.random() < 0.5:
                 self.stats["disconnect_abort"] += 1
                 conn.ws.transport.abort()
             else:
@@ -261,69 +268,26 @@ class ReplayExchange:
         finally:
             self._conns.discard(conn)
 
-    async def _reply(self, conn: _Conn, **fields: Any) -> None:
-        await conn.ws.send(json.dumps({**fields, "conn_id": conn.conn_id}, separators=(",", ":")))
-
     async def _on_message(self, conn: _Conn, raw: str | bytes) -> None:
-        try:
-            msg = json.loads(raw)
-            if not isinstance(msg, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-            await self._reply(
-                conn, success=False, ret_msg=f"Failed to decode incoming data:{text[:80]}"
+        result = handle_op(
+            raw,
+            subscribed=conn.topics,
+            known=self._known,
+            faults=self.config.faults,
+            rng=self._rng_ops,
+        )
+        if result.stat:
+            self.stats[result.stat] += 1
+        for reply in result.replies:  # the ack goes out before the first push of a topic
+            await conn.ws.send(
+                json.dumps({**reply, "conn_id": conn.conn_id}, separators=(",", ":"))
             )
-            return
-        op, req_id = msg.get("op"), str(msg.get("req_id", ""))
-        if op == "ping":
-            await self._reply(conn, success=True, ret_msg="pong", req_id=req_id, op="ping")
-        elif op == "subscribe":
-            await self._subscribe(conn, msg.get("args"), req_id)
-        elif op == "unsubscribe":
-            args = msg.get("args")
-            conn.topics.difference_update(str(a) for a in (args if isinstance(args, list) else []))
-            await self._reply(conn, success=True, ret_msg="", req_id=req_id, op="unsubscribe")
-        else:
-            await self._reply(conn, success=False, ret_msg="error:invalid op")
+        conn.topics.update(result.add)
+        conn.topics.difference_update(result.remove)
 
     def _known(self, topic: str) -> bool:
         parsed = parse_topic(topic)
         return parsed is not None and parsed[0] == self.config.interval and parsed[1] in self.tapes
-
-    async def _subscribe(self, conn: _Conn, args: Any, req_id: str) -> None:
-        f = self.config.faults
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            await self._reply(
-                conn, success=False, ret_msg="error:args invalid", req_id=req_id, op="subscribe"
-            )
-            return
-        if f.reject_subscribe and self._rng.random() < f.reject_subscribe:
-            self.stats["reject_subscribe"] += 1
-            await self._reply(
-                conn,
-                success=False,
-                ret_msg="error:subscribe failed, try again",
-                req_id=req_id,
-                op="subscribe",
-            )
-            return
-        bad = [t for t in args if not self._known(t) or t in f.reject_topics]
-        good = [t for t in args if t not in bad]
-        if bad:
-            self.stats["rejected_topic"] += 1
-            ret = f"error:handler not found,topic:{bad[0]}"
-            await self._reply(conn, success=False, ret_msg=ret, req_id=req_id, op="subscribe")
-            if not f.void_batch:
-                conn.topics.update(good)
-            return
-        dup = [t for t in good if t in conn.topics]
-        if dup:
-            ret = f"error:already subscribed,topic:{dup[0]}"
-            await self._reply(conn, success=False, ret_msg=ret, req_id=req_id, op="subscribe")
-        else:
-            await self._reply(conn, success=True, ret_msg="", req_id=req_id, op="subscribe")
-        conn.topics.update(good)
 
     # HTTP side ----------------------------------------------------------------------------
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -341,41 +305,14 @@ class ReplayExchange:
     def _rest(self, connection: ServerConnection, q: dict[str, list[str]]) -> Response:
         f = self.config.faults
         self.stats["rest_requests"] += 1
-        if f.http_error and self._rng.random() < f.http_error:
-            status = 429 if self._rng.random() < 0.5 else 500
+        if f.http_error and self._rng_http.random() < f.http_error:
+            status = 429 if self._rng_http.random() < 0.5 else 500
             self.stats[f"http_{status}"] += 1
             return connection.respond(
                 status, "Too Many Requests\n" if status == 429 else "Internal Server Error\n"
             )
-        now = self.now_ms()
-
-        def one(name: str) -> str | None:
-            return q[name][0] if name in q else None
-
-        def error(msg: str) -> Response:
-            body = {"retCode": 10001, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": now}
-            return _json(connection, 200, body)
-
-        symbol, interval = one("symbol"), one("interval")
-        if one("category") not in (None, "linear"):
-            return error("Illegal category")
-        if symbol is None or symbol not in self.tapes:
-            return error("Not supported symbols")
-        if interval != self.config.interval:
-            return error("Invalid period!")
-        try:
-            limit = max(1, min(1000, int(one("limit") or 200)))
-            start = int(s) if (s := one("start")) is not None else None
-            end = int(e) if (e := one("end")) is not None else None
-        except ValueError:
-            return error("params error")
-        rows = self.tapes[symbol].rest_rows(now, start, end, limit)
-        result = {"symbol": symbol, "category": "linear", "list": rows}
-        return _json(
-            connection,
-            200,
-            {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now},
-        )
+        body = kline_envelope(self.tapes, self.config.interval, q, self.now_ms())
+        return _json(connection, 200, body)
 
 
 def _json(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:

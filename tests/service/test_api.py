@@ -76,7 +76,9 @@ def _settle(client: TestClient, rt: Runtime, n_events: int) -> None:
     """Wait until the pipeline has taken ``n_events`` klines and the trader is idle."""
 
     async def wait() -> None:
-        total = lambda: sum(st.bars for st in rt.pipeline.states.values())  # noqa: E731
+        def total() -> int:
+            return sum(st.bars for st in rt.pipeline.states.values())
+
         for _ in range(5000):
             if total() >= n_events and (rt.trader is None or rt.trader.queue.empty()):
                 break

@@ -12,6 +12,7 @@ from service.bybit import (
     KlineFrame,
     Notice,
     Pong,
+    SubscriptionBook,
     is_already_subscribed,
     kline_topic,
     parse_frame,
@@ -174,3 +175,40 @@ def test_request_builders_match_the_documented_shapes() -> None:
     assert parse_topic("kline.5.BTCUSDT") == ("5", "BTCUSDT")
     assert parse_topic("kline.7.BTCUSDT") is None
     assert parse_topic("publicTrade.BTCUSDT") is None
+
+
+def test_subscription_book_batches_matches_acks_and_drops_rejected_topics() -> None:
+    topics = [f"kline.5.S{i:02d}USDT" for i in range(23)]
+    book = SubscriptionBook(topics, batch=10, ack_timeout_s=5.0)
+    reqs = [json.loads(r) for r in book.connect(now=100.0)]
+    assert [len(r["args"]) for r in reqs] == [10, 10, 3]
+    assert len({r["req_id"] for r in reqs}) == 3
+    assert book.deadline() == 105.0
+    ok = book.on_ack(Ack("subscribe", True, "", reqs[0]["req_id"], "c"), now=101.0)
+    assert ok is not None and ok.subscribed == reqs[0]["args"] and not ok.resend
+    bad = reqs[1]["args"][4]
+    out = book.on_ack(
+        Ack("subscribe", False, f"error:handler not found,topic:{bad}", reqs[1]["req_id"], "c"),
+        now=102.0,
+    )
+    assert out is not None and out.rejected == bad
+    (again,) = [json.loads(r) for r in out.resend]
+    assert again["args"] == [t for t in reqs[1]["args"] if t != bad]
+    assert bad not in book.active() and len(book.active()) == 22
+    assert book.on_ack(Ack("subscribe", True, "", "unknown-id", "c"), now=103.0) is None
+
+
+def test_subscription_book_retries_transient_refusals_then_gives_up() -> None:
+    book = SubscriptionBook(["kline.5.BTCUSDT"], max_attempts=3)
+    (req,) = [json.loads(r) for r in book.connect(now=0.0)]
+    for attempt in (1, 2):
+        out = book.on_ack(Ack("subscribe", False, "error:busy", req["req_id"], "c"), now=1.0)
+        assert out is not None and not out.give_up and out.resend, attempt
+        (req,) = [json.loads(r) for r in out.resend]
+    out = book.on_ack(Ack("subscribe", False, "error:busy", req["req_id"], "c"), now=2.0)
+    assert out is not None and out.give_up
+    already = SubscriptionBook(["kline.5.BTCUSDT"])
+    (req,) = [json.loads(r) for r in already.connect(now=0.0)]
+    msg = "error:already subscribed,topic:kline.5.BTCUSDT"
+    out = already.on_ack(Ack("subscribe", False, msg, req["req_id"], "c"), now=1.0)
+    assert out is not None and out.subscribed == ["kline.5.BTCUSDT"]

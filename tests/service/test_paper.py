@@ -48,7 +48,8 @@ def test_long_hold_flip_flat_matches_hand_computation() -> None:
     # 1) long at close 100: buy 1000/100 = 10 BTC at 100.01, fee 10*100.01*5.5e-4
     f1 = acc.plan(sig("BTCUSDT", 0, 100.0, "long"), 1)
     assert f1 is not None
-    assert (f1.side, f1.qty, f1.price) == ("buy", pytest.approx(10.0), pytest.approx(100.01))
+    assert f1.side == "buy"
+    assert f1.qty == pytest.approx(10.0) and f1.price == pytest.approx(100.01)
     assert f1.fee == pytest.approx(10 * 100.01 * FEE)
     assert f1.realized_pnl == 0.0
     acc.apply(f1)
@@ -64,7 +65,8 @@ def test_long_hold_flip_flat_matches_hand_computation() -> None:
     f3 = acc.plan(sig("BTCUSDT", 600_000, 120.0, "short"), 3)
     assert f3 is not None
     qty3 = 10 + 1000 / 120
-    assert (f3.side, f3.qty, f3.price) == ("sell", pytest.approx(qty3), pytest.approx(119.988))
+    assert f3.side == "sell"
+    assert f3.qty == pytest.approx(qty3) and f3.price == pytest.approx(119.988)
     assert f3.realized_pnl == pytest.approx(10 * (119.988 - 100.01))  # 199.78
     assert f3.fee == pytest.approx(qty3 * 119.988 * FEE)
     assert f3.position_after == pytest.approx(-1000 / 120)

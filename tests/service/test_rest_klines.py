@@ -98,7 +98,7 @@ async def test_bad_symbol_and_interval_are_config_errors_not_retried() -> None:
 
 
 async def test_http_429_and_500_are_retried_until_answered() -> None:
-    async with ReplayExchange(cfg(faults=Faults(http_error=0.5), seed=4)) as ex:
+    async with ReplayExchange(cfg(faults=Faults(http_error=0.5), seed=3)) as ex:
         rest = fast(ex.rest_url, max_attempts=20)
         got = await rest.fetch_range("BTCUSDT", "5", ex.start_ms - 2000 * STEP, ex.start_ms - STEP)
         assert len(got) == 2000

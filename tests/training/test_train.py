@@ -51,7 +51,11 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_teacher_loss_goes_down_and_checkpoint_is_complete(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    cfg = _cfg("configs/tcn/teacher.toml", tmp_path, **{"train.epochs": 3, "train.patience": 9})
+    cfg = _cfg(
+        "configs/tcn/teacher.toml",
+        tmp_path,
+        **{"train.epochs": 3, "train.patience": 9, "data.last_bars": 2000},
+    )
     result = run(cfg, role="teacher")
     ckpt = load_checkpoint(result.checkpoint)
     losses = [h["train"]["task"] for h in ckpt["history"]]
@@ -159,3 +163,23 @@ def test_schedule_variants_run(name: str, teachers: Path) -> None:
     if name == "fitnet_two_stage":
         assert [h["stage"] for h in hist] == ["hint", "kd"]
         assert "task" in hist[0]["train"] and "fitnet_0" not in hist[1]["train"]
+
+
+def test_sweep_prints_one_row_per_config(
+    teachers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = [str(ROOT / f"configs/mlp/{m}.toml") for m in ("scratch", "gram")]
+    teacher = str(teachers / "mlp-teacher/checkpoint.pt")
+    argv = [
+        "sweep",
+        *configs,
+        "--teacher",
+        teacher,
+        "--out",
+        str(teachers),
+        "--set",
+        "train.epochs=1",
+    ]
+    assert main([*argv, *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "| mlp-scratch | scratch |" in out and "| mlp-gram | gram |" in out
