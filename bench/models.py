@@ -180,6 +180,19 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
     return net, "card architecture, random weights (no teacher checkpoint under runs/)"
 
 
+def mlp_student(tmp: Path) -> Path:
+    """The seed's mlp-family student ([32, 16], random weights) exported like the real one:
+    a reference for how much of the student's latency is its architecture."""
+    import torch
+
+    from training.export import export_onnx
+    from training.networks import build_network
+
+    torch.manual_seed(0)
+    net = build_network(_spec(None, "mlp", "student")).eval()
+    return export_onnx(net, tmp / "mlp_student.onnx", fx.N_FEATURES, fx.WINDOW)
+
+
 def export_teacher(net: Any, path: Path) -> Path:
     """The teacher through the same exporter as the student (training.export)."""
     from training.export import export_onnx

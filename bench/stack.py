@@ -61,28 +61,37 @@ def running(
     service: procs.Proc | None = None
     try:
         procs.wait_port(rport, replay)
-        state = tmp / f"state-{sport}"
-        state.mkdir(parents=True, exist_ok=True)
-        env = {
-            "APPRENTICE_SYMBOLS": SYMBOL,
-            "APPRENTICE_INTERVAL": INTERVAL,
-            "APPRENTICE_WS_URL": f"ws://127.0.0.1:{rport}/v5/public/linear",
-            "APPRENTICE_REST_URL": f"http://127.0.0.1:{rport}",
-            "APPRENTICE_MODEL": str(model),
-            "APPRENTICE_STATE_DIR": str(state),
-            "APPRENTICE_HOST": "127.0.0.1",
-            "APPRENTICE_PORT": str(sport),
-            "APPRENTICE_LOG_LEVEL": "warning",
-            "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
-        }
-        service = procs.Proc(
-            procs.python("-m", "service"),
-            tmp / f"service-{sport}.log",
-            env,
-        )
+        service = start_service(tmp, rport, sport, model, paper=paper)
         procs.wait_http(sport, "/ready", service, timeout=120.0)
         yield Stack(replay, service, rport, sport)
     finally:
         if service is not None:
             service.stop()
         replay.stop()
+
+
+def start_service(
+    tmp: Path,
+    replay_port: int,
+    port: int,
+    model: Path,
+    *,
+    paper: bool = True,
+    argv: tuple[str, ...] = ("-m", "service"),
+) -> procs.Proc:
+    """``python -m service`` (or ``argv``) against the replay on ``replay_port``."""
+    state = tmp / f"state-{port}"
+    state.mkdir(parents=True, exist_ok=True)
+    env = {
+        "APPRENTICE_SYMBOLS": SYMBOL,
+        "APPRENTICE_INTERVAL": INTERVAL,
+        "APPRENTICE_WS_URL": f"ws://127.0.0.1:{replay_port}/v5/public/linear",
+        "APPRENTICE_REST_URL": f"http://127.0.0.1:{replay_port}",
+        "APPRENTICE_MODEL": str(model),
+        "APPRENTICE_STATE_DIR": str(state),
+        "APPRENTICE_HOST": "127.0.0.1",
+        "APPRENTICE_PORT": str(port),
+        "APPRENTICE_LOG_LEVEL": "warning",
+        "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
+    }
+    return procs.Proc(procs.python(*argv), tmp / f"service-{port}.log", env)

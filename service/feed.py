@@ -360,6 +360,7 @@ class KlineFeed:
                 "exchange rejected %s (%s); continuing without it", outcome.rejected, ack.ret_msg
             )
             self._count("rejected_topics")
+            self.metrics.klines_rejected.labels("subscribe_rejected").inc()
             if not self.subs.active():
                 raise ConfigError(
                     f"the exchange rejected every topic: {sorted(self.rejected_topics)}"

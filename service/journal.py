@@ -101,16 +101,26 @@ class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / JOURNAL_FILE
         self._db: sqlite3.Connection | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._executor: ThreadPoolExecutor | None = None  # made on first use: no thread yet
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The journal's one worker thread (recreated after a close, e.g. a second lifespan)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        return self._executor
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the journal's thread and await it."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def aclose(self) -> None:
         """Close on the journal thread (after any in-flight write), then stop the thread."""
+        if self._executor is None:
+            return
         await self.call(self._close_db)
-        await asyncio.to_thread(self._executor.shutdown, True)
+        executor, self._executor = self._executor, None
+        await asyncio.to_thread(executor.shutdown, True)
 
     # ------------------------------------------------------------------ blocking API
     def open(self) -> None:
@@ -131,9 +141,13 @@ class Journal:
         self._db = db
 
     def close(self) -> None:
-        """Close the connection and stop the worker thread (not from the journal thread)."""
-        self._executor.submit(self._close_db).result()
-        self._executor.shutdown(wait=True)
+        """Blocking close for scripts; not from the journal thread or a running event loop."""
+        if self._executor is None:
+            self._close_db()
+            return
+        executor, self._executor = self._executor, None
+        executor.submit(self._close_db).result()
+        executor.shutdown(wait=True)
 
     def _close_db(self) -> None:
         if self._db is not None:

@@ -40,6 +40,7 @@ REJECT_REASONS = (
     "out_of_order",
     "duplicate",
     "queue_overflow",
+    "subscribe_rejected",
 )
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -134,8 +134,8 @@ class Runtime:
         self._spawn("pipeline", self.pipeline.run(self.queue))
         self._spawn("feed", self.feed.run())
 
-    def _spawn(self, name: str, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
         self.tasks[name] = task
 

@@ -137,8 +137,8 @@ def cross_fitted_logits(
         idx = np.flatnonzero(other)
         lg, _ = network_outputs(res.net, tr.x[idx])
         out[torch.from_numpy(idx)] = lg
-    # rows inside the purge gap of the first half were seen by neither: label them from the
-    # second-half teacher, which did not see them either (they precede its data)
+    # the few rows inside the purge gap between the halves keep zero logits (a uniform
+    # target): the second-half teacher's first windows overlap their bars
     return out, {"xfit_teachers": secs}
 
 

@@ -365,6 +365,8 @@ def write_report(
     else:
         w("Not exported in this run.")
     w("")
+    onnx_file = Path(exported["path"]) if exported else None
+    w(inference_section(ctx.t_spec, ctx.s_spec, onnx_file))
     w("## Reproduce\n")
     w("```\nmake train        # = python -m training report --config configs/report.toml\n```")
     w("\nResolved report config:\n")
@@ -378,3 +380,50 @@ def write_report(
         )
     )
     return path
+
+
+def inference_section(t_spec: Any, s_spec: Any, student_onnx: Path | None) -> str:
+    """Markdown: parameter counts and single-row inference time of teacher and student.
+
+    Latency does not depend on the weights, so freshly built networks are timed (torch, one
+    thread) and both are exported to ONNX in a temporary folder for onnxruntime (one thread).
+    """
+    import tempfile
+    import time
+
+    import torch
+
+    from training.export import export_onnx, ort_latency_us
+    from training.networks import build_network, count_parameters
+
+    torch.set_num_threads(1)
+    lines = [
+        "## Inference cost (single row, one thread, median)\n",
+        "| network | parameters | torch µs / row | onnxruntime µs / row |",
+        "|---|---|---|---|",
+    ]
+    x = torch.zeros(1, t_spec.n_features, t_spec.window)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, spec in (("teacher", t_spec), ("student", s_spec)):
+            net = build_network(spec).eval()
+            with torch.no_grad():
+                for _ in range(50):
+                    net(x)
+                times = []
+                for _ in range(500):
+                    t0 = time.perf_counter_ns()
+                    net(x)
+                    times.append(time.perf_counter_ns() - t0)
+            path = Path(tmp) / f"{label}.onnx"
+            if label == "student" and student_onnx is not None and student_onnx.exists():
+                path = student_onnx
+            else:
+                export_onnx(net, path, spec.n_features, spec.window)
+            ort_us = ort_latency_us(path, x.numpy())
+            torch_us = np.median(times) / 1e3
+            lines.append(f"| {label} | {count_parameters(net)} | {torch_us:.1f} | {ort_us:.1f} |")
+    lines.append(
+        "\nMeasured on the machine that ran the report, which other jobs may share; "
+        "`make bench` gives the service-side figures.\n"
+    )
+    return "\n".join(lines) + "\n"

@@ -78,3 +78,15 @@ async def test_startup_refuses_a_model_that_disagrees_with_its_card(
         async with app.router.lifespan_context(app):
             pass
     assert built == []  # the feed never started
+
+
+async def test_the_same_app_can_start_again_after_stopping(
+    make_settings: Callable[..., Any], btc_5m: KlineTable, feed_factory_maker: Callable[..., Any]
+) -> None:
+    factory, built = feed_factory_maker({"BTCUSDT": btc_5m}, 0)
+    app = create_app(make_settings(), feed_factory=factory, registry=CollectorRegistry())
+    rt = runtime_of(app)
+    for _ in range(2):
+        async with app.router.lifespan_context(app):
+            assert rt.trader is not None and rt.trader.account.terms.epoch == 1
+    assert len(built) == 2 and all(f.cancelled for f in built)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -169,4 +170,38 @@ async def test_trader_journals_before_booking_and_never_trades_a_candle_twice(
     assert reset.terms.epoch == terms.epoch + 1 and reset.equity == 2_000.0
     # the new account may trade the candle again: it is a different account
     assert await trader2.on_signal(sig("BTCUSDT", 300_000, 100.0, "short")) is not None
+    await j.aclose()
+
+
+async def test_a_failed_journal_write_books_nothing_and_trading_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    j = Journal(tmp_path)
+    await j.call(j.open)
+    terms = await j.call(j.current_account, 10_000.0, 1_000.0, 5.5, 1.0)
+    trader = PaperTrader(j, PaperAccount(terms), Metrics())
+    real_insert = j.insert_fill
+    calls = {"n": 0}
+
+    def flaky(epoch: int, fill: object) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_insert(epoch, fill)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(j, "insert_fill", flaky)
+    task = asyncio.create_task(trader.run())
+    trader.offer(sig("BTCUSDT", 0, 100.0, "long"))
+    trader.offer(sig("BTCUSDT", 300_000, 101.0, "long"))
+    for _ in range(1000):
+        if trader.queue.empty() and not trader.lock.locked() and calls["n"] >= 2:
+            break
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert trader.errors == 1
+    fills = await j.call(j.fills, terms.epoch)
+    assert [f.candle_start for f in fills] == [300_000]  # the retry on the next candle
+    assert trader.account.trades == 1
     await j.aclose()

@@ -49,6 +49,11 @@ def test_quick_report_runs_end_to_end(tmp_path: Path) -> None:
         assert (path.parent / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "models" / "student_btcusdt_5m.onnx").exists()
     assert (tmp_path / "models" / "student_btcusdt_5m.json").exists()
+    # `python -m training evaluate` scores the export with onnxruntime on its held-out bars
+    from training.evaluate import main as evaluate_main
+
+    model = tmp_path / "models" / "student_btcusdt_5m.onnx"
+    assert evaluate_main(["--model", str(model), "--json"]) == 0
 
 
 def test_leakage_alarm_stops_the_report() -> None:
