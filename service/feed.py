@@ -335,6 +335,9 @@ class KlineFeed:
         seq.accept(k)
         self._count("closed_ws")
         await self.out.put(KlineEvent(k, ts, received_ns, "ws"))
+        # Yield once so the pipeline turns this candle into a signal before the next frame
+        # (often another symbol's close, read in the same burst) is parsed.
+        await asyncio.sleep(0)
 
     def _offer_interim(self, event: KlineEvent) -> None:
         if not self.emit_interim:

@@ -79,7 +79,8 @@ def _settle(client: TestClient, rt: Runtime, n_events: int) -> None:
         def total() -> int:
             return sum(st.bars for st in rt.pipeline.states.values())
 
-        for _ in range(5000):
+        deadline = time.monotonic() + 30  # generous: the test machine may be busy
+        while time.monotonic() < deadline:
             if total() >= n_events and (rt.trader is None or rt.trader.queue.empty()):
                 break
             await asyncio.sleep(0.001)

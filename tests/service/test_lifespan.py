@@ -89,4 +89,6 @@ async def test_the_same_app_can_start_again_after_stopping(
     for _ in range(2):
         async with app.router.lifespan_context(app):
             assert rt.trader is not None and rt.trader.account.terms.epoch == 1
+            await asyncio.sleep(0.01)  # let the tasks start
+        assert all(t.cancelled() for t in rt.tasks.values())
     assert len(built) == 2 and all(f.cancelled for f in built)
