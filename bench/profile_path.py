@@ -217,5 +217,5 @@ def _profile(predictor: object, frames: list[str], quick: bool) -> list[str]:
     _pass(pipe, frames[WARM:])
     prof.stop()
     text = prof.output_text(unicode=True, color=False, show_all=False, short_mode=False)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Profile at")]
     return lines[:60]

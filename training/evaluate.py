@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{model} on {symbol} {interval}m, {rep['n']} held-out bars")
+        print(f"{model} on {symbol} {interval}m, {int(rep['n'])} held-out bars")
         for k, v in {**rep, **{f"bt_{k}": v for k, v in bt.as_dict().items()}}.items():
             print(f"  {k:28s} {v:.5g}")
     try:

@@ -399,7 +399,7 @@ def _export(
             "teacher": NetworkSpec(
                 family=ctx.t_spec.family,
                 arch=ctx.t_spec.to_dict(),
-                params=count_parameters(ctx.last_teacher),
+                params=count_parameters(_net(ctx.t_spec)),
             ),
             "student": NetworkSpec(
                 family=ctx.s_spec.family,

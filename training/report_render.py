@@ -176,11 +176,12 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path, title:
     """Validation log loss per epoch for each model (one seed)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, hist in histories.items():
+    for i, (name, hist) in enumerate(histories.items()):
         ax.plot(
             [h["epoch"] + 1 for h in hist],
             [h["val_log_loss"] for h in hist],
-            marker="o",
+            marker="o" if i < 10 else "s",  # the default colour cycle repeats after 10
+            ls="-" if i < 10 else "--",
             ms=3,
             label=name,
         )

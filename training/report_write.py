@@ -354,7 +354,7 @@ def write_report(
         w(
             f"- Test accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}, "
             f"log loss {m['log_loss']:.4f}; agreement with the teacher's direction "
-            f"{m['agreement_with_teacher']:.3f} on {m['n']} bars."
+            f"{m['agreement_with_teacher']:.3f} on {int(m['n'])} bars."
         )
         w(f"- CKA per layer pair (N={m['cka_n']}): {json.dumps(m['cka'])}.")
         w(

@@ -173,7 +173,7 @@ def cross_timeframe(ctx: Context, series5: Series) -> TransferResult | None:
         f"{cfg.symbol}, the {len(ends5)} five-minute windows whose aligned 1-minute window "
         f"exists ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
         f"purge + embargo {cfg.embargo} bars); the 1-minute teacher trained on "
-        f"{len(d1.train)} one-minute windows (every {cfg.transfer.teacher_stride}th) ending "
+        f"{len(d1.train)} one-minute windows (stride {cfg.transfer.teacher_stride}) ending "
         "before the 5-minute validation period. Teacher window ends at the same instant as "
         "the student's bar.",
         data.test.y,

@@ -54,6 +54,11 @@ def test_quick_report_runs_end_to_end(tmp_path: Path) -> None:
 
     model = tmp_path / "models" / "student_btcusdt_5m.onnx"
     assert evaluate_main(["--model", str(model), "--json"]) == 0
+    from service.model_card import ModelCard
+
+    card = ModelCard.load(model.with_suffix(".json"))
+    assert card.teacher.params > 10 * card.student.params > 0
+    assert set(card.metrics["cka"]) and 0.0 <= card.metrics["agreement_with_teacher"] <= 1.0
 
 
 def test_leakage_alarm_stops_the_report() -> None:
