@@ -16,7 +16,10 @@ from typing import Any
 
 DELEGATED = {
     "fetch": ("training.fetch", "download Bybit klines into data/ (REST, paginated)"),
-    "evaluate": ("training.evaluate", "test-split metrics, teacher agreement, CKA per pair"),
+    "evaluate": (
+        "training.evaluate",
+        "score an exported student with onnxruntime on held-out bars, plus the backtest",
+    ),
     "report": ("training.report", "the evaluation report (tables + figures)"),
     "export": ("training.export", "export a student checkpoint to ONNX + model card"),
 }
