@@ -177,7 +177,8 @@ def run(quick: bool = False) -> Section:
             if ok or math.isnan(quiet_p99)
             else f"missed by {quiet_p99 / 100:.2f}×: the code path itself is tens of µs hot "
             "(section 6), but the service idles ~50 ms between candles and each candle then "
-            "runs with cold caches on a shared VM (section 6: ≈10× slower after 50 ms idle); "
+            "runs with cold caches and a waking vCPU on a shared VM (section 6 times the "
+            "same call hot and after 50 ms idle); "
             f"load average during the run {load:.1f} on 2 cores",
         )
     )

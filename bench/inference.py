@@ -121,7 +121,7 @@ def run(quick: bool = False) -> Section:
             runs["int8"] = 5_000
         t0 = time.perf_counter()
         results[batch] = interleaved(
-            calls, runs, warmup=20 if quick else 500, rounds=50 if quick else ROUNDS
+            calls, runs, warmup=20 if quick else 500, rounds=50 if quick else ROUNDS, settle=2
         )
         sec.add(f"<!-- batch {batch}: {time.perf_counter() - t0:.0f} s -->")
 
@@ -168,7 +168,9 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
         f"{v.student_params:,}).",
         "All runs on one thread (`intra_op_num_threads=1`, `torch.set_num_threads(1)`), "
         f"interleaved round-robin ({ROUNDS} rounds in a full run; each round every contender "
-        "runs a block of runs/rounds calls) in one process, GC paused while "
+        "runs a block of runs/rounds calls, opened by 2 untimed calls so that a block never "
+        "times the cold start left by the previous contender — section 6 measures cold "
+        "calls) in one process, GC paused while "
         "sampling, after warm-up. Input: real feature windows from the bundled BTCUSDT 5m "
         f"klines. The service path returned p = {v.p_service:.6f}, plain `run` "
         f"p = {v.p_run:.6f}.",
@@ -232,9 +234,10 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
             svc.p99 < 50.0,
             ""
             if svc.p99 < 50.0
-            else f"p90 is {svc.p90:.1f} µs; the p99 tail is this process being preempted "
+            else f"p90 is {svc.p90:.1f} µs; the 1-in-100 tail is the shared machine "
             f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end of "
-            "the section; the Identity floor's p99 shows the same tail)",
+            "the section: preemption, other processes' cache traffic); the Identity floor's "
+            f"p99 ({floor.p99:.1f} µs) shows the same tail",
         )
     )
     for key, need in (("torch_student", 5.0), ("torch_teacher", 10.0)):

@@ -45,6 +45,7 @@ def interleaved(
     *,
     warmup: int = 500,
     rounds: int = 1000,
+    settle: int = 0,
 ) -> dict[str, Summary]:
     """Time every contender ``runs[name]`` times, round-robin in small blocks.
 
@@ -52,7 +53,9 @@ def interleaved(
     so all contenders are sampled uniformly across the whole measurement window. Each call is
     timed alone with ``perf_counter_ns`` (its ~0.1 µs overhead is in every figure alike).
     The garbage collector is paused while sampling so a collection triggered by one
-    contender's allocations is not billed to another.
+    contender's allocations is not billed to another. ``settle`` untimed calls open every
+    block: the previous contender's work evicts caches, and without them the first call of
+    each block (1 in ``block`` samples) would time a cold start instead of the contender.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -70,6 +73,8 @@ def interleaved(
                 buf = samples[name]
                 b = blocks[name]
                 base = r * b
+                for _ in range(settle):
+                    fn()
                 for j in range(b):
                     t0 = clock()
                     fn()

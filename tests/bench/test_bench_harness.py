@@ -85,6 +85,13 @@ def test_interleaved_runs_every_contender_its_quota_in_rounds() -> None:
     assert order[:10] == ["a"] * 4 + ["b"] + ["a"] * 4 + ["b"]
 
 
+def test_interleaved_settle_calls_are_untimed() -> None:
+    calls: list[int] = []
+    out = interleaved({"a": lambda: calls.append(1)}, {"a": 30}, warmup=5, rounds=10, settle=2)
+    assert out["a"].runs == 30  # timed samples only
+    assert len(calls) == 5 + 10 * 2 + 30  # warm-up + settle per block + timed
+
+
 def test_quick_run_writes_markdown(tmp_path: Path) -> None:
     out = tmp_path / "BENCH.md"
     res = subprocess.run(
@@ -119,3 +126,36 @@ def test_quick_run_writes_markdown(tmp_path: Path) -> None:
     ):
         assert needle in text, needle
     assert "FAILED" not in text
+
+
+def test_python_load_generator_on_a_real_loopback_server() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.pyload import load
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like uvicorn
+
+        def do_GET(self) -> None:
+            body = b'{"ok": true}' if self.path == "/ok" else b"{}"
+            self.send_response(200 if self.path == "/ok" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        ok = load(port, "/ok", 0.3, connections=2)
+        missing = load(port, "/nope", 0.2, connections=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ok.requests > 0 and ok.non_2xx == 0 and ok.rps > 0
+    assert ok.p50 <= ok.p90 <= ok.p99
+    assert missing.requests > 0 and missing.non_2xx == missing.requests
