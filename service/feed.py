@@ -123,6 +123,12 @@ class KlineFeed:
         metrics.queue_depth.set_function(out.qsize)
         for s in self.symbols:
             metrics.last_kline_age_seconds.labels(s).set_function(functools.partial(self._age, s))
+        # counter children resolved once: .labels() per kline showed up in the profile
+        self._m_klines = {
+            (s, c): metrics.klines.labels(s, "true" if c else "false")
+            for s in self.symbols
+            for c in (True, False)
+        }
 
     @classmethod
     def from_settings(
@@ -315,7 +321,7 @@ class KlineFeed:
         await self.backfill.fill_due(self._seq.values(), frame.ts, skip)
         # a closing candle and the next one may share a frame, in any order
         for k in sorted(frame.klines, key=lambda k: (k.start, k.confirm)):
-            self.metrics.klines.labels(symbol, "true" if k.confirm else "false").inc()
+            self._m_klines[symbol, k.confirm].inc()
             if k.confirm:
                 await self._on_closed(seq, k, frame.ts, received_ns)
             elif seq.is_live(k):
