@@ -100,8 +100,11 @@ def _signal_out(rt: Runtime, symbol: str) -> SignalOut | None:
     responses=_ERRORS,
     summary="The latest signal of one symbol",
 )
-async def get_signal(symbol: Symbol, rt: RuntimeDep) -> SignalOut:
+async def get_signal(symbol: Symbol, request: Request) -> SignalOut:
     """Direction, probability and action for the newest closed candle of ``symbol``."""
+    # The hottest route reads the runtime directly: a Depends() costs a measurable share of
+    # a request here (make bench, HTTP section).
+    rt: Runtime = request.app.state.runtime
     sym = symbol.upper()
     if sym not in rt.pipeline.states:
         raise HTTPException(
