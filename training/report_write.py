@@ -86,6 +86,17 @@ def write_report(
         f"`python -m training report --config configs/report.toml{' --quick' if quick else ''}`.\n"
     )
 
+    # A person's reading of the tables lives in answers.md beside the report, so that a
+    # rerun (make train) keeps it; the tables below are regenerated every time.
+    answers = out / "answers.md"
+    if answers.exists() and not quick:
+        w(answers.read_text().rstrip() + "\n")
+        w(
+            "_(The section above is the hand-written reading kept in `answers.md`; the run "
+            "is deterministic, so its numbers should match the regenerated tables below — "
+            "update it if they do not.)_\n"
+        )
+
     # ----------------------------------------------------------------- setup
     w("## Setup\n")
     w(
