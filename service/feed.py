@@ -104,6 +104,7 @@ class KlineFeed:
         self.subs = SubscriptionBook(
             list(self.topics), batch=subscribe_batch, ack_timeout_s=ack_timeout_s
         )
+        self._last_raw: str | bytes | None = None
         self.rejected_topics = self.subs.rejected  # the same set, for callers and tests
         self.reconnects = 0
         self.stats: dict[str, int] = {}
@@ -286,10 +287,18 @@ class KlineFeed:
                 stable = True
                 self.backoff.reset()
 
+    def warm_caches(self) -> None:
+        """Parse the newest frame again, discarding the result (keeps the parser's code and
+        data in the CPU caches while the socket is quiet; see Pipeline.warm_caches)."""
+        if self._last_raw is not None:
+            with contextlib.suppress(FrameError):
+                parse_frame(self._last_raw)
+
     # internals: frames --------------------------------------------------------------------
     async def _on_raw(self, ws: ClientConnection, raw: str | bytes, received_ns: int) -> bool:
         """Handle one frame; True if it carried kline data for a subscribed topic."""
         self._count("frames")
+        self._last_raw = raw
         try:
             frame = parse_frame(raw)
         except FrameError as e:

@@ -98,6 +98,7 @@ class Pipeline:
         self._m_dir = {s: metrics.signal_direction.labels(symbol=s) for s in self.states}
         self._m_bad = metrics.klines_rejected.labels(reason="bad_value")
         self._m_old = metrics.klines_rejected.labels(reason="out_of_order")
+        self._scratch = IncrementalFeatures()  # for warm_caches only; never served
 
     def process(self, event: KlineEvent) -> Signal | None:
         """Score one closed kline; returns the stored signal, or None (warming, ignored)."""
@@ -170,6 +171,22 @@ class Pipeline:
             except Exception:
                 self.errors += 1
                 log.exception("pipeline: could not process %s", _describe(event))
+
+    def warm_caches(self) -> None:
+        """Run the hot path's code on scratch state, touching nothing that is served.
+
+        Between candles the service idles for seconds; other processes then evict its code
+        and data from the CPU caches and the first candle after the pause runs several times
+        slower than the steady state (BENCHMARKS.md, section 6). A scratch feature state and
+        one student call on the newest window keep both warm; nothing is stored or counted.
+        """
+        predictor = self.slot.current
+        scratch = self._scratch
+        for st in self.states.values():
+            if st.window.full and predictor is not None:
+                scratch.update(1.0, 1.001, 0.999, 1.0, 1.0)
+                predictor.predict(st.window.view())
+                return
 
     def bars_seen(self, symbol: str) -> int:
         """Closed klines processed for ``symbol``."""

@@ -132,7 +132,19 @@ class Runtime:
         if self.trader is not None:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))
+        if s.keep_warm_ms > 0:
+            self._spawn("keep-warm", self._keep_warm(s.keep_warm_ms / 1000.0))
         self._spawn("feed", self.feed.run())
+
+    async def _keep_warm(self, period_s: float) -> None:
+        """Every ``period_s``: run the parser and the pipeline on scratch state (see
+        Pipeline.warm_caches); the first candle after a quiet spell then runs hot."""
+        feed_warm = getattr(self.feed, "warm_caches", None)
+        while True:
+            await asyncio.sleep(period_s)
+            if feed_warm is not None:
+                feed_warm()
+            self.pipeline.warm_caches()
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -150,7 +162,7 @@ class Runtime:
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Cancel the tasks (feed first, the journal writer last) and await them."""
-        for name in ("feed", "pipeline", "paper"):
+        for name in ("feed", "keep-warm", "pipeline", "paper"):
             task = self.tasks.get(name)
             if task is None:
                 continue

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     backfill_bars: int = Field(300, ge=60, le=5000)
     queue_size: int = Field(4096, ge=16)
     ping_interval_s: float = Field(20.0, gt=0)
+    keep_warm_ms: float = Field(
+        2.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
+    )
     stale_after_intervals: float = Field(2.0, gt=0, description="signal stale after N intervals")
 
     # signals and paper trading
