@@ -58,10 +58,14 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def runtime(request: Request) -> Runtime:
-    """The app's runtime container."""
+def _runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+async def runtime(request: Request) -> Runtime:
+    """The app's runtime container."""
+    return _runtime(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
@@ -104,7 +108,7 @@ async def get_signal(symbol: Symbol, request: Request) -> SignalOut:
     """Direction, probability and action for the newest closed candle of ``symbol``."""
     # The hottest route reads the runtime directly: a Depends() costs a measurable share of
     # a request here (make bench, HTTP section).
-    rt: Runtime = request.app.state.runtime
+    rt = _runtime(request)
     sym = symbol.upper()
     if sym not in rt.pipeline.states:
         raise HTTPException(

@@ -184,7 +184,9 @@ class Pipeline:
         scratch = self._scratch
         for st in self.states.values():
             if st.window.full and predictor is not None:
-                scratch.update(1.0, 1.001, 0.999, 1.0, 1.0)
+                # alternate the scratch close so the usual (non-flat) branches run
+                close = 1.0 + 0.001 * (scratch.bars_seen & 1)
+                scratch.update(1.0, 1.002, 0.998, close, 1.0 + close)
                 predictor.predict(st.window.view())
                 return
 

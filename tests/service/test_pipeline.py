@@ -18,7 +18,9 @@ from service.predictor import ModelSlot, Predictor
 from service.signals import Signal, SignalStore
 
 
-def _pipeline(predictor: Predictor, sink: list[Signal] | None = None) -> tuple[Pipeline, Metrics]:
+def _pipeline(
+    predictor: Predictor | None, sink: list[Signal] | None = None
+) -> tuple[Pipeline, Metrics]:
     metrics = Metrics(CollectorRegistry())
     pipe = Pipeline(
         symbols=["BTCUSDT"],
@@ -111,16 +113,7 @@ def test_duplicates_unknown_symbols_and_open_candles_are_ignored(
 def test_no_signal_without_a_model(
     btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
 ) -> None:
-    metrics = Metrics(CollectorRegistry())
-    pipe = Pipeline(
-        symbols=["BTCUSDT"],
-        interval="5",
-        slot=ModelSlot(None),
-        store=SignalStore(["BTCUSDT"]),
-        metrics=metrics,
-        long_threshold=0.55,
-        short_threshold=0.45,
-    )
+    pipe, _ = _pipeline(None)
     assert all(pipe.process(ev) is None for ev in make_events(btc_5m, 0, 100))
     assert pipe.states["BTCUSDT"].warm  # features kept warming
 
