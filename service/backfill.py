@@ -163,17 +163,25 @@ class Backfiller:
         await self._deliver(seq.symbol, seq.take(klines))
         log.info("backfilled %d closed %s klines for %s", len(klines), self.interval, seq.symbol)
 
-    async def fill_due(
+    def due(
         self, seqs: Iterable[CandleSequencer], ts: int, skip: Container[str]
-    ) -> None:
-        """Fetch every candle whose confirm is overdue at exchange time ``ts``."""
+    ) -> list[tuple[CandleSequencer, FillRange]]:
+        """Sequencers whose confirm is overdue at exchange time ``ts``, with their ranges
+        (a plain check, so the usual frame with nothing due costs no coroutine)."""
+        out = []
         for seq in seqs:
             if seq.symbol in skip:
                 continue
-            due = seq.due_fill(ts)
-            if due is not None:
-                self._count("late_fills")
-                await self.fill(seq, due.first, due.last, ts)
+            r = seq.due_fill(ts)
+            if r is not None:
+                out.append((seq, r))
+        return out
+
+    async def fill_due(self, due: Iterable[tuple[CandleSequencer, FillRange]], ts: int) -> None:
+        """Fetch every overdue range found by :meth:`due`."""
+        for seq, r in due:
+            self._count("late_fills")
+            await self.fill(seq, r.first, r.last, ts)
 
     async def fill(
         self, seq: CandleSequencer, first: int, last: int, ts: int, before: int | None = None

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the last paper account (default: fresh)"
     )
     p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not keep the replay exchange and the service on separate CPUs",
+    )
     return p
 
 
@@ -67,6 +72,26 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A child in its own session that receives SIGTERM if this launcher dies."""
     preexec: Callable[[], None] | None = _die_with_parent if sys.platform == "linux" else None
     return subprocess.Popen(args, env=env, start_new_session=True, preexec_fn=preexec)
+
+
+def cpu_plan(cpus: set[int]) -> tuple[set[int], set[int]] | None:
+    """(service CPUs, replay + launcher CPUs), or None with fewer than two CPUs.
+
+    A real exchange is on another machine; the replay exchange is not. Woken by loopback
+    traffic, the service otherwise often runs on the CPU the replay is busy sending the next
+    frames from, and its frame → signal latency then includes waiting for that CPU.
+    """
+    if len(cpus) < 2:
+        return None
+    last = max(cpus)
+    return cpus - {last}, {last}
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Restrict ``pid`` to ``cpus`` (Linux); a no-op elsewhere or when not allowed."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> bool:
@@ -206,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     replay_cmd = [py, "-m", "service.replay", "--symbols", symbols, "--interval", "5"]
     replay_cmd += ["--speed", str(args.speed), "--port", str(replay_port)]
     replay = spawn(replay_cmd, env)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    plan = None if args.no_pin else cpu_plan(allowed)
+    service_cpus, replay_cpus = plan if plan else (None, None)
+    pin(replay.pid, replay_cpus)
+    pin(0, replay_cpus)  # this launcher polls now and then: keep it off the service's CPU
     service: subprocess.Popen[bytes] | None = None
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
@@ -215,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print("demo: the replay exchange did not start", file=sys.stderr)
             return 1
         service = spawn([py, "-m", "service"], env)
+        pin(service.pid, service_cpus)
         if not wait_http(f"{base}/health", 60, service):
             print("demo: the service did not start (see its messages above)", file=sys.stderr)
             return 1
@@ -246,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 print(f"demo: service exited ({service.returncode}); restarting", flush=True)
                 service = spawn([py, "-m", "service"], env)
+                pin(service.pid, service_cpus)
                 print(f"demo: service pid {service.pid}", flush=True)
             if time.monotonic() >= next_status:
                 next_status += STATUS_EVERY_S

@@ -28,6 +28,7 @@ from service.signals import TARGET, Signal
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # signals waiting for the trader (backfill delivers a few hundred)
+SETTLE_S = 0.005  # wait after a signal before journaling: a burst of closes is scored first
 EQUITY_POINTS = 1000  # equity curve points kept in memory (the dashboard's chart)
 BUY = "buy"
 SELL = "sell"
@@ -193,8 +194,16 @@ def replay_fills(terms: AccountTerms, fills: list[Fill]) -> PaperAccount:
 class PaperTrader:
     """Consumes signals, journals fills (committed) and books them; one task, one writer."""
 
-    def __init__(self, journal: Journal, account: PaperAccount, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        account: PaperAccount,
+        metrics: Metrics,
+        *,
+        settle_s: float = SETTLE_S,
+    ) -> None:
         self.journal = journal
+        self.settle_s = settle_s
         self.account = account
         self.metrics = metrics
         self.queue: asyncio.Queue[Signal] = asyncio.Queue(maxsize=QUEUE_SIZE)
@@ -221,14 +230,24 @@ class PaperTrader:
         """
         while True:
             signal = await self.queue.get()
-            async with self.lock:
-                try:
-                    await self.on_signal(signal)
-                except Exception:
-                    self.errors += 1
-                    log.exception(
-                        "paper: signal %s %s not traded", signal.symbol, signal.candle_start
-                    )
+            if self.settle_s > 0:
+                # Candles of several symbols close together: let the pipeline score the whole
+                # burst before the journal thread starts (its Python side competes for the GIL
+                # with the hot path). Fills are at the candle's close, so the wait costs nothing.
+                await asyncio.sleep(self.settle_s)
+            while True:
+                await self._trade(signal)
+                if self.queue.empty():
+                    break
+                signal = self.queue.get_nowait()
+
+    async def _trade(self, signal: Signal) -> None:
+        async with self.lock:
+            try:
+                await self.on_signal(signal)
+            except Exception:
+                self.errors += 1
+                log.exception("paper: signal %s %s not traded", signal.symbol, signal.candle_start)
 
     async def on_signal(self, signal: Signal) -> Fill | None:
         """Mark, plan, journal, then book. Returns the booked fill, if any."""

@@ -98,7 +98,6 @@ class Pipeline:
         self._m_dir = {s: metrics.signal_direction.labels(symbol=s) for s in self.states}
         self._m_bad = metrics.klines_rejected.labels(reason="bad_value")
         self._m_old = metrics.klines_rejected.labels(reason="out_of_order")
-        self._scratch = IncrementalFeatures()  # for warm_caches only; never served
 
     def process(self, event: KlineEvent) -> Signal | None:
         """Score one closed kline; returns the stored signal, or None (warming, ignored)."""
@@ -165,30 +164,15 @@ class Pipeline:
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:
         """Consume the feed's queue until cancelled; a bad event is logged, never fatal."""
         while True:
-            event = await queue.get()
-            try:
-                self.process(event)
-            except Exception:
-                self.errors += 1
-                log.exception("pipeline: could not process %s", _describe(event))
+            self.handle(await queue.get())
 
-    def warm_caches(self) -> None:
-        """Run the hot path's code on scratch state, touching nothing that is served.
-
-        Between candles the service idles for seconds; other processes then evict its code
-        and data from the CPU caches and the first candle after the pause runs several times
-        slower than the steady state (BENCHMARKS.md, section 6). A scratch feature state and
-        one student call on the newest window keep both warm; nothing is stored or counted.
-        """
-        predictor = self.slot.current
-        scratch = self._scratch
-        for st in self.states.values():
-            if st.window.full and predictor is not None:
-                # alternate the scratch close so the usual (non-flat) branches run
-                close = 1.0 + 0.001 * (scratch.bars_seen & 1)
-                scratch.update(1.0, 1.002, 0.998, close, 1.0 + close)
-                predictor.predict(st.window.view())
-                return
+    def handle(self, event: KlineEvent) -> None:
+        """Process one event; a failure is logged and counted, never raised."""
+        try:
+            self.process(event)
+        except Exception:
+            self.errors += 1
+            log.exception("pipeline: could not process %s", _describe(event))
 
     def bars_seen(self, symbol: str) -> int:
         """Closed klines processed for ``symbol``."""

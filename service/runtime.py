@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from service.journal import Journal
+from service.keep_warm import IdleCollector, ShadowPath, keep_warm
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.paper import PaperAccount, PaperTrader, replay_fills
@@ -43,7 +44,12 @@ class Feed(Protocol):
 FeedFactory = Callable[[Settings, "asyncio.Queue[KlineEvent]", Metrics], Feed]
 
 
-def bybit_feed(settings: Settings, queue: asyncio.Queue[KlineEvent], metrics: Metrics) -> Feed:
+def bybit_feed(
+    settings: Settings,
+    queue: asyncio.Queue[KlineEvent],
+    metrics: Metrics,
+    direct: Callable[[KlineEvent], object] | None = None,
+) -> Feed:
     """The real feed: Bybit (or the replay exchange) websocket + REST backfill."""
     from service.feed import KlineFeed
     from service.rest import RestKlines
@@ -58,6 +64,7 @@ def bybit_feed(settings: Settings, queue: asyncio.Queue[KlineEvent], metrics: Me
         backfill_bars=settings.backfill_bars,
         ping_interval_s=settings.ping_interval_s,
         emit_interim=False,  # the pipeline uses closed candles only
+        direct=direct,
     )
     return feed
 
@@ -91,12 +98,20 @@ class Runtime:
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
         )
-        self.feed_factory = feed_factory or bybit_feed
+        self.shadow = ShadowPath(self.pipeline)
+        self.collector = IdleCollector()
+        self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
         self.queue: asyncio.Queue[KlineEvent] | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.started_at = time.time()
         self._reload_lock: asyncio.Lock | None = None
+
+    def _bybit_feed(
+        self, settings: Settings, queue: asyncio.Queue[KlineEvent], metrics: Metrics
+    ) -> Feed:
+        # closed candles go straight to the pipeline when its queue is empty (no task switch)
+        return bybit_feed(settings, queue, metrics, direct=self.pipeline.handle)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -133,18 +148,10 @@ class Runtime:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))
         if s.keep_warm_ms > 0:
-            self._spawn("keep-warm", self._keep_warm(s.keep_warm_ms / 1000.0))
+            self._spawn(
+                "keep-warm", keep_warm(self.shadow, self.collector, s.keep_warm_ms / 1000.0)
+            )
         self._spawn("feed", self.feed.run())
-
-    async def _keep_warm(self, period_s: float) -> None:
-        """Every ``period_s``: run the parser and the pipeline on scratch state (see
-        Pipeline.warm_caches); the first candle after a quiet spell then runs hot."""
-        feed_warm = getattr(self.feed, "warm_caches", None)
-        while True:
-            await asyncio.sleep(period_s)
-            if feed_warm is not None:
-                feed_warm()
-            self.pipeline.warm_caches()
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -41,6 +41,7 @@ class SoakResult:
     seconds: float
     registry: CollectorRegistry
     mismatches: list[str] = field(default_factory=list)
+    direct: int = 0  # closed candles handed to the direct callback (``soak(direct=True)``)
 
     @property
     def ok(self) -> bool:
@@ -117,8 +118,14 @@ async def soak(
     feed_symbols: list[str] | None = None,
     queue_size: int = 10_000,
     consumer_delay_s: float = 0.0,
+    direct: bool = False,
 ) -> SoakResult:
-    """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout)."""
+    """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
+
+    ``direct``: consume the way the service does — closed candles handed to a callback when
+    the queue is empty, everything else taken from the queue by a task that records each
+    event as it takes it (``SoakResult.direct`` counts the callback's share).
+    """
     cfg = ReplayConfig(
         symbols=symbols,
         speed=speed,
@@ -148,11 +155,41 @@ async def soak(
         closed: dict[str, list[KlineEvent]] = {s: [] for s in wanted}
         interim: dict[str, list[KlineEvent]] = {s: [] for s in wanted}
         target = ex.start_ms + candles * ex.step
-        task = asyncio.create_task(feed.run(), name="soak-feed")
         live = [s for s in wanted if f"kline.{cfg.interval}.{s}" not in faults.reject_topics]
+        arrived = asyncio.Event()
+        handed = [0]
+
+        def record(ev: KlineEvent) -> None:
+            (closed if ev.kline.confirm else interim)[ev.kline.symbol].append(ev)
+            arrived.set()
+
+        def direct_record(ev: KlineEvent) -> None:
+            handed[0] += 1
+            record(ev)
+
+        async def consume() -> None:  # like Pipeline.run: take and record in one step
+            while True:
+                record(await out.get())
+
+        if direct:
+            feed.direct = direct_record
+        consumer = asyncio.create_task(consume()) if direct else None
+        task = asyncio.create_task(feed.run(), name="soak-feed")
+
+        def finished() -> bool:
+            return all(closed[s] and closed[s][-1].kline.start >= target for s in live)
+
         try:
             async with asyncio.timeout(timeout_s):
-                while not all(closed[s] and closed[s][-1].kline.start >= target for s in live):
+                while direct and not finished():
+                    arrived.clear()
+                    wait = asyncio.ensure_future(arrived.wait())
+                    fired, _ = await asyncio.wait({wait, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if task in fired:
+                        wait.cancel()
+                        task.result()
+                        raise RuntimeError("the feed returned")
+                while not direct and not finished():
                     get = asyncio.ensure_future(out.get())
                     done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
                     if task in done:
@@ -166,9 +203,11 @@ async def soak(
         except TimeoutError:
             pass
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in (task, consumer):
+                if t is not None:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
         mismatches = [m for s in live for m in _compare(s, closed[s], ex, backfill_bars)]
         for s in live:
             if not closed[s] or closed[s][-1].kline.start < target:
@@ -190,6 +229,7 @@ async def soak(
             seconds=time.perf_counter() - t0,
             registry=registry,
             mismatches=mismatches,
+            direct=handed[0],
         )
 
 

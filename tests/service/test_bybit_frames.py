@@ -212,3 +212,53 @@ def test_subscription_book_retries_transient_refusals_then_gives_up() -> None:
     msg = "error:already subscribed,topic:kline.5.BTCUSDT"
     out = already.on_ack(Ack("subscribe", False, msg, req["req_id"], "c"), now=1.0)
     assert out is not None and out.subscribed == ["kline.5.BTCUSDT"]
+
+
+def test_fast_kline_parse_accepts_and_rejects_exactly_what_the_checked_one_does() -> None:
+    from service.bybit import _parse_kline_checked, parse_kline
+
+    base = {
+        "start": 1743819900000,
+        "end": 1743820199999,
+        "interval": "5",
+        "open": "83910",
+        "close": "83806.6",
+        "high": "83943.9",
+        "low": "83793",
+        "volume": "148.332",
+        "turnover": "12431200.5912",
+        "confirm": True,
+        "timestamp": 1743820199999,
+    }
+    bad_values: list[object] = ["nan", "inf", "-inf", "-1", "0", "1e400", "x", "", 5, 5.0, None]
+    cases: list[object] = [base, dict(base, confirm=False), [], "x", None]
+    for key in ("open", "high", "low", "close", "volume", "turnover"):
+        cases.append({k: v for k, v in base.items() if k != key})
+        cases += [dict(base, **{key: v}) for v in bad_values]
+    for key, values in {
+        "start": [True, 1743819900001, "1743819900000", 1.0, None],
+        "confirm": [1, "true", None],
+        "interval": ["1", 5, None],
+    }.items():
+        cases.append({k: v for k, v in base.items() if k != key})
+        cases += [dict(base, **{key: v}) for v in values]
+    cases += [
+        dict(base, high="83800"),  # below the open
+        dict(base, low="83900"),  # above the close
+        dict(base, volume="0", turnover="0"),  # a real zero-volume bar
+        dict(base, open="83943.9", close="83793"),  # open at the high, close at the low
+    ]
+    accepted = 0
+    for obj in cases:
+        try:
+            want: object = _parse_kline_checked(obj, "BTCUSDT", "5")
+        except FrameError as e:
+            want = ("error", e.reason)
+        try:
+            got: object = parse_kline(obj, "BTCUSDT", "5")
+        except FrameError as e:
+            got = ("error", e.reason)
+        assert got == want, obj
+        accepted += not isinstance(want, tuple)
+    # base, confirm=false, no turnover, volume "0", turnover "0", the last two extra cases
+    assert accepted == 7

@@ -75,3 +75,12 @@ def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "a child outlived the launcher"
     assert "Application shutdown complete" in out  # the service shut down gracefully
+
+
+def test_demo_keeps_the_replay_exchange_off_the_service_cpus() -> None:
+    from service.demo import cpu_plan
+
+    assert cpu_plan({0}) is None  # one CPU: nothing to separate
+    assert cpu_plan({0, 1}) == ({0}, {1})
+    service, replay = cpu_plan({2, 5, 7, 9}) or (set(), set())
+    assert service == {2, 5, 7} and replay == {9} and not service & replay

@@ -159,6 +159,16 @@ async def test_all_faults_at_once_deliver_the_exchange_series_bar_for_bar() -> N
         assert live == recorded[: len(live)]  # the exchange's own record, bar for bar
 
 
+async def test_direct_hand_off_keeps_every_candle_once_and_in_order() -> None:
+    # The service's way: closed candles go straight to the pipeline when its queue is empty,
+    # REST fills and anything behind them through the queue; together: the exchange's series.
+    r = await soak(Faults.all(), candles=40, seed=5, direct=True)
+    check(r)
+    n_ws = sum(e.source == "ws" for s in r.closed for e in r.closed[s])
+    assert 0 < r.direct <= n_ws  # the callback carried websocket candles...
+    assert r.feed_stats["reconnects"] > 0 and r.feed_stats.get("closed_rest", 0) > 0  # ...faults
+
+
 async def test_slow_consumer_never_loses_a_closed_candle() -> None:
     r = await soak(Faults(), candles=25, queue_size=16, consumer_delay_s=0.002, seed=13)
     check(r)

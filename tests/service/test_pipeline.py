@@ -116,26 +116,3 @@ def test_no_signal_without_a_model(
     pipe, _ = _pipeline(None)
     assert all(pipe.process(ev) is None for ev in make_events(btc_5m, 0, 100))
     assert pipe.states["BTCUSDT"].warm  # features kept warming
-
-
-def test_warm_caches_changes_nothing_that_is_served(
-    fixture_model: Any, btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
-) -> None:
-    events = make_events(btc_5m, 0, 200)
-    predictor = Predictor.load(fixture_model.onnx_path)
-    warmed, metrics = _pipeline(predictor)
-    plain, _ = _pipeline(Predictor.load(fixture_model.onnx_path))
-    warmed.warm_caches()  # before any window is full: a no-op
-    for ev in events:
-        a = warmed.process(ev)
-        for _ in range(3):
-            warmed.warm_caches()
-        b = plain.process(ev)
-        assert (a is None) == (b is None)
-        if a is not None and b is not None:
-            assert a.probability_up == b.probability_up
-    before = metrics.registry.get_sample_value("apprentice_inference_seconds_count")
-    warmed.warm_caches()
-    assert metrics.registry.get_sample_value("apprentice_inference_seconds_count") == before
-    assert warmed.store.latest("BTCUSDT") == warmed.store.latest("BTCUSDT")
-    assert warmed.processed == plain.processed
