@@ -297,7 +297,14 @@ class KlineFeed:
                 self.backoff.reset()
 
     # internals: frames --------------------------------------------------------------------
-    async def _on_raw(self, ws: ClientConnection, raw: str | bytes, received_ns: int) -> bool:
+    async def handle_frame(self, raw: str | bytes, received_ns: int) -> bool:
+        """One frame from outside a websocket session (acks need the session and are
+        ignored): the keep-warm shadow drives the feed's code with synthetic frames here."""
+        return await self._on_raw(None, raw, received_ns)
+
+    async def _on_raw(
+        self, ws: ClientConnection | None, raw: str | bytes, received_ns: int
+    ) -> bool:
         """Handle one frame; True if it carried kline data for a subscribed topic."""
         self._count("frames")
         try:
@@ -309,7 +316,8 @@ class KlineFeed:
         if isinstance(frame, Pong):
             return False
         if isinstance(frame, Ack):
-            await self._on_ack(ws, frame)
+            if ws is not None:
+                await self._on_ack(ws, frame)
             return False
         if isinstance(frame, Notice):
             log.warning("exchange notice: %s", frame.payload)

@@ -6,11 +6,17 @@ code back to back (BENCHMARKS.md, section 6: caches, branch predictors and the v
 Two measures, both run by the runtime's keep-warm task every ``APPRENTICE_KEEP_WARM_MS``:
 
 * :class:`ShadowPath` pushes a synthetic Bybit frame through the *same* code the live path
-  runs — ``parse_frame``, then ``Pipeline.process`` of a shadow pipeline (its own symbol
-  state, signal store and unregistered metrics, the serving predictor) — so features, the
-  student, signal building, the store and the histograms are all warm. Nothing it does is
-  served, counted or traded. Warming only parts of the path (the parser and the student)
-  left the untouched parts ~10× slower than hot; the whole path is what works.
+  runs — a shadow ``KlineFeed`` (parse, sequencing, the direct hand-off) into a shadow
+  ``Pipeline`` (features, the serving student, signal, store, histograms), with their own
+  symbol, state, store and unregistered metrics. Nothing it does is served, counted or
+  traded. Warming only parts of the path (the parser and the student) left the untouched
+  parts ~10× slower than hot; the whole path is what works.
+* :class:`BurstClock` learns when the next closed candles arrive (they close on a fixed grid,
+  so they come in bursts one interval apart) and the task *spins* — yields to the event loop
+  without sleeping, a shadow candle every ``SPIN_TICK_S`` — from a little before that moment
+  until the burst is in. A sleeping vCPU wakes slowly: the first candle of a burst ran ~2×
+  slower than the next ones even with 2 ms ticks. The spin costs a few ms of CPU per
+  interval; anywhere else the task sleeps.
 * :class:`IdleCollector` turns CPython's allocation-triggered collections off and runs the
   same generational policy from the tick instead, so a collection (tens of µs, more for an
   older generation) never lands inside a candle's frame → signal path. It freezes the
@@ -22,16 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from service.bybit import KlineFrame, parse_frame
-from service.klines import KlineEvent, interval_ms
+from service.feed import KlineFeed
+from service.klines import interval_ms
 from service.metrics import Metrics
 from service.pipeline import Pipeline
+from service.rest import RestKlines
 from service.signals import SignalStore
 
 SHADOW_SYMBOL = "SHADOWUSDT"  # never subscribed, never served
+SPIN_TICK_S = 0.00025  # shadow candles while spinning
+_MS = 1_000_000
 
 # A Bybit v5 kline push (reference §3), confirm=true, filled in per tick.
 _FRAME = (
@@ -66,27 +79,91 @@ def shadow_frame(interval: str, n: int) -> str:
 
 
 class ShadowPath:
-    """The live path on scratch state: synthetic frame → parse → shadow pipeline."""
+    """The live path on scratch state: synthetic frame → shadow feed → shadow pipeline."""
 
     def __init__(self, live: Pipeline) -> None:
         self.interval = live.interval
+        metrics = Metrics(CollectorRegistry())  # unregistered: never scraped
         self.pipeline = Pipeline(
             symbols=[SHADOW_SYMBOL],
             interval=live.interval,
             slot=live.slot,  # the serving student: its code and weights are what must be warm
             store=SignalStore([SHADOW_SYMBOL]),
-            metrics=Metrics(CollectorRegistry()),  # unregistered: never scraped
+            metrics=metrics,
             long_threshold=live.long_threshold,
             short_threshold=live.short_threshold,
         )
+        self.feed = KlineFeed(
+            symbols=[SHADOW_SYMBOL],
+            interval=live.interval,
+            ws_url="ws://shadow.invalid/",  # never connected: frames come via handle_frame
+            rest=RestKlines("http://shadow.invalid"),  # never asked: shadow candles are never late
+            out=asyncio.Queue(),
+            metrics=metrics,
+            backfill_bars=0,
+            emit_interim=False,
+            direct=self.pipeline.handle,
+        )
         self.ticks = 0
 
-    def tick(self) -> None:
-        """One synthetic closed candle through parse and process (~one live candle's work)."""
-        frame = parse_frame(shadow_frame(self.interval, self.ticks))
+    async def tick(self) -> None:
+        """One synthetic closed candle through the feed and the pipeline."""
+        raw = shadow_frame(self.interval, self.ticks)
         self.ticks += 1
-        if isinstance(frame, KlineFrame):
-            self.pipeline.handle(KlineEvent(frame.klines[0], frame.ts, 0, "ws"))
+        await self.feed.handle_frame(raw, time.perf_counter_ns())
+
+
+class BurstClock:
+    """When will the next burst of closed candles arrive? (local ``perf_counter_ns`` clock)
+
+    Fed the receive time of the newest live closed candle (``observe``); candles less than
+    ``burst_gap_ms`` apart are one burst. The period is the median gap between the last
+    ``history`` bursts (a missed candle makes one gap twice as long: the median ignores it),
+    the window half-width three median absolute deviations of the gaps plus ``min_lead_ms``,
+    at most ``max_lead_ms``. Pure bookkeeping: no I/O, no clock of its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int = 16,
+        burst_gap_ms: float = 5.0,
+        min_lead_ms: float = 2.0,
+        max_lead_ms: float = 20.0,
+    ) -> None:
+        self.burst_gap_ns = int(burst_gap_ms * _MS)
+        self.min_lead_ns = int(min_lead_ms * _MS)
+        self.max_lead_ns = int(max_lead_ms * _MS)
+        self.gaps: deque[int] = deque(maxlen=history)
+        self.burst_start: int | None = None
+        self._seen: int | None = None
+
+    def observe(self, received_ns: int | None) -> None:
+        """The newest live closed candle's receive time (repeats are ignored)."""
+        if received_ns is None or received_ns == self._seen:
+            return
+        self._seen = received_ns
+        start = self.burst_start
+        if start is not None and received_ns - start < self.burst_gap_ns:
+            return  # the same burst
+        if start is not None and received_ns > start:
+            self.gaps.append(received_ns - start)
+        self.burst_start = received_ns
+
+    def window(self, now_ns: int) -> tuple[int, int] | None:
+        """(start, end) of the next expected arrival not yet over at ``now_ns``, or None
+        until three gaps are known."""
+        if self.burst_start is None or len(self.gaps) < 3:
+            return None
+        period = int(statistics.median(self.gaps))
+        if period <= 2 * self.burst_gap_ns:
+            return None  # candles faster than bursts can be told apart: nothing to aim at
+        mad = statistics.median(abs(g - period) for g in self.gaps)
+        lead = min(self.max_lead_ns, int(3 * mad) + self.min_lead_ns)
+        # the next arrival, skipping any whose window already passed (a missed candle)
+        k = max(1, -(-(now_ns - lead - self.burst_start) // period))
+        expected = self.burst_start + k * period
+        return expected - lead, expected + lead
 
 
 class IdleCollector:
@@ -132,13 +209,38 @@ class IdleCollector:
             gc.enable()
 
 
-async def keep_warm(shadow: ShadowPath, collector: IdleCollector, period_s: float) -> None:
-    """Every ``period_s`` until cancelled: one shadow candle, then any due collection."""
+async def keep_warm(
+    shadow: ShadowPath,
+    collector: IdleCollector,
+    period_s: float,
+    *,
+    bursts: BurstClock | None = None,
+    newest_live_ns: Callable[[], int | None] = lambda: None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> None:
+    """Until cancelled: a shadow candle and any due collection every ``period_s``; inside
+    a :class:`BurstClock` window, spin instead (a shadow candle every ``SPIN_TICK_S``)."""
     collector.start()
+    spin_tick_ns = int(SPIN_TICK_S * 1e9)
+    next_tick = 0
     try:
         while True:
-            await asyncio.sleep(period_s)
-            shadow.tick()
+            now = clock()
+            window = None
+            if bursts is not None:
+                bursts.observe(newest_live_ns())
+                window = bursts.window(now)
+            if window is not None and window[0] <= now < window[1]:
+                await asyncio.sleep(0)  # spin: the loop still polls the socket every pass
+                if now >= next_tick:
+                    next_tick = now + spin_tick_ns
+                    await shadow.tick()
+                continue
+            sleep_s = period_s
+            if window is not None:
+                sleep_s = min(sleep_s, max(0.0, (window[0] - now) / 1e9))
+            await asyncio.sleep(sleep_s)
+            await shadow.tick()
             collector.tick()
     finally:
         collector.stop()

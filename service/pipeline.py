@@ -91,6 +91,7 @@ class Pipeline:
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.processed = 0
         self.errors = 0
+        self.last_live_ns: int | None = None  # receive time of the newest live signal
         self._m_features = metrics.feature_update_seconds
         self._m_inference = metrics.inference_seconds
         self._m_latency = metrics.signal_latency_seconds
@@ -151,6 +152,7 @@ class Pipeline:
         # Everything below is bookkeeping after the signal is stored (not in the latency).
         if live:
             self._m_latency.observe((t3 - event.received_ns) / _NS_PER_S)
+            self.last_live_ns = event.received_ns
         self._m_features.observe((t1 - t0) / _NS_PER_S)
         self._m_inference.observe((t2 - t1) / _NS_PER_S)
         (st.signals_up if p >= 0.5 else st.signals_down).inc()
@@ -159,6 +161,7 @@ class Pipeline:
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
+        st.features.prepare()  # the next candle's window sums, off its critical path
         return signal
 
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from service.journal import Journal
-from service.keep_warm import IdleCollector, ShadowPath, keep_warm
+from service.keep_warm import BurstClock, IdleCollector, ShadowPath, keep_warm
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.paper import PaperAccount, PaperTrader, replay_fills
@@ -148,8 +148,16 @@ class Runtime:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))
         if s.keep_warm_ms > 0:
+            bursts = BurstClock(max_lead_ms=s.burst_spin_ms) if s.burst_spin_ms > 0 else None
             self._spawn(
-                "keep-warm", keep_warm(self.shadow, self.collector, s.keep_warm_ms / 1000.0)
+                "keep-warm",
+                keep_warm(
+                    self.shadow,
+                    self.collector,
+                    s.keep_warm_ms / 1000.0,
+                    bursts=bursts,
+                    newest_live_ns=lambda: self.pipeline.last_live_ns,
+                ),
             )
         self._spawn("feed", self.feed.run())
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     keep_warm_ms: float = Field(
         2.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
     )
+    burst_spin_ms: float = Field(
+        20.0,
+        ge=0,
+        description="with keep-warm on: spin (not sleep) for at most ±N ms around the "
+        "learned arrival time of the next closed candles (0: never spin)",
+    )
     stale_after_intervals: float = Field(2.0, gt=0, description="signal stale after N intervals")
 
     # signals and paper trading

@@ -175,3 +175,20 @@ def test_feature_window_matches_batch_windows() -> None:
             win.push(r)
     assert win.full
     np.testing.assert_allclose(win.view(), f[-WINDOW:].T, atol=1e-12)
+
+
+def test_prepared_and_unprepared_updates_agree() -> None:
+    # prepare() only moves work ahead of the candle: the vectors must not depend on it
+    o, h, lo, c, v = _series(200)
+    a, b = IncrementalFeatures(), IncrementalFeatures()
+    for t in range(len(c)):
+        row = (float(o[t]), float(h[t]), float(lo[t]), float(c[t]), float(v[t]))
+        b.prepare()
+        ra, rb = a.update(*row), b.update(*row)
+        assert (ra is None) == (rb is None)
+        if ra is not None and rb is not None:
+            assert np.array_equal(ra, rb)
+    flat = IncrementalFeatures()  # constant market: the exact zero-variance rules still hold
+    for _ in range(60):
+        r = flat.update(1.0, 1.0, 1.0, 1.0, 7.0)
+    assert r is not None and r[COL["vol_z"]] == 0.0 and r[COL["volatility_20"]] == 0.0

@@ -10,7 +10,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from service.bybit import KlineFrame, parse_frame
-from service.keep_warm import SHADOW_SYMBOL, IdleCollector, ShadowPath, keep_warm, shadow_frame
+from service.keep_warm import (
+    SHADOW_SYMBOL,
+    BurstClock,
+    IdleCollector,
+    ShadowPath,
+    keep_warm,
+    shadow_frame,
+)
 from service.klines import KlineEvent, KlineTable
 from service.metrics import Metrics
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
@@ -50,7 +57,7 @@ def test_shadow_frames_are_valid_closed_candles_in_sequence() -> None:
     assert klines[0].close != klines[1].close  # a zig-zag, not a flat market
 
 
-def test_shadow_path_scores_but_serves_and_counts_nothing(
+async def test_shadow_path_scores_but_serves_and_counts_nothing(
     fixture_model: Any, btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
 ) -> None:
     predictor = Predictor.load(fixture_model.onnx_path)
@@ -62,11 +69,11 @@ def test_shadow_path_scores_but_serves_and_counts_nothing(
         assert (a is None) == (b is None)
         if a is not None and b is not None:  # interleaved shadow ticks change no probability
             assert a.probability_up == b.probability_up
-        shadow.tick()
+        await shadow.tick()
     before = _samples(registry)
     latest = live.store.latest("BTCUSDT")
     for _ in range(20):
-        shadow.tick()
+        await shadow.tick()
     assert _samples(registry) == before  # live metrics untouched
     assert live.store.latest("BTCUSDT") == latest
     assert SHADOW_SYMBOL not in live.states and live.processed == plain.processed
@@ -75,16 +82,20 @@ def test_shadow_path_scores_but_serves_and_counts_nothing(
     assert shadow.pipeline.processed == 170 - BARS_TO_FIRST_SIGNAL + 1
     sig = shadow.pipeline.store.latest(SHADOW_SYMBOL)
     assert sig is not None and 0.0 <= sig.probability_up <= 1.0 and sig.inference_us > 0
+    # the feed's own code ran too: every synthetic frame was a closed candle, in order
+    assert shadow.feed.snapshot()["closed_ws"] == 170 and "rejected_duplicate" not in (
+        shadow.feed.snapshot()
+    )
 
 
-def test_shadow_path_without_a_model_only_warms_features(fixture_model: Any) -> None:
+async def test_shadow_path_without_a_model_only_warms_features(fixture_model: Any) -> None:
     live, _ = _live(None)
     shadow = ShadowPath(live)
     for _ in range(100):
-        shadow.tick()
+        await shadow.tick()
     assert shadow.pipeline.processed == 0 and shadow.pipeline.states[SHADOW_SYMBOL].warm
     live.slot.swap(Predictor.load(fixture_model.onnx_path))  # a model arrives: used at once
-    shadow.tick()
+    await shadow.tick()
     assert shadow.pipeline.processed == 1
 
 
@@ -128,3 +139,69 @@ async def test_keep_warm_task_ticks_and_gives_the_gc_back_on_cancel(fixture_mode
     await asyncio.gather(task, return_exceptions=True)
     assert shadow.pipeline.processed > 0
     assert gc.isenabled() and not collector.active and gc.get_freeze_count() == 0
+
+
+MS = 1_000_000
+
+
+def test_burst_clock_learns_the_period_and_aims_just_before_the_next_burst() -> None:
+    clock = BurstClock(min_lead_ms=2.0, max_lead_ms=20.0)
+    assert clock.window(0) is None
+    t = 10_000 * MS
+    for k in range(5):  # bursts one second apart, three candles each, 0.3 ms apart
+        for j in range(3):
+            clock.observe(t + k * 1000 * MS + j * MS // 3)
+            clock.observe(t + k * 1000 * MS + j * MS // 3)  # repeats are ignored
+    assert list(clock.gaps) == [1000 * MS] * 4  # one gap per burst, not per candle
+    start, end = clock.window(t + 4000 * MS + 1 * MS) or (0, 0)
+    assert (start, end) == (t + 5000 * MS - 2 * MS, t + 5000 * MS + 2 * MS)  # no jitter: 2 ms
+    # a missed burst: after its window the next one is aimed at, one period later
+    start, end = clock.window(t + 5000 * MS + 3 * MS) or (0, 0)
+    assert start == t + 6000 * MS - 2 * MS
+
+
+def test_burst_clock_widens_with_jitter_up_to_its_cap_and_ignores_a_missed_candle() -> None:
+    clock = BurstClock(min_lead_ms=2.0, max_lead_ms=20.0)
+    t, arrivals = 0, []
+    for jitter in (0, 3, -3, 3, -3, 0):
+        t += 1000 * MS
+        arrivals.append(t + jitter * MS)
+    arrivals.append(arrivals[-1] + 2000 * MS)  # one candle never came
+    for a in arrivals:
+        clock.observe(a)
+    start, end = clock.window(arrivals[-1]) or (0, 0)
+    mid = (start + end) // 2
+    assert abs(mid - (arrivals[-1] + 1000 * MS)) <= 3 * MS  # the median period survives
+    assert 2 * MS < (end - start) // 2 <= 20 * MS
+    wild = BurstClock(max_lead_ms=20.0)
+    for a in (0, 700, 2100, 2600, 4100, 4300):
+        wild.observe(a * MS)
+    w = wild.window(4300 * MS)
+    assert w is not None and (w[1] - w[0]) // 2 == 20 * MS  # capped
+
+
+async def test_keep_warm_spins_inside_the_burst_window_and_sleeps_outside(
+    fixture_model: Any,
+) -> None:
+    live, _ = _live(Predictor.load(fixture_model.onnx_path))
+    shadow, collector = ShadowPath(live), IdleCollector()
+    now = [0]
+    bursts = BurstClock(min_lead_ms=50.0, max_lead_ms=50.0)
+    for k in range(4):
+        bursts.observe(k * 1000 * MS)  # the next burst is due at 4000 ms (fake clock)
+    task = asyncio.create_task(
+        keep_warm(shadow, collector, 0.05, bursts=bursts, clock=lambda: now[0])
+    )
+    now[0] = 3000 * MS  # far from the window: sleeps 50 ms per tick
+    await asyncio.sleep(0.12)
+    slow = shadow.ticks
+    now[0] = 4000 * MS  # inside: once its sleep ends it spins, a tick per 0.3 ms pass
+    await asyncio.sleep(0.06)
+    slow = shadow.ticks
+    for _ in range(100):
+        now[0] += 300_000
+        await asyncio.sleep(0)
+    fast = shadow.ticks - slow
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert slow <= 5 and fast >= 90
