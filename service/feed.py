@@ -313,6 +313,8 @@ class KlineFeed:
             self._reject(e.reason)
             log.debug("skipped frame: %s", e)
             return False
+        if type(frame) is KlineFrame:  # the usual frame first
+            return await self._on_klines(frame, received_ns)
         if isinstance(frame, Pong):
             return False
         if isinstance(frame, Ack):
@@ -344,11 +346,11 @@ class KlineFeed:
         if len(klines) > 1:
             klines = tuple(sorted(klines, key=lambda k: (k.start, k.confirm)))
         for k in klines:
-            self._m_klines[symbol, k.confirm].inc()
             if k.confirm:
                 await self._on_closed(seq, k, frame.ts, received_ns)
             elif seq.is_live(k):
                 self._offer_interim(KlineEvent(k, frame.ts, received_ns, "ws"))
+            self._m_klines[symbol, k.confirm].inc()  # counted after the hand-off
         return True
 
     async def _on_closed(self, seq: CandleSequencer, k: Kline, ts: int, received_ns: int) -> None:
@@ -362,11 +364,12 @@ class KlineFeed:
             if not await self.backfill.fill(seq, gap.first, gap.last, ts, before=k.start):
                 return  # REST failing: this candle is fetched later with the range
         seq.accept(k)
-        self._count("closed_ws")
         event = KlineEvent(k, ts, received_ns, "ws")
         if self.direct is not None and self.out.empty():
             self.direct(event)  # nothing queued ahead of it: score it now (module docstring)
+            self._count("closed_ws")
             return
+        self._count("closed_ws")
         await self.out.put(event)
         # Yield once so the pipeline turns this candle into a signal before the next frame
         # (often another symbol's close, read in the same burst) is parsed.
