@@ -26,6 +26,9 @@ import numpy as np
 from bench import models, stack
 from bench.report import Section, Target
 from bench.timing import Summary, histogram_quantile
+from service.demo import DEMO_SYMBOLS as _DEMO
+
+DEMO_SYMBOLS = tuple(_DEMO.split(","))
 
 METRICS = (
     ("apprentice_signal_latency_seconds", "frame received → signal stored"),
@@ -133,15 +136,23 @@ def run(quick: bool = False) -> Section:
         h1 = _scrape(st.service_port)
         lat, missed = client_latencies(st, seconds)  # phase 2: a client polls /signal
         h2 = _scrape(st.service_port)
+    demo_s = 5.0 if quick else 90.0
+    with stack.running(tmp, student.path, speed=300.0, symbols=DEMO_SYMBOLS) as st:
+        h3 = _scrape(st.service_port)
+        time.sleep(demo_s)  # phase 3: what `make demo` runs
+        h4 = _scrape(st.service_port)
     load = os.getloadavg()[0]
     quiet_rows, quiet_p99 = _rows(_delta(h1, h0))
     busy_rows, busy_p99 = _rows(_delta(h2, h1))
+    demo_rows, demo_p99 = _rows(_delta(h4, h3))
     sec.add(
         f"Replay at {speed:,.0f}× (a 5-minute candle every {300 / speed * 1000:.0f} ms, 4 "
-        "unconfirmed updates + 1 confirm each), one symbol, paper trading on; the replay, "
-        "the service and the client share this machine's two cores. Two phases of "
-        f"{seconds:.0f} s each: (a) the feed alone, (b) the same while a client polls "
-        "`GET /signal` as fast as it can. Histogram deltas per phase, from `/metrics`.",
+        "unconfirmed updates + 1 confirm each), one symbol, paper trading on; as in "
+        "`make demo`, the replay and the client run on one of the two cores and the service "
+        f"on the other. Two phases of {seconds:.0f} s each: (a) the feed alone, (b) the same "
+        "while a client polls `GET /signal` as fast as it can. Then (c) `make demo`'s own "
+        f"load for {demo_s:.0f} s: BTCUSDT, ETHUSDT and SOLUSDT at 300× (three closes a "
+        "second, together). Histogram deltas per phase, from `/metrics`.",
         "",
         "### Inside the service (its own histograms, quantiles interpolated in buckets)",
         "",
@@ -151,6 +162,8 @@ def run(quick: bool = False) -> Section:
     sec.table(header, quiet_rows)
     sec.add("(b) while a client polls `GET /signal`:", "")
     sec.table(header, busy_rows)
+    sec.add("(c) `make demo` conditions (three symbols at 300×, no HTTP traffic):", "")
+    sec.table(header, demo_rows)
     sec.add("### Full path seen by a client (replay push → `GET /signal` shows the candle)", "")
     if lat:
         s = Summary.of("client", np.asarray(lat, dtype=np.int64))
@@ -164,22 +177,37 @@ def run(quick: bool = False) -> Section:
         )
     else:
         sec.add("No candle closed during the client window.")
-    ok = not math.isnan(quiet_p99) and quiet_p99 <= 100.0
-    sec.targets.append(
-        Target(
-            "frame received → signal stored p99 (service histogram, feed only)",
-            "≤ 100 µs",
-            "n/a"
-            if math.isnan(quiet_p99)
-            else f"{quiet_p99:.0f} µs (under HTTP polling: {busy_p99:.0f} µs)",
-            None if math.isnan(quiet_p99) else ok,
-            ""
-            if ok or math.isnan(quiet_p99)
-            else f"missed by {quiet_p99 / 100:.2f}×: the code path itself is tens of µs hot "
-            "(section 6), but the service idles ~50 ms between candles and each candle then "
-            "runs with cold caches and a waking vCPU on a shared VM (section 6 times the "
-            "same call hot and after 50 ms idle); "
-            f"load average during the run {load:.1f} on 2 cores",
-        )
+    why = (
+        "one symbol: every candle is the first after a quiet spell, which runs ~1.5× slower "
+        "than the candles right behind it even with keep-warm and the burst spin (the demo's "
+        "three symbols close together); "
+        f"load average during the run {load:.1f} on 2 cores"
+    )
+    _target(
+        sec,
+        "frame received → signal stored p99, one symbol at 6,000× (feed only)",
+        quiet_p99,
+        f" (under HTTP polling: {busy_p99:.0f} µs)",
+        why,
+    )
+    _target(
+        sec,
+        "frame received → signal stored p99 under `make demo` conditions",
+        demo_p99,
+        "",
+        f"load average during the run {load:.1f} on 2 cores",
     )
     return sec
+
+
+def _target(sec: Section, name: str, p99: float, extra: str, why: str) -> None:
+    ok = not math.isnan(p99) and p99 <= 100.0
+    sec.targets.append(
+        Target(
+            name,
+            "≤ 100 µs",
+            "n/a" if math.isnan(p99) else f"{p99:.0f} µs{extra}",
+            None if math.isnan(p99) else ok,
+            "" if ok or math.isnan(p99) else f"missed by {p99 / 100:.2f}×: {why}",
+        )
+    )

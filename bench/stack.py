@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procs
+from service.demo import cpu_plan
+from service.demo import pin as pin_to
 
 SYMBOL = "BTCUSDT"
 INTERVAL = "5"
@@ -36,15 +39,23 @@ def running(
     speed: float,
     updates_per_candle: int = 4,
     paper: bool = True,
+    symbols: tuple[str, ...] = (SYMBOL,),
+    pin: bool = True,
 ) -> Iterator[Stack]:
-    """Start ``python -m service.replay`` then ``python -m service`` against it; wait for /ready."""
+    """Start ``python -m service.replay`` then ``python -m service`` against it; wait for /ready.
+
+    ``pin``: like ``make demo``, keep the replay (and this process, the client) on one CPU
+    and the service on the others — a real exchange is not on the service's machine.
+    """
     rport, sport = procs.free_port(), procs.free_port()
+    plan = cpu_plan(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_getaffinity") else None
+    mine = os.sched_getaffinity(0) if plan else None
     replay = procs.Proc(
         procs.python(
             "-m",
             "service.replay",
             "--symbols",
-            SYMBOL,
+            ",".join(symbols),
             "--interval",
             INTERVAL,
             "--speed",
@@ -60,14 +71,21 @@ def running(
     )
     service: procs.Proc | None = None
     try:
+        if plan:
+            pin_to(replay.popen.pid, plan[1])
+            pin_to(0, plan[1])
         procs.wait_port(rport, replay)
-        service = start_service(tmp, rport, sport, model, paper=paper)
+        service = start_service(tmp, rport, sport, model, paper=paper, symbols=symbols)
+        if plan:
+            pin_to(service.popen.pid, plan[0])
         procs.wait_http(sport, "/ready", service, timeout=120.0)
         yield Stack(replay, service, rport, sport)
     finally:
         if service is not None:
             service.stop()
         replay.stop()
+        if mine:
+            pin_to(0, mine)
 
 
 def start_service(
@@ -78,12 +96,13 @@ def start_service(
     *,
     paper: bool = True,
     argv: tuple[str, ...] = ("-m", "service"),
+    symbols: tuple[str, ...] = (SYMBOL,),
 ) -> procs.Proc:
     """``python -m service`` (or ``argv``) against the replay on ``replay_port``."""
     state = tmp / f"state-{port}"
     state.mkdir(parents=True, exist_ok=True)
     env = {
-        "APPRENTICE_SYMBOLS": SYMBOL,
+        "APPRENTICE_SYMBOLS": ",".join(symbols),
         "APPRENTICE_INTERVAL": INTERVAL,
         "APPRENTICE_WS_URL": f"ws://127.0.0.1:{replay_port}/v5/public/linear",
         "APPRENTICE_REST_URL": f"http://127.0.0.1:{replay_port}",
