@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(4096, ge=16)
     ping_interval_s: float = Field(20.0, gt=0)
     keep_warm_ms: float = Field(
-        2.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
+        10.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
     )
     burst_spin_ms: float = Field(
         20.0,
