@@ -137,6 +137,7 @@ class BurstClock:
         self.gaps: deque[int] = deque(maxlen=history)
         self.burst_start: int | None = None
         self._seen: int | None = None
+        self._aim: tuple[int, int] | None = None  # (period, lead) from the gaps; see _learn
 
     def observe(self, received_ns: int | None) -> None:
         """The newest live closed candle's receive time (repeats are ignored)."""
@@ -148,18 +149,25 @@ class BurstClock:
             return  # the same burst
         if start is not None and received_ns > start:
             self.gaps.append(received_ns - start)
+            self._aim = self._learn()
         self.burst_start = received_ns
 
-    def window(self, now_ns: int) -> tuple[int, int] | None:
-        """(start, end) of the next expected arrival not yet over at ``now_ns``, or None
-        until three gaps are known."""
-        if self.burst_start is None or len(self.gaps) < 3:
+    def _learn(self) -> tuple[int, int] | None:
+        """(period, lead) once three gaps are known (once per burst, not per poll)."""
+        if len(self.gaps) < 3:
             return None
         period = int(statistics.median(self.gaps))
         if period <= 2 * self.burst_gap_ns:
             return None  # candles faster than bursts can be told apart: nothing to aim at
         mad = statistics.median(abs(g - period) for g in self.gaps)
-        lead = min(self.max_lead_ns, int(3 * mad) + self.min_lead_ns)
+        return period, min(self.max_lead_ns, int(3 * mad) + self.min_lead_ns)
+
+    def window(self, now_ns: int) -> tuple[int, int] | None:
+        """(start, end) of the next expected arrival not yet over at ``now_ns``, or None
+        until three gaps are known."""
+        if self.burst_start is None or self._aim is None:
+            return None
+        period, lead = self._aim
         # the next arrival, skipping any whose window already passed (a missed candle)
         k = max(1, -(-(now_ns - lead - self.burst_start) // period))
         expected = self.burst_start + k * period
