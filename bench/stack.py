@@ -48,8 +48,8 @@ def running(
     and the service on the others — a real exchange is not on the service's machine.
     """
     rport, sport = procs.free_port(), procs.free_port()
-    plan = cpu_plan(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_getaffinity") else None
-    mine = os.sched_getaffinity(0) if plan else None
+    mine = os.sched_getaffinity(0) if pin and hasattr(os, "sched_getaffinity") else None
+    plan = cpu_plan(mine) if mine else None
     replay = procs.Proc(
         procs.python(
             "-m",
@@ -84,7 +84,7 @@ def running(
         if service is not None:
             service.stop()
         replay.stop()
-        if mine:
+        if plan:
             pin_to(0, mine)
 
 

@@ -185,6 +185,12 @@ def batch_features(
 _RING = VOL_Z_BARS  # one ring length for every buffer: the longest look-back
 
 
+def _pstdev(xs: list[float]) -> float:
+    """Population standard deviation, two-pass (exact where sums of squares lose digits)."""
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum([(x - m) * (x - m) for x in xs]) / len(xs))
+
+
 def _zscore_last(buf: list[float], last: float) -> float:
     """(last - mean) / std over a full ring (ddof 0); 0 when the std is 0.
 
@@ -313,12 +319,10 @@ class IncrementalFeatures:
         m = (slr + logret) / VOLATILITY_BARS
         msq = (slrr + logret * logret) / VOLATILITY_BARS
         var = msq - m * m
-        if var > 1e-3 * msq:
-            volatility = math.sqrt(var)
-        else:
-            lr = self._recent(self._logret, VOLATILITY_BARS)
-            m = sum(lr) / VOLATILITY_BARS
-            volatility = math.sqrt(sum([(x - m) * (x - m) for x in lr]) / VOLATILITY_BARS)
+        exact = var <= 1e-3 * msq
+        volatility = (
+            _pstdev(self._recent(self._logret, VOLATILITY_BARS)) if exact else math.sqrt(var)
+        )
         sma10 = (sc_fast + close) / SMA_FAST
         sma30 = (sc_slow + close) / SMA_SLOW
         return np.array(

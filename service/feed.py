@@ -364,12 +364,11 @@ class KlineFeed:
             if not await self.backfill.fill(seq, gap.first, gap.last, ts, before=k.start):
                 return  # REST failing: this candle is fetched later with the range
         seq.accept(k)
+        self._count("closed_ws")
         event = KlineEvent(k, ts, received_ns, "ws")
         if self.direct is not None and self.out.empty():
             self.direct(event)  # nothing queued ahead of it: score it now (module docstring)
-            self._count("closed_ws")
             return
-        self._count("closed_ws")
         await self.out.put(event)
         # Yield once so the pipeline turns this candle into a signal before the next frame
         # (often another symbol's close, read in the same burst) is parsed.

@@ -122,9 +122,9 @@ async def soak(
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
 
-    ``direct``: consume the way the service does — closed candles handed to a callback when
-    the queue is empty, everything else taken from the queue by a task that records each
-    event as it takes it (``SoakResult.direct`` counts the callback's share).
+    A consumer task records each event as it takes it from the queue. ``direct``: also the
+    service's hand-off — closed candles that find the queue empty go to a callback instead
+    (``SoakResult.direct`` counts the callback's share).
     """
     cfg = ReplayConfig(
         symbols=symbols,
@@ -169,11 +169,14 @@ async def soak(
 
         async def consume() -> None:  # like Pipeline.run: take and record in one step
             while True:
-                record(await out.get())
+                ev = await out.get()
+                if consumer_delay_s:
+                    await asyncio.sleep(consumer_delay_s)  # a slow pipeline
+                record(ev)
 
         if direct:
             feed.direct = direct_record
-        consumer = asyncio.create_task(consume()) if direct else None
+        consumer = asyncio.create_task(consume(), name="soak-consumer")
         task = asyncio.create_task(feed.run(), name="soak-feed")
 
         def finished() -> bool:
@@ -181,33 +184,21 @@ async def soak(
 
         try:
             async with asyncio.timeout(timeout_s):
-                while direct and not finished():
+                while not finished():
                     arrived.clear()
                     wait = asyncio.ensure_future(arrived.wait())
                     fired, _ = await asyncio.wait({wait, task}, return_when=asyncio.FIRST_COMPLETED)
                     if task in fired:
                         wait.cancel()
-                        task.result()
-                        raise RuntimeError("the feed returned")
-                while not direct and not finished():
-                    get = asyncio.ensure_future(out.get())
-                    done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if task in done:
-                        get.cancel()
                         task.result()  # the feed must never stop on its own: surface why
                         raise RuntimeError("the feed returned")
-                    ev = get.result()
-                    if consumer_delay_s:
-                        await asyncio.sleep(consumer_delay_s)  # a slow pipeline
-                    (closed if ev.kline.confirm else interim)[ev.kline.symbol].append(ev)
         except TimeoutError:
             pass
         finally:
             for t in (task, consumer):
-                if t is not None:
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         mismatches = [m for s in live for m in _compare(s, closed[s], ex, backfill_bars)]
         for s in live:
             if not closed[s] or closed[s][-1].kline.start < target:
