@@ -363,6 +363,11 @@ class FeatureWindow:
     def full(self) -> bool:
         return self._count >= self.window
 
+    @property
+    def pushes(self) -> int:
+        """Vectors pushed so far (a streamed student's partials are valid for one push)."""
+        return self._count
+
     def push(self, vec: F64) -> None:
         i = self._i
         self._buf[:, i] = vec

@@ -9,8 +9,10 @@ Two measures, both run by the runtime's keep-warm task every ``APPRENTICE_KEEP_W
   runs — a shadow ``KlineFeed`` (parse, sequencing, the direct hand-off) into a shadow
   ``Pipeline`` (features, the serving student, signal, store, histograms), with their own
   symbol, state, store and unregistered metrics. Nothing it does is served, counted or
-  traded. Warming only parts of the path (the parser and the student) left the untouched
-  parts ~10× slower than hot; the whole path is what works.
+  traded. The live symbols' streamed student steps (:mod:`service.streaming`) run too, on
+  their own prepared buffers with the output unread. Warming only parts of the path (the
+  parser and the student) left the untouched parts ~10× slower than hot; the whole path is
+  what works.
 * :class:`BurstClock` learns when the next closed candles arrive (they close on a fixed grid,
   so they come in bursts one interval apart) and the task *spins* — yields to the event loop
   without sleeping, a shadow candle every ``SPIN_TICK_S`` — from a little before that moment
@@ -104,13 +106,16 @@ class ShadowPath:
             emit_interim=False,
             direct=self.pipeline.handle,
         )
+        self.live = live
         self.ticks = 0
 
     async def tick(self) -> None:
-        """One synthetic closed candle through the feed and the pipeline."""
+        """One synthetic closed candle through the feed and the pipeline, then a dry run of
+        the live symbols' student steps (their own bindings, which the shadow cannot warm)."""
         raw = shadow_frame(self.interval, self.ticks)
         self.ticks += 1
         await self.feed.handle_frame(raw, time.perf_counter_ns())
+        self.live.warm_streams()
 
 
 class BurstClock:

@@ -3,8 +3,11 @@
 One :class:`SymbolState` per configured symbol holds O(1) feature state and the window ring.
 :meth:`Pipeline.process` is synchronous and lean on purpose — no logging, no pydantic, no
 JSON, labelled metric children resolved once — and is timed per stage into the DESIGN §7
-histograms. The frame→signal latency is ``perf_counter_ns()`` when the signal is stored minus
-the frame's ``received_ns``; histogram observations happen after that reading.
+histograms. A TCN student streams (:mod:`service.streaming`): after a signal is stored the
+symbol's stream prepares the next window's known part, and the next close runs only the
+step graph on the new column. The frame→signal latency is ``perf_counter_ns()`` when the
+signal is stored minus the frame's ``received_ns``; histogram observations happen after that
+reading.
 
 Backfilled klines (source "rest") warm the features and refresh the latest signal, so
 ``/signal`` answers as soon as the history is in, but they are marked ``live=False``: the
@@ -25,6 +28,7 @@ from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.predictor import ModelSlot
 from service.signals import Signal, SignalStore, action_of, confidence_of, direction_of
+from service.streaming import StudentStream
 
 log = logging.getLogger(__name__)
 BARS_TO_FIRST_SIGNAL = WARMUP_BARS + WINDOW - 1  # 48 bars for vol_z, then 31 more vectors
@@ -43,6 +47,7 @@ class SymbolState:
         "last_start",
         "signals_down",
         "signals_up",
+        "stream",
         "symbol",
         "window",
     )
@@ -55,6 +60,7 @@ class SymbolState:
         self.gaps = 0
         self.last_start: int | None = None
         self.last_received_ns: int | None = None
+        self.stream: StudentStream | None = None  # the streamed student's partials (see process)
         # Labelled children resolved once: .labels() costs a dict lookup under a lock.
         self.signals_up = metrics.signals.labels(symbol=symbol, direction="up")
         self.signals_down = metrics.signals.labels(symbol=symbol, direction="down")
@@ -123,7 +129,16 @@ class Pipeline:
         if not st.window.full or predictor is None:
             self._m_features.observe((t1 - t0) / _NS_PER_S)
             return None
-        p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
+        stream = st.stream
+        if (
+            vec is not None
+            and stream is not None
+            and stream.ready_for == st.window.pushes
+            and stream.owner is predictor.streaming
+        ):
+            p = stream.step(vec)  # partials prepared after the previous candle
+        else:  # first window, after a reload, or a student that does not stream
+            p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
         t2 = time.perf_counter_ns()
         if not math.isfinite(p):
             self._m_bad.inc()
@@ -161,7 +176,12 @@ class Pipeline:
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
-        st.features.prepare()  # the next candle's window sums, off its critical path
+        # The next candle's window sums and student partials, off its critical path.
+        st.features.prepare()
+        if predictor.streaming is not None:
+            if stream is None or stream.owner is not predictor.streaming:
+                st.stream = stream = predictor.streaming.new_stream()
+            stream.prepare(st.window.view(), st.window.pushes)
         return signal
 
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:
@@ -176,6 +196,12 @@ class Pipeline:
         except Exception:
             self.errors += 1
             log.exception("pipeline: could not process %s", _describe(event))
+
+    def warm_streams(self) -> None:
+        """Dry-run every symbol's prepared student step (nothing read, nothing changes)."""
+        for st in self.states.values():
+            if st.stream is not None:
+                st.stream.warm()
 
     def bars_seen(self, symbol: str) -> int:
         """Closed klines processed for ``symbol``."""

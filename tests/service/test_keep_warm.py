@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from service.bybit import KlineFrame, parse_frame
@@ -23,6 +25,8 @@ from service.metrics import Metrics
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.signals import SignalStore
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
 
 
 def _live(predictor: Predictor | None) -> tuple[Pipeline, CollectorRegistry]:
@@ -57,12 +61,20 @@ def test_shadow_frames_are_valid_closed_candles_in_sequence() -> None:
     assert klines[0].close != klines[1].close  # a zig-zag, not a flat market
 
 
+@pytest.mark.parametrize("model", ["fixture", "committed"])
 async def test_shadow_path_scores_but_serves_and_counts_nothing(
-    fixture_model: Any, btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
+    model: str,
+    fixture_model: Any,
+    btc_5m: KlineTable,
+    make_events: Callable[..., list[KlineEvent]],
 ) -> None:
-    predictor = Predictor.load(fixture_model.onnx_path)
+    """With the committed (streaming) student the ticks also dry-run the live stream."""
+    if model == "committed" and not COMMITTED.exists():
+        pytest.skip("no committed student yet (make train)")
+    path = fixture_model.onnx_path if model == "fixture" else COMMITTED
+    predictor = Predictor.load(path)
     live, registry = _live(predictor)
-    plain, _ = _live(Predictor.load(fixture_model.onnx_path))
+    plain, _ = _live(Predictor.load(path))
     shadow = ShadowPath(live)
     for ev in make_events(btc_5m, 0, 150):
         a, b = live.process(ev), plain.process(ev)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ from service.metrics import Metrics
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.signals import Signal, SignalStore
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
 
 
 def _pipeline(
@@ -35,11 +38,20 @@ def _pipeline(
     return pipe, metrics
 
 
+@pytest.mark.parametrize("model", ["fixture", "committed"])
 def test_probability_equals_onnxruntime_on_batch_features(
-    fixture_model: Any, btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
+    model: str,
+    fixture_model: Any,
+    btc_5m: KlineTable,
+    make_events: Callable[..., list[KlineEvent]],
 ) -> None:
+    """The linear fixture runs the full graph every time; the committed TCN student streams
+    (full graph for the first window, prepared step after that)."""
     n = 400
-    predictor = Predictor.load(fixture_model.onnx_path)
+    if model == "committed" and not COMMITTED.exists():
+        pytest.skip("no committed student yet (make train)")
+    predictor = Predictor.load(fixture_model.onnx_path if model == "fixture" else COMMITTED)
+    assert (predictor.streaming is not None) == (model == "committed")
     pipe, _ = _pipeline(predictor)
     got: dict[int, float] = {}
     for i, ev in enumerate(make_events(btc_5m, 0, n)):
@@ -116,3 +128,39 @@ def test_no_signal_without_a_model(
     pipe, _ = _pipeline(None)
     assert all(pipe.process(ev) is None for ev in make_events(btc_5m, 0, 100))
     assert pipe.states["BTCUSDT"].warm  # features kept warming
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed student yet (make train)")
+def test_streamed_student_uses_the_full_graph_only_for_a_first_window(
+    btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
+) -> None:
+    """Full graph for the first window and the first window after a reload; the prepared
+    step for every other candle, with the same probabilities as the batch graph."""
+    n, reload_at = 300, 200
+    full_calls: list[int] = []
+
+    def counted(predictor: Predictor) -> Predictor:
+        whole = predictor.predict
+
+        def predict(window: np.ndarray) -> float:
+            full_calls.append(len(got))
+            return whole(window)
+
+        predictor.predict = predict  # type: ignore[method-assign]
+        return predictor
+
+    pipe, _ = _pipeline(counted(Predictor.load(COMMITTED)))
+    got: dict[int, float] = {}
+    for i, ev in enumerate(make_events(btc_5m, 0, n)):
+        if i == reload_at:
+            pipe.slot.swap(counted(Predictor.load(COMMITTED)))
+        signal = pipe.process(ev)
+        if signal is not None:
+            got[i] = signal.probability_up
+    first = BARS_TO_FIRST_SIGNAL - 1
+    assert full_calls == [0, reload_at - first]  # by signals made before each full call
+    t = btc_5m.slice(0, n)
+    feats = batch_features(t.open, t.high, t.low, t.close, t.volume)
+    ends = np.array(sorted(got))
+    expected = pipe.slot.current.predict_batch(make_windows(feats, ends))  # type: ignore[union-attr]
+    np.testing.assert_allclose([got[e] for e in ends], expected, rtol=0, atol=1e-6)
