@@ -94,6 +94,7 @@ class ShadowPath:
             metrics=metrics,
             long_threshold=live.long_threshold,
             short_threshold=live.short_threshold,
+            defer=live.defer,
         )
         self.feed = KlineFeed(
             symbols=[SHADOW_SYMBOL],
@@ -115,6 +116,7 @@ class ShadowPath:
         raw = shadow_frame(self.interval, self.ticks)
         self.ticks += 1
         await self.feed.handle_frame(raw, time.perf_counter_ns())
+        await asyncio.sleep(0)  # a frame that came meanwhile is read before the rest
         self.live.warm_streams()
 
 

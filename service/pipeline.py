@@ -4,8 +4,9 @@ One :class:`SymbolState` per configured symbol holds O(1) feature state and the 
 :meth:`Pipeline.process` is synchronous and lean on purpose — no logging, no pydantic, no
 JSON, labelled metric children resolved once — and is timed per stage into the DESIGN §7
 histograms. A TCN student streams (:mod:`service.streaming`): after a signal is stored the
-symbol's stream prepares the next window's known part, and the next close runs only the
-step graph on the new column. The frame→signal latency is ``perf_counter_ns()`` when the
+symbol's stream prepares the next window's known part (deferred to the event loop's next
+pass in the service, see ``defer``), and the next close runs only the step graph on the new
+column. The frame→signal latency is ``perf_counter_ns()`` when the
 signal is stored minus the frame's ``received_ns``; histogram observations happen after that
 reading.
 
@@ -85,6 +86,7 @@ class Pipeline:
         long_threshold: float,
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.interval = interval
         self.step_ms = interval_ms(interval)
@@ -94,6 +96,10 @@ class Pipeline:
         self.long_threshold = long_threshold
         self.short_threshold = short_threshold
         self.sink = sink
+        # How the next candle's preparation is run: None = at once; the runtime passes the
+        # event loop's call_soon, so a burst's other candles (and any frame that arrived
+        # meanwhile) are read before it.
+        self.defer = defer
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.processed = 0
         self.errors = 0
@@ -176,13 +182,31 @@ class Pipeline:
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
-        # The next candle's window sums and student partials, off its critical path.
-        st.features.prepare()
-        if predictor.streaming is not None:
-            if stream is None or stream.owner is not predictor.streaming:
-                st.stream = stream = predictor.streaming.new_stream()
-            stream.prepare(st.window.view(), st.window.pushes)
+        if self.defer is None:
+            self.prepare_next(st)
+        else:
+            self.defer(lambda: self._prepare_logged(st))
         return signal
+
+    def prepare_next(self, st: SymbolState) -> None:
+        """What the next candle of ``st`` shares with the current state, computed now, off
+        its critical path: the feature windows' sums and the streamed student's partials.
+        Reads the state as it is when it runs, so a late or repeated call is still right."""
+        st.features.prepare()
+        predictor = self.slot.current
+        if predictor is None or predictor.streaming is None or not st.window.full:
+            return
+        stream = st.stream
+        if stream is None or stream.owner is not predictor.streaming:
+            st.stream = stream = predictor.streaming.new_stream()
+        stream.prepare(st.window.view(), st.window.pushes)
+
+    def _prepare_logged(self, st: SymbolState) -> None:
+        try:
+            self.prepare_next(st)
+        except Exception:  # the next candle then takes the full path: logged, never fatal
+            self.errors += 1
+            log.exception("pipeline: could not prepare %s's next candle", st.symbol)
 
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:
         """Consume the feed's queue until cancelled; a bad event is logged, never fatal."""

@@ -97,6 +97,7 @@ class Runtime:
             metrics=self.metrics,
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
+            defer=_call_soon,
         )
         self.shadow = ShadowPath(self.pipeline)
         self.collector = IdleCollector()
@@ -289,3 +290,8 @@ class Runtime:
         self.readiness()
         if self.trader is not None:
             self.trader.update_gauges()
+
+
+def _call_soon(callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the running loop's next pass (after what is ready now)."""
+    asyncio.get_running_loop().call_soon(callback)

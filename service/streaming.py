@@ -256,16 +256,86 @@ def _head(g: _Graph, x: str, window: int) -> tuple[F32, F32, float]:
 
 
 def prefix_model(model: onnx.ModelProto, plan: StreamPlan) -> onnx.ModelProto:
-    """The exported graph with the activations the partial sums need as its outputs."""
+    """The exported graph, extended to output the step's partials for the *next* window.
+
+    Input: the next window's known columns in positions 0..T-2 (position T-1 is never read:
+    every layer is causal, and only positions ≤ T-2 are gathered). For each convolution the
+    known taps of its position-(T-1) output are gathered and folded by one Gemm (weights of
+    taps 0..k-2, constant = bias plus the folded normalisation or skip bias); the head's part
+    is the sum of the last block over positions 0..T-2, weighted by the mean's share.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    del out.graph.output[:]
-    names = [
-        name for blk in plan.blocks for name in (blk.conv1.input_name, blk.conv2.input_name)
-    ] + [plan.blocks[-1].output_name]
-    for name in dict.fromkeys(names):
-        out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    g = out.graph
+    del g.output[:]  # the original head is pruned by onnxruntime
+    t = plan.window
+
+    def const(name: str, value: npt.ArrayLike, dtype: type = np.float32) -> str:
+        g.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    flat = const("stream.flat", [1, -1], np.int64)
+    for i, (act, taps) in enumerate(_partial_taps(plan)):
+        name = _partial_name(i)
+        g.node.extend(
+            [
+                helper.make_node(
+                    "Gather",
+                    [act, const(f"stream.{name}.at", taps.positions, np.int64)],
+                    [f"stream.{name}.taps"],  # (1, C_in, taps)
+                    axis=2,
+                ),
+                helper.make_node("Reshape", [f"stream.{name}.taps", flat], [f"stream.{name}.x"]),
+                helper.make_node(
+                    "Gemm",
+                    [
+                        f"stream.{name}.x",
+                        const(f"stream.{name}.w", taps.weight),
+                        const(f"stream.{name}.c", taps.constant),
+                    ],
+                    [name],  # (1, C_out)
+                    transB=1,
+                ),
+            ]
+        )
+        width = int(taps.weight.shape[0])
+        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, width]))
+    last = plan.blocks[-1].output_name
+    g.node.extend(
+        [
+            helper.make_node(
+                "Slice",
+                [
+                    last,
+                    const("stream.s0", [0], np.int64),
+                    const("stream.s1", [t - 1], np.int64),
+                    const("stream.axis", [2], np.int64),
+                ],
+                ["stream.known"],  # (1, C, T-1)
+            ),
+            helper.make_node(
+                "ReduceSum", ["stream.known", "stream.axis"], ["stream.sum"], keepdims=0
+            ),
+            helper.make_node(
+                "Gemm",
+                [
+                    "stream.sum",
+                    const("stream.hw", (plan.head_mean / t)[None]),
+                    const("stream.hb", [plan.head_bias]),
+                ],
+                ["ph"],  # (1, 1)
+                transB=1,
+            ),
+        ]
+    )
+    g.output.append(helper.make_tensor_value_info("ph", TensorProto.FLOAT, [1, 1]))
+    onnx.checker.check_model(out, full_check=True)
     return out
+
+
+def _partial_name(i: int) -> str:
+    """Convolution i's partial: conv1 / conv2 of block i // 2 (the step graph's inputs)."""
+    return f"p{i % 2 + 1}_{i // 2}"
 
 
 def step_model(plan: StreamPlan) -> onnx.ModelProto:
@@ -343,6 +413,8 @@ def _taps(conv: ConvPlan, window: int, constant: F32) -> _Taps:
     k, d = conv.kernel, conv.dilation
     pos = [window - 1 - (k - 1 - j) * d for j in range(k - 1)]
     keep = [j for j, p in enumerate(pos) if p >= 0]  # earlier taps read the zero padding
+    if not keep:
+        raise StreamUnsupported(f"dilation {d} reaches past the window: no known taps")
     w = conv.weight[:, :, keep].reshape(conv.weight.shape[0], -1)
     return _Taps(
         np.asarray([pos[j] for j in keep], dtype=np.intp),
@@ -351,13 +423,41 @@ def _taps(conv: ConvPlan, window: int, constant: F32) -> _Taps:
     )
 
 
+def _partial_taps(plan: StreamPlan) -> list[tuple[str, _Taps]]:
+    """(activation read, taps) per convolution, in the step graph's input order."""
+    inv_std = 1.0 / plan.std
+    out: list[tuple[str, _Taps]] = []
+    for b, blk in enumerate(plan.blocks):
+        c1 = np.zeros(blk.conv1.weight.shape[0], np.float32)
+        c2 = np.zeros_like(c1)
+        if b == 0:  # the step reads raw x: W·(x - m)/s = (W/s)·x - (W/s)·m
+            c1 = -(blk.conv1.weight[:, :, -1] * inv_std) @ plan.mean
+        if blk.skip is not None:
+            ws = blk.skip[0] * (inv_std if b == 0 else 1.0)
+            c2 = blk.skip[1] - (ws @ plan.mean if b == 0 else 0.0)
+        out.append((blk.conv1.input_name, _taps(blk.conv1, plan.window, c1)))
+        out.append((blk.conv2.input_name, _taps(blk.conv2, plan.window, c2)))
+    return out
+
+
 # ------------------------------------------------------------------------ running them
 
 
 class StudentStream:
     """One symbol's prepared partials, bound to the step graph; valid for one window push."""
 
-    __slots__ = ("_x0", "_y0", "binding", "head", "owner", "partials", "ready_for", "x", "y")
+    __slots__ = (
+        "_x0",
+        "_y0",
+        "binding",
+        "head",
+        "owner",
+        "partials",
+        "prefix_binding",
+        "ready_for",
+        "x",
+        "y",
+    )
 
     def __init__(self, owner: StreamingStudent, n_features: int, widths: list[int]) -> None:
         self.owner = owner
@@ -368,12 +468,16 @@ class StudentStream:
         self.ready_for = -1  # FeatureWindow.pushes at which step() is valid
         self._x0 = self.x.reshape(-1)
         self._y0 = self.y.reshape(-1)
+        # the prefix graph writes the partials where the step graph reads them
+        pre = self.prefix_binding = owner.prefix_session.io_binding()
+        pre.bind_ortvalue_input(owner.plan.input_name, owner.prefix_input)
         bind = self.binding = owner.step_session.io_binding()
         bind.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(self.x))
-        for i, arr in enumerate(self.partials):
-            name = f"p{i % 2 + 1}_{i // 2}"  # conv1, conv2 of block i // 2 (step_model)
-            bind.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        bind.bind_ortvalue_input("ph", ort.OrtValue.ortvalue_from_numpy(self.head))
+        for i, arr in enumerate([*self.partials, self.head]):
+            name = _partial_name(i) if i < len(self.partials) else "ph"
+            value = ort.OrtValue.ortvalue_from_numpy(arr)
+            pre.bind_ortvalue_output(name, value)
+            bind.bind_ortvalue_input(name, value)
         bind.bind_ortvalue_output("prob_up", ort.OrtValue.ortvalue_from_numpy(self.y))
 
     def prepare(self, window: F64, pushes: int) -> None:
@@ -410,34 +514,11 @@ class StreamingStudent:
         except Exception as exc:  # onnx / onnxruntime raise their own types
             raise StreamUnsupported(f"cannot build the streaming graphs: {exc}") from None
         f, t = plan.n_features, plan.window
-        self._pre_x = np.zeros((1, f, t), dtype=np.float32)  # last column stays 0 (unread)
+        # (1, F, T) shared prefix input; column T-1 stays 0 and is never read (causal)
+        self._pre_x = np.zeros((1, f, t), dtype=np.float32)
         self._pre_cols = self._pre_x[0, :, : t - 1]
-        self._pre_binding = self.prefix_session.io_binding()
-        self._pre_binding.bind_ortvalue_input(
-            plan.input_name, ort.OrtValue.ortvalue_from_numpy(self._pre_x)
-        )
-        shapes = {o.name: o.shape for o in self.prefix_session.get_outputs()}
-        self._acts: dict[str, F32] = {}
-        for name in shapes:
-            width = plan.n_features if name == plan.blocks[0].conv1.input_name else None
-            rows = width or _channels(plan, name)
-            arr = np.zeros((1, rows, t), dtype=np.float32)
-            self._acts[name] = arr
-            self._pre_binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        inv_std = 1.0 / plan.std
-        self._convs: list[tuple[str, _Taps]] = []
-        for b, blk in enumerate(plan.blocks):
-            c1 = np.zeros(blk.conv1.weight.shape[0], np.float32)
-            c2 = np.zeros_like(c1)
-            if b == 0:  # the step reads raw x: W·(x - m)/s = (W/s)·x - (W/s)·m
-                c1 = -(blk.conv1.weight[:, :, -1] * inv_std) @ plan.mean
-            if blk.skip is not None:
-                ws = blk.skip[0] * (inv_std if b == 0 else 1.0)
-                c2 = blk.skip[1] - (ws @ plan.mean if b == 0 else 0.0)
-            self._convs.append((blk.conv1.input_name, _taps(blk.conv1, t, c1)))
-            self._convs.append((blk.conv2.input_name, _taps(blk.conv2, t, c2)))
-        self._last = self._acts[plan.blocks[-1].output_name][0]  # (C, T)
-        self._head_w = (plan.head_mean / t).astype(np.float32)
+        self.prefix_input = ort.OrtValue.ortvalue_from_numpy(self._pre_x)
+        self._widths = [taps.weight.shape[0] for _, taps in _partial_taps(plan)]
 
     @classmethod
     def build(
@@ -455,19 +536,12 @@ class StreamingStudent:
 
     def new_stream(self) -> StudentStream:
         """Fresh per-symbol state (not prepared: its first window goes through the full graph)."""
-        widths = [taps.weight.shape[0] for _, taps in self._convs]
-        return StudentStream(self, self.plan.n_features, widths)
+        return StudentStream(self, self.plan.n_features, self._widths)
 
     def prepare_into(self, stream: StudentStream, window: F64) -> None:
         """Partials for the window after ``window`` (F, T): its columns 1..T-1 come first."""
         np.copyto(self._pre_cols, window[:, 1:], casting="unsafe")
-        self.prefix_session.run_with_iobinding(self._pre_binding)
-        for (name, taps), out in zip(self._convs, stream.partials, strict=True):
-            gathered = self._acts[name][0][:, taps.positions].reshape(-1)  # (C_in · taps,)
-            np.dot(taps.weight, gathered, out=out[0])
-            out[0] += taps.constant
-        known = self._last[:, :-1].sum(axis=1)  # (C,) positions 0..T-2 of the next window
-        stream.head[0, 0] = float(self._head_w @ known) + self.plan.head_bias
+        self.prefix_session.run_with_iobinding(stream.prefix_binding)  # → stream's partials
 
     def max_difference(self, full: ort.InferenceSession, seed: int = 0) -> float:
         """Largest |p_step - p_full| over consecutive synthetic windows (normalised ~ N(0, 1))."""
@@ -488,14 +562,3 @@ class StreamingStudent:
             diff = abs(got - float(expected[i + 1]))
             worst = diff if not diff <= worst else worst  # NaN wins
         return worst
-
-
-def _channels(plan: StreamPlan, name: str) -> int:
-    for blk in plan.blocks:
-        if name == blk.conv2.input_name:
-            return int(blk.conv1.weight.shape[0])
-        if name == blk.output_name:
-            return int(blk.conv2.weight.shape[0])
-        if name == blk.conv1.input_name:
-            return int(blk.conv1.weight.shape[1])
-    raise StreamUnsupported(f"unknown activation {name!r}")

@@ -210,8 +210,8 @@ async def test_keep_warm_spins_inside_the_burst_window_and_sleeps_outside(
     now[0] = 4000 * MS  # inside: once its sleep ends it spins, a tick per 0.3 ms pass
     await asyncio.sleep(0.06)
     slow = shadow.ticks
-    for _ in range(100):
-        now[0] += 300_000
+    for _ in range(200):  # a tick yields once inside: two loop passes per spin tick
+        now[0] += 150_000
         await asyncio.sleep(0)
     fast = shadow.ticks - slow
     task.cancel()

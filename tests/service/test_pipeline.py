@@ -164,3 +164,46 @@ def test_streamed_student_uses_the_full_graph_only_for_a_first_window(
     ends = np.array(sorted(got))
     expected = pipe.slot.current.predict_batch(make_windows(feats, ends))  # type: ignore[union-attr]
     np.testing.assert_allclose([got[e] for e in ends], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not COMMITTED.exists(), reason="no committed student yet (make train)")
+def test_deferred_preparation_may_run_late_and_stays_exact(
+    btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
+) -> None:
+    """The runtime defers each candle's preparation to the loop's next pass. Until it runs
+    the next candle takes the full graph; a preparation that runs after a later candle (or
+    twice) reads the state as it is then, so every probability still matches."""
+    pending: list[Callable[[], None]] = []
+    predictor = Predictor.load(COMMITTED)
+    metrics = Metrics(CollectorRegistry())
+    pipe = Pipeline(
+        symbols=["BTCUSDT"],
+        interval="5",
+        slot=ModelSlot(predictor),
+        store=SignalStore(["BTCUSDT"]),
+        metrics=metrics,
+        long_threshold=0.55,
+        short_threshold=0.45,
+        defer=pending.append,
+    )
+    n = 200
+    got: dict[int, float] = {}
+    stepped: list[int] = []
+    for i, ev in enumerate(make_events(btc_5m, 0, n)):
+        st = pipe.states["BTCUSDT"]
+        if st.stream is not None and st.stream.ready_for == st.window.pushes + 1:
+            stepped.append(i)  # prepared for this candle: it takes the step
+        signal = pipe.process(ev)
+        if signal is not None:
+            got[i] = signal.probability_up
+        if i % 3 != 0:  # every third candle's preparation waits one more candle
+            for callback in pending:
+                callback()
+            pending.clear()
+    assert pipe.errors == 0 and len(stepped) > 60  # of 121 signals
+    assert all(i % 3 != 1 for i in stepped)  # after a waiting candle: the full graph
+    t = btc_5m.slice(0, n)
+    feats = batch_features(t.open, t.high, t.low, t.close, t.volume)
+    ends = np.array(sorted(got))
+    expected = predictor.predict_batch(make_windows(feats, ends))
+    np.testing.assert_allclose([got[e] for e in ends], expected, rtol=0, atol=1e-6)
