@@ -240,6 +240,9 @@ class KlineFeed:
             ping_interval=self.ping_interval_s,
             ping_timeout=self.ping_interval_s,
             close_timeout=1.0,
+            # No permessage-deflate: kline frames are ~300 bytes, and inflating them cost
+            # ~15-25 µs per frame before it could even be read (measured on loopback).
+            compression=None,
         ) as ws:
             pinger = asyncio.create_task(self._pinger(ws), name="feed-pinger")
             try:

@@ -286,3 +286,37 @@ def test_only_symbols_set_means_live_bybit_mainnet(monkeypatch: pytest.MonkeyPat
     assert sorted(feed.topics) == ["kline.5.BTCUSDT", "kline.5.ETHUSDT"]
     assert feed.backfill_bars >= 300 and feed.ping_interval_s == 20.0
     assert not feed.connected  # constructing it did no I/O
+
+
+async def test_the_client_does_not_offer_compression() -> None:
+    """Frames arrive uncompressed: permessage-deflate is optional for Bybit, and inflating
+    each small kline frame costs more time before it can be read than it saves on the wire."""
+    offered: list[str | None] = []
+
+    def record(connection: ServerConnection, request: Request) -> Response | None:
+        offered.append(request.headers.get("Sec-WebSocket-Extensions"))
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=record) as server:
+        port = server.sockets[0].getsockname()[1]
+        feed = KlineFeed(
+            symbols=["BTCUSDT"],
+            interval="5",
+            ws_url=f"ws://127.0.0.1:{port}/v5/public/linear",
+            rest=RestKlines(f"http://127.0.0.1:{port}"),
+            out=asyncio.Queue(),
+            metrics=Metrics(CollectorRegistry()),
+            backfill_bars=0,
+            **lenient(),
+        )
+        task = asyncio.create_task(feed.run())
+        for _ in range(200):
+            if offered:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert offered and all(h is None for h in offered)
