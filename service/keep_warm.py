@@ -127,7 +127,8 @@ class BurstClock:
     ``burst_gap_ms`` apart are one burst. The period is the median gap between the last
     ``history`` bursts (a missed candle makes one gap twice as long: the median ignores it),
     the window half-width three median absolute deviations of the gaps plus ``min_lead_ms``,
-    at most ``max_lead_ms``. Pure bookkeeping: no I/O, no clock of its own.
+    at most ``max_lead_ms`` — and ``max_lead_ms`` while fewer than three gaps are known, so
+    the spin starts from the third burst. Pure bookkeeping: no I/O, no clock of its own.
     """
 
     def __init__(
@@ -160,18 +161,21 @@ class BurstClock:
         self.burst_start = received_ns
 
     def _learn(self) -> tuple[int, int] | None:
-        """(period, lead) once three gaps are known (once per burst, not per poll)."""
-        if len(self.gaps) < 3:
+        """(period, lead) from the gaps so far (once per burst, not per poll). One gap gives
+        a period; until three give a spread, the window is as wide as allowed."""
+        if not self.gaps:
             return None
         period = int(statistics.median(self.gaps))
         if period <= 2 * self.burst_gap_ns:
             return None  # candles faster than bursts can be told apart: nothing to aim at
+        if len(self.gaps) < 3:
+            return period, self.max_lead_ns
         mad = statistics.median(abs(g - period) for g in self.gaps)
         return period, min(self.max_lead_ns, int(3 * mad) + self.min_lead_ns)
 
     def window(self, now_ns: int) -> tuple[int, int] | None:
         """(start, end) of the next expected arrival not yet over at ``now_ns``, or None
-        until three gaps are known."""
+        until a gap is known."""
         if self.burst_start is None or self._aim is None:
             return None
         period, lead = self._aim

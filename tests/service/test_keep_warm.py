@@ -156,6 +156,18 @@ async def test_keep_warm_task_ticks_and_gives_the_gc_back_on_cancel(fixture_mode
 MS = 1_000_000
 
 
+def test_burst_clock_aims_widely_after_one_gap() -> None:
+    """From the third burst on the spin is aimed: at the full lead until three gaps give a
+    spread (the first bursts after a start were the slow ones)."""
+    clock = BurstClock(min_lead_ms=2.0, max_lead_ms=20.0)
+    clock.observe(1000 * MS)
+    assert clock.window(1000 * MS) is None  # one burst: no period yet
+    clock.observe(2000 * MS)
+    assert clock.window(2000 * MS) == (3000 * MS - 20 * MS, 3000 * MS + 20 * MS)
+    clock.observe(3002 * MS)  # period: the median of 1000 and 1002 ms
+    assert clock.window(3002 * MS) == (4003 * MS - 20 * MS, 4003 * MS + 20 * MS)
+
+
 def test_burst_clock_learns_the_period_and_aims_just_before_the_next_burst() -> None:
     clock = BurstClock(min_lead_ms=2.0, max_lead_ms=20.0)
     assert clock.window(0) is None
