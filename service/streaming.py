@@ -96,7 +96,6 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.nodes = list(g.node)
-        self.outputs = [o.name for o in g.output]
         self.seen: set[int] = set()
 
     def only(self, tensor: str, op: str) -> onnx.NodeProto:

@@ -22,7 +22,9 @@ COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m
 
 
 def _pipeline(
-    predictor: Predictor | None, sink: list[Signal] | None = None
+    predictor: Predictor | None,
+    sink: list[Signal] | None = None,
+    defer: Callable[[Callable[[], None]], object] | None = None,
 ) -> tuple[Pipeline, Metrics]:
     metrics = Metrics(CollectorRegistry())
     pipe = Pipeline(
@@ -34,6 +36,7 @@ def _pipeline(
         long_threshold=0.55,
         short_threshold=0.45,
         sink=sink.append if sink is not None else None,
+        defer=defer,
     )
     return pipe, metrics
 
@@ -175,17 +178,7 @@ def test_deferred_preparation_may_run_late_and_stays_exact(
     twice) reads the state as it is then, so every probability still matches."""
     pending: list[Callable[[], None]] = []
     predictor = Predictor.load(COMMITTED)
-    metrics = Metrics(CollectorRegistry())
-    pipe = Pipeline(
-        symbols=["BTCUSDT"],
-        interval="5",
-        slot=ModelSlot(predictor),
-        store=SignalStore(["BTCUSDT"]),
-        metrics=metrics,
-        long_threshold=0.55,
-        short_threshold=0.45,
-        defer=pending.append,
-    )
+    pipe, _ = _pipeline(predictor, defer=pending.append)
     n = 200
     got: dict[int, float] = {}
     stepped: list[int] = []
