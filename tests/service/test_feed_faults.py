@@ -38,6 +38,20 @@ def check(result: SoakResult) -> None:
         assert all(e.kline.confirm for e in events)
 
 
+def _btc_feed(port: int, registry: CollectorRegistry, **opts: Any) -> KlineFeed:
+    """A BTCUSDT feed (no backfill) against a test server on loopback ``port``."""
+    return KlineFeed(
+        symbols=["BTCUSDT"],
+        interval="5",
+        ws_url=f"ws://127.0.0.1:{port}/v5/public/linear",
+        rest=RestKlines(f"http://127.0.0.1:{port}"),
+        out=asyncio.Queue(),
+        metrics=Metrics(registry),
+        backfill_bars=0,
+        **opts,
+    )
+
+
 def value(result: SoakResult, name: str, **labels: str) -> float:
     v = result.registry.get_sample_value(name, labels)
     return 0.0 if v is None else v
@@ -224,16 +238,7 @@ async def _handshakes_seen(status: int, forbidden_backoff_s: float) -> int:
         port = server.sockets[0].getsockname()[1]
         registry = CollectorRegistry()
         opts = fast_feed_options() | {"forbidden_backoff_s": forbidden_backoff_s}
-        feed = KlineFeed(
-            symbols=["BTCUSDT"],
-            interval="5",
-            ws_url=f"ws://127.0.0.1:{port}/v5/public/linear",
-            rest=RestKlines(f"http://127.0.0.1:{port}"),
-            out=asyncio.Queue(),
-            metrics=Metrics(registry),
-            backfill_bars=0,
-            **opts,
-        )
+        feed = _btc_feed(port, registry, **opts)
         task = asyncio.create_task(feed.run())
         await asyncio.sleep(0.6)
         assert not task.done()
@@ -302,16 +307,7 @@ async def test_the_client_does_not_offer_compression() -> None:
 
     async with serve(handler, "127.0.0.1", 0, process_request=record) as server:
         port = server.sockets[0].getsockname()[1]
-        feed = KlineFeed(
-            symbols=["BTCUSDT"],
-            interval="5",
-            ws_url=f"ws://127.0.0.1:{port}/v5/public/linear",
-            rest=RestKlines(f"http://127.0.0.1:{port}"),
-            out=asyncio.Queue(),
-            metrics=Metrics(CollectorRegistry()),
-            backfill_bars=0,
-            **lenient(),
-        )
+        feed = _btc_feed(port, CollectorRegistry(), **lenient())
         task = asyncio.create_task(feed.run())
         for _ in range(200):
             if offered:
