@@ -119,6 +119,9 @@ class KlineFeed:
         self.stats: dict[str, int] = {}
         self._seq = {s: CandleSequencer(s, interval, grace_ms=grace_ms) for s in self.symbols}
         self._last_rx: dict[str, int] = {}
+        # (exchange ts ms, received_ns) of the newest kline frame: the keep-warm task's
+        # GridClock places the next candle close in local time from these
+        self.last_frame: tuple[int, int] | None = None
         self._connected = False
         self.backfill = Backfiller(
             rest=rest,
@@ -335,6 +338,7 @@ class KlineFeed:
             self._reject("unknown_topic")
             return False
         self._last_rx[symbol] = received_ns
+        self.last_frame = (frame.ts, received_ns)
         if not self._connected:
             self._set_connected(True)
         seq = self._seq[symbol]

@@ -18,7 +18,10 @@ Two measures, both run by the runtime's keep-warm task every ``APPRENTICE_KEEP_W
   without sleeping, a shadow candle every ``SPIN_TICK_S`` — from a little before that moment
   until the burst is in. A sleeping vCPU wakes slowly: the first candle of a burst ran ~2×
   slower than the next ones even with 2 ms ticks. The spin costs a few ms of CPU per
-  interval; anywhere else the task sleeps.
+  interval; anywhere else the task sleeps. Until two bursts have come,
+  :class:`service.grid_clock.GridClock` aims the spin instead: it places the exchange's next
+  candle close in local time from the frames read so far (interim pushes too), so the first
+  bursts after a start are spun for as well (unspun, their first candle ran ~2× slower).
 * :class:`IdleCollector` turns CPython's allocation-triggered collections off and runs the
   same generational policy from the tick instead, so a collection (tens of µs, more for an
   older generation) never lands inside a candle's frame → signal path. It freezes the
@@ -38,6 +41,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from service.feed import KlineFeed
+from service.grid_clock import GridClock
 from service.klines import interval_ms
 from service.metrics import Metrics
 from service.pipeline import Pipeline
@@ -235,10 +239,14 @@ async def keep_warm(
     *,
     bursts: BurstClock | None = None,
     newest_live_ns: Callable[[], int | None] = lambda: None,
+    grid: GridClock | None = None,
+    newest_frame: Callable[[], tuple[int, int] | None] = lambda: None,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> None:
     """Until cancelled: a shadow candle and any due collection every ``period_s``; inside
-    a :class:`BurstClock` window, spin instead (a shadow candle every ``SPIN_TICK_S``)."""
+    a :class:`BurstClock` window, spin instead (a shadow candle every ``SPIN_TICK_S``).
+    Until the burst clock has learned the arrivals, ``grid`` (fed the newest kline frame's
+    ``(ts, received_ns)``) aims the spin at the exchange's next candle close instead."""
     collector.start()
     spin_tick_ns = int(SPIN_TICK_S * 1e9)
     next_tick = 0
@@ -249,6 +257,9 @@ async def keep_warm(
             if bursts is not None:
                 bursts.observe(newest_live_ns())
                 window = bursts.window(now)
+            if window is None and grid is not None:
+                grid.observe(newest_frame())
+                window = grid.window(now)
             if window is not None and window[0] <= now < window[1]:
                 await asyncio.sleep(0)  # spin: the loop still polls the socket every pass
                 if now >= next_tick:

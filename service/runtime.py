@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from service.grid_clock import GridClock
 from service.journal import Journal
 from service.keep_warm import BurstClock, IdleCollector, ShadowPath, keep_warm
 from service.klines import KlineEvent, interval_ms
@@ -149,7 +150,10 @@ class Runtime:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))
         if s.keep_warm_ms > 0:
-            bursts = BurstClock(max_lead_ms=s.burst_spin_ms) if s.burst_spin_ms > 0 else None
+            spin = s.burst_spin_ms > 0
+            bursts = BurstClock(max_lead_ms=s.burst_spin_ms) if spin else None
+            grid = GridClock(self.pipeline.step_ms, lead_ms=s.burst_spin_ms) if spin else None
+            feed = self.feed
             self._spawn(
                 "keep-warm",
                 keep_warm(
@@ -158,6 +162,9 @@ class Runtime:
                     s.keep_warm_ms / 1000.0,
                     bursts=bursts,
                     newest_live_ns=lambda: self.pipeline.last_live_ns,
+                    grid=grid,
+                    # a test's stand-in feed may not record frames: then only bursts aim
+                    newest_frame=lambda: getattr(feed, "last_frame", None),
                 ),
             )
         self._spawn("feed", self.feed.run())

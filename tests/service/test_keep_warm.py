@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.bybit import KlineFrame, parse_frame
+from service.grid_clock import GridClock
 from service.keep_warm import (
     SHADOW_SYMBOL,
     BurstClock,
@@ -229,3 +230,45 @@ async def test_keep_warm_spins_inside_the_burst_window_and_sleeps_outside(
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert slow <= 5 and fast >= 90
+
+
+async def test_before_the_bursts_are_learned_the_grid_clock_aims_the_spin(
+    fixture_model: Any,
+) -> None:
+    """The first bursts after a start: no closed candle yet, but interim frames place the
+    exchange's next close (here 1 s of local time per 5-minute candle) and the spin is there."""
+    live, _ = _live(Predictor.load(fixture_model.onnx_path))
+    shadow, collector = ShadowPath(live), IdleCollector()
+    now = [0]
+    grid = GridClock(300_000, lead_ms=50.0, min_span_ms=100.0)
+    frames = iter([(60_000, 200 * MS), (120_000, 400 * MS)])  # 300× replay, close at 1000 ms
+    latest: list[tuple[int, int] | None] = [None]
+
+    def newest_frame() -> tuple[int, int] | None:
+        latest[0] = next(frames, latest[0])
+        return latest[0]
+
+    task = asyncio.create_task(
+        keep_warm(
+            shadow,
+            collector,
+            0.05,
+            bursts=BurstClock(min_lead_ms=50.0, max_lead_ms=50.0),  # never fed a candle
+            grid=grid,
+            newest_frame=newest_frame,
+            clock=lambda: now[0],
+        )
+    )
+    now[0] = 500 * MS  # before the window: sleeps
+    await asyncio.sleep(0.12)
+    assert grid.window(now[0]) == (950 * MS, 1050 * MS)
+    now[0] = 1000 * MS  # inside: spins once its sleep ends
+    await asyncio.sleep(0.06)
+    slow = shadow.ticks
+    for _ in range(200):
+        now[0] += 150_000
+        await asyncio.sleep(0)
+    fast = shadow.ticks - slow
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert fast >= 90
