@@ -232,6 +232,14 @@ async def test_keep_warm_spins_inside_the_burst_window_and_sleeps_outside(
     assert slow <= 5 and fast >= 90
 
 
+async def _until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait (real time) until ``cond()``; a loaded CI machine can be slow to wake a task."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
 async def test_before_the_bursts_are_learned_the_grid_clock_aims_the_spin(
     fixture_model: Any,
 ) -> None:
@@ -259,11 +267,12 @@ async def test_before_the_bursts_are_learned_the_grid_clock_aims_the_spin(
             clock=lambda: now[0],
         )
     )
-    now[0] = 500 * MS  # before the window: sleeps
-    await asyncio.sleep(0.12)
+    now[0] = 500 * MS  # before the window: sleeps 50 ms per pass, one frame read per pass
+    await _until(lambda: grid.rate is not None)
     assert grid.window(now[0]) == (950 * MS, 1050 * MS)
-    now[0] = 1000 * MS  # inside: spins once its sleep ends
-    await asyncio.sleep(0.06)
+    now[0] = 1000 * MS  # inside: spins once its current sleep ends (and it ticks)
+    before = shadow.ticks
+    await _until(lambda: shadow.ticks > before)
     slow = shadow.ticks
     for _ in range(200):
         now[0] += 150_000
