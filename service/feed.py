@@ -418,6 +418,14 @@ class KlineFeed:
         for request in outcome.resend:
             await ws.send(request)
 
+    def warm(self) -> None:
+        """Read what the next frame's bookkeeping reads (the topic map, every symbol's
+        sequencer via the overdue check), changing nothing: keep-warm calls it between
+        candles so the first frame of a burst does not find this data cold."""
+        frame = self.last_frame
+        ts = frame[0] if frame is not None else 0
+        self.backfill.due(self._seq.values(), ts, ())  # the answer is not wanted here
+
     def snapshot(self) -> dict[str, Any]:
         """Counters for logs and tests (frames, closed_ws, closed_rest, gaps, rejected_*...)."""
         return {**self.stats, "reconnects": self.reconnects, "connected": self._connected}

@@ -9,10 +9,12 @@ Two measures, both run by the runtime's keep-warm task every ``APPRENTICE_KEEP_W
   runs — a shadow ``KlineFeed`` (parse, sequencing, the direct hand-off) into a shadow
   ``Pipeline`` (features, the serving student, signal, store, histograms), with their own
   symbol, state, store and unregistered metrics. Nothing it does is served, counted or
-  traded. The live symbols' streamed student steps (:mod:`service.streaming`) run too, on
-  their own prepared buffers with the output unread. Warming only parts of the path (the
-  parser and the student) left the untouched parts ~10× slower than hot; the whole path is
-  what works.
+  traded. Warming only parts of the path (the parser and the student) left the untouched
+  parts ~10× slower than hot; the whole path is what works. That warms the code; the live
+  symbols' own data is touched too, changing nothing anyone sees (``Pipeline.warm_live``:
+  feature sums prepared again, the streamed student's step dry-run on the symbol's own
+  buffers, the store read; ``KlineFeed.warm``: the sequencers' overdue check). Left a
+  second untouched, that data made the first candle of a burst ~10–15 µs slower.
 * :class:`BurstClock` learns when the next closed candles arrive (they close on a fixed grid,
   so they come in bursts one interval apart) and the task *spins* — yields to the event loop
   without sleeping, a shadow candle every ``SPIN_TICK_S`` — from a little before that moment
@@ -112,16 +114,20 @@ class ShadowPath:
             direct=self.pipeline.handle,
         )
         self.live = live
+        self.live_feed: KlineFeed | None = None  # the runtime's feed, once it exists
         self.ticks = 0
 
     async def tick(self) -> None:
-        """One synthetic closed candle through the feed and the pipeline, then a dry run of
-        the live symbols' student steps (their own bindings, which the shadow cannot warm)."""
+        """One synthetic closed candle through the feed and the pipeline, then what the
+        shadow cannot warm: the live symbols' own data (``Pipeline.warm_live``: feature
+        rings, student step bindings, store) and the live feed's (``KlineFeed.warm``)."""
         raw = shadow_frame(self.interval, self.ticks)
         self.ticks += 1
         await self.feed.handle_frame(raw, time.perf_counter_ns())
         await asyncio.sleep(0)  # a frame that came meanwhile is read before the rest
-        self.live.warm_streams()
+        self.live.warm_live()
+        if self.live_feed is not None:
+            self.live_feed.warm()
 
 
 class BurstClock:

@@ -221,11 +221,21 @@ class Pipeline:
             self.errors += 1
             log.exception("pipeline: could not process %s", _describe(event))
 
-    def warm_streams(self) -> None:
-        """Dry-run every symbol's prepared student step (nothing read, nothing changes)."""
-        for st in self.states.values():
+    def warm_live(self) -> None:
+        """Touch what the next candle of every symbol reads, changing nothing it sees.
+
+        The shadow path keeps the code warm; this keeps the live symbols' own data warm —
+        after a second untouched the first candle of a burst ran ~15 µs slower with warm code.
+        The feature sums are prepared again (idempotent: from the same rings, the same sums),
+        the student's step is dry-run on the symbol's own bindings (output unread), and the
+        store's entry is read.
+        """
+        for symbol, st in self.states.items():
+            if st.window.full:
+                st.features.prepare()
             if st.stream is not None:
                 st.stream.warm()
+            self.store.latest(symbol)
 
     def bars_seen(self, symbol: str) -> int:
         """Closed klines processed for ``symbol``."""

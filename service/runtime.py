@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from service.feed import KlineFeed
 from service.grid_clock import GridClock
 from service.journal import Journal
 from service.keep_warm import BurstClock, IdleCollector, ShadowPath, keep_warm
@@ -26,6 +27,7 @@ from service.metrics import Metrics
 from service.paper import PaperAccount, PaperTrader, replay_fills
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
+from service.rest import RestKlines
 from service.settings import Settings
 from service.signals import Signal, SignalStore
 
@@ -52,8 +54,6 @@ def bybit_feed(
     direct: Callable[[KlineEvent], object] | None = None,
 ) -> Feed:
     """The real feed: Bybit (or the replay exchange) websocket + REST backfill."""
-    from service.feed import KlineFeed
-    from service.rest import RestKlines
 
     feed: Feed = KlineFeed(
         symbols=list(settings.symbols),
@@ -146,6 +146,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self.queue = asyncio.Queue(maxsize=s.queue_size)
         self.feed = self.feed_factory(s, self.queue, self.metrics)
+        if isinstance(self.feed, KlineFeed):  # a test's stand-in feed has nothing to warm
+            self.shadow.live_feed = self.feed
         if self.trader is not None:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))

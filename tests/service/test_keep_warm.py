@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.bybit import KlineFrame, parse_frame
+from service.feed import KlineFeed
 from service.grid_clock import GridClock
 from service.keep_warm import (
     SHADOW_SYMBOL,
@@ -21,10 +22,12 @@ from service.keep_warm import (
     keep_warm,
     shadow_frame,
 )
-from service.klines import KlineEvent, KlineTable
+from service.klines import Kline, KlineEvent, KlineTable
 from service.metrics import Metrics
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
+from service.replay.tape import push_frame, ws_item
+from service.rest import RestKlines
 from service.signals import SignalStore
 
 COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
@@ -281,3 +284,56 @@ async def test_before_the_bursts_are_learned_the_grid_clock_aims_the_spin(
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert fast >= 90
+
+
+async def test_the_live_feed_warm_reads_and_changes_nothing(
+    fixture_model: Any, btc_5m: KlineTable
+) -> None:
+    """``KlineFeed.warm`` (called by every shadow tick once the runtime hands the feed over)
+    leaves the counters, the sequencers and the next candle's handling as they were."""
+    live, registry = _live(Predictor.load(fixture_model.onnx_path))
+    feed = KlineFeed(
+        symbols=["BTCUSDT"],
+        interval="5",
+        ws_url="ws://unused.invalid/",
+        rest=RestKlines("http://unused.invalid"),  # never asked: no candle is overdue
+        out=asyncio.Queue(),
+        metrics=Metrics(CollectorRegistry()),
+        backfill_bars=0,
+        emit_interim=False,
+        direct=live.handle,
+    )
+    feed.warm()  # before any frame
+    frames = [_btc_frame(btc_5m, i) for i in range(5)]
+    for i, raw in enumerate(frames[:4]):
+        await feed.handle_frame(raw, i)
+    before = (feed.snapshot(), feed.last_frame, live.bars_seen("BTCUSDT"), _samples(registry))
+    shadow = ShadowPath(live)
+    shadow.live_feed = feed
+    calls: list[int] = []
+    warm = feed.warm
+    feed.warm = lambda: (calls.append(1), warm())[-1]  # type: ignore[method-assign]
+    for _ in range(3):
+        await shadow.tick()
+    assert len(calls) == 3
+    after = (feed.snapshot(), feed.last_frame, live.bars_seen("BTCUSDT"), _samples(registry))
+    assert after == before
+    await feed.handle_frame(frames[4], 5)
+    assert live.bars_seen("BTCUSDT") == 5 and feed.snapshot()["closed_ws"] == 5
+
+
+def _btc_frame(t: KlineTable, i: int) -> str:
+    """Closed-candle push ``i`` of the bundled BTCUSDT 5m klines, as the replay writes it."""
+    k = Kline(
+        "BTCUSDT",
+        "5",
+        int(t.start[i]),
+        float(t.open[i]),
+        float(t.high[i]),
+        float(t.low[i]),
+        float(t.close[i]),
+        float(t.volume[i]),
+        None,
+        True,
+    )
+    return push_frame("kline.5.BTCUSDT", [ws_item(k, k.start + 299_999)], k.start + 300_003)

@@ -200,3 +200,32 @@ def test_deferred_preparation_may_run_late_and_stays_exact(
     ends = np.array(sorted(got))
     expected = predictor.predict_batch(make_windows(feats, ends))
     np.testing.assert_allclose([got[e] for e in ends], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["fixture", "committed"])
+def test_warming_the_live_data_between_candles_changes_no_signal(
+    model: str,
+    fixture_model: Any,
+    btc_5m: KlineTable,
+    make_events: Callable[..., list[KlineEvent]],
+) -> None:
+    """Keep-warm calls ``warm_live`` between candles (any number of times, warming up or
+    not): every probability stays exactly what a pipeline never warmed gives."""
+    if model == "committed" and not COMMITTED.exists():
+        pytest.skip("no committed student yet (make train)")
+    path = fixture_model.onnx_path if model == "fixture" else COMMITTED
+    plain, _ = _pipeline(Predictor.load(path))
+    warmed, _ = _pipeline(Predictor.load(path))
+    warmed.warm_live()  # before any candle
+    a: list[float] = []
+    b: list[float] = []
+    for i, ev in enumerate(make_events(btc_5m, 0, 160)):
+        sa, sb = plain.process(ev), warmed.process(ev)
+        for _ in range(i % 3):
+            warmed.warm_live()
+        if sa is not None and sb is not None:
+            a.append(sa.probability_up)
+            b.append(sb.probability_up)
+        assert (sa is None) == (sb is None)
+    assert len(a) == 160 - BARS_TO_FIRST_SIGNAL + 1
+    assert a == b  # exactly: the prepared sums are recomputed from the same rings
