@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="none | all | name=value,... (e.g. all,disconnect=0.1); see service/replay/faults.py",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--push-jitter-ms",
+        type=float,
+        default=4.0,
+        help="extra real delay of each push, uniform in [0, N) ms, as network delay varies "
+        "(0: exactly on the schedule, whose real period is a whole number of the VM's 4 ms "
+        "timer ticks, so every push of a run lands at one phase of them)",
+    )
     return p
 
 
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         updates_per_candle=args.updates_per_candle,
         faults=args.faults,
         seed=args.seed,
+        push_jitter_ms=args.push_jitter_ms,
     )
     try:
         asyncio.run(_serve(cfg))

@@ -58,6 +58,11 @@ class ReplayConfig:
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
     idle_timeout_s: float = 600.0  # Bybit cuts a socket with no ping and no data after 10 min
+    # Extra real delay of each push (a burst: every symbol's frame), uniform in [0, N) ms, as
+    # network delay varies. The schedule's real period is a whole number of the VM's 4 ms
+    # timer ticks (200 ms at 300×), so without it every push of a run lands at one phase of
+    # the tick: a run is all lucky or all unlucky against the VM's periodic stalls.
+    push_jitter_ms: float = 0.0
     tables: dict[str, KlineTable] | None = None  # injected data; default: the bundled files
 
 
@@ -76,6 +81,8 @@ class ReplayExchange:
         self.config = cfg = config or ReplayConfig()
         if cfg.interval not in VALID_INTERVALS or cfg.updates_per_candle < 0:
             raise ValueError(f"bad interval {cfg.interval!r} or updates_per_candle")
+        if not 0.0 <= cfg.push_jitter_ms < 1000.0:
+            raise ValueError(f"push_jitter_ms must be in [0, 1000), got {cfg.push_jitter_ms}")
         tables = cfg.tables or {s: _bundled(s, cfg.interval) for s in cfg.symbols}
         self.tapes = {s: Tape(tables[s]) for s in cfg.symbols}
         self.step = interval_ms(cfg.interval)
@@ -93,6 +100,7 @@ class ReplayExchange:
         self._rng_close = random.Random(f"{cfg.seed}:close")
         self._rng_ops = random.Random(f"{cfg.seed}:ops")
         self._rng_http = random.Random(f"{cfg.seed}:http")
+        self._rng_jitter = random.Random(f"{cfg.seed}:jitter")
         self._conns: set[_Conn] = set()
         self._recorded: dict[str, list[Kline]] = {s: [] for s in cfg.symbols}
         self._gapped: dict[str, int] = {}
@@ -160,13 +168,18 @@ class ReplayExchange:
         while True:
             c, j = divmod(k, per)
             vt = self.start_ms + c * self.step + j * tick
-            await asyncio.sleep(self.clock.real_delay(vt))
+            await asyncio.sleep(self.clock.real_delay(vt) + self.push_jitter_s())
             if j == 0:
                 if not await self._boundary(vt):
                     return  # every tape has run out
             else:
                 await self._updates(vt - j * tick, vt)
             k += 1
+
+    def push_jitter_s(self) -> float:
+        """Extra real delay of the next push: uniform in [0, ``push_jitter_ms``) ms."""
+        jitter = self.config.push_jitter_ms
+        return self._rng_jitter.random() * jitter / 1000.0 if jitter else 0.0
 
     async def _updates(self, start: int, vt: int) -> None:
         for symbol, tape in self.tapes.items():

@@ -103,8 +103,13 @@ async def test_subscribe_ack_ping_pong_and_error_replies() -> None:
         assert seen == {"kline.5.BTCUSDT"}
 
 
-async def test_pushes_are_updates_then_exactly_one_confirm_with_real_values() -> None:
-    async with ReplayExchange(cfg(updates_per_candle=3)) as ex, connect(ex.ws_url) as ws:
+@pytest.mark.parametrize("jitter_ms", [0.0, 3.0])
+async def test_pushes_are_updates_then_exactly_one_confirm_with_real_values(
+    jitter_ms: float,
+) -> None:
+    """With push jitter (the CLI's default) the pushes still come in order, unchanged."""
+    config = cfg(updates_per_candle=3, push_jitter_ms=jitter_ms)
+    async with ReplayExchange(config) as ex, connect(ex.ws_url) as ws:
         await ws.send('{"req_id":"a","op":"subscribe","args":["kline.5.ETHUSDT"]}')
         items: list[tuple[int, dict[str, Any]]] = []
         while sum(1 for _, it in items if it["confirm"]) < 6:
@@ -201,6 +206,22 @@ async def test_handshake_refusal_after_a_disconnect() -> None:
         assert err.value.response.status_code == 503
 
 
+def test_push_jitter_is_bounded_spread_and_seeded() -> None:
+    """Each push waits an extra uniform [0, N) ms (real time), drawn from its own seeded
+    generator: the same seed gives the same delays, and faults' draws are not shifted."""
+    draws = [ReplayExchange(cfg(push_jitter_ms=4.0)).push_jitter_s() for _ in range(3)]
+    assert draws[0] == draws[1] == draws[2]  # a fresh exchange, the same first draw
+    ex = ReplayExchange(cfg(push_jitter_ms=4.0))
+    delays = [ex.push_jitter_s() for _ in range(400)]
+    assert all(0.0 <= d < 0.004 for d in delays)
+    assert max(delays) - min(delays) > 0.0035  # spread over a whole 4 ms timer tick
+    assert len({int(d * 1e4) for d in delays}) == 40  # every 0.1 ms bin is hit
+    plain = ReplayExchange(cfg())
+    assert [plain.push_jitter_s() for _ in range(5)] == [0.0] * 5
+    with pytest.raises(ValueError, match="push_jitter_ms"):
+        ReplayExchange(cfg(push_jitter_ms=-1.0))
+
+
 def test_cli_help() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "service.replay", "--help"],
@@ -209,3 +230,4 @@ def test_cli_help() -> None:
         check=True,
     )
     assert "--faults" in out.stdout and "--speed" in out.stdout
+    assert "--push-jitter-ms" in out.stdout
