@@ -146,8 +146,9 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self.queue = asyncio.Queue(maxsize=s.queue_size)
         self.feed = self.feed_factory(s, self.queue, self.metrics)
-        if isinstance(self.feed, KlineFeed):  # a test's stand-in feed has nothing to warm
-            self.shadow.live_feed = self.feed
+        # a test's stand-in feed records no frames and has nothing to warm
+        live_feed = self.feed if isinstance(self.feed, KlineFeed) else None
+        self.shadow.live_feed = live_feed
         if self.trader is not None:
             self._spawn("paper", self.trader.run())
         self._spawn("pipeline", self.pipeline.run(self.queue))
@@ -155,7 +156,6 @@ class Runtime:
             spin = s.burst_spin_ms > 0
             bursts = BurstClock(max_lead_ms=s.burst_spin_ms) if spin else None
             grid = GridClock(self.pipeline.step_ms, lead_ms=s.burst_spin_ms) if spin else None
-            feed = self.feed
             self._spawn(
                 "keep-warm",
                 keep_warm(
@@ -165,8 +165,7 @@ class Runtime:
                     bursts=bursts,
                     newest_live_ns=lambda: self.pipeline.last_live_ns,
                     grid=grid,
-                    # a test's stand-in feed may not record frames: then only bursts aim
-                    newest_frame=lambda: getattr(feed, "last_frame", None),
+                    newest_frame=lambda: None if live_feed is None else live_feed.last_frame,
                 ),
             )
         self._spawn("feed", self.feed.run())

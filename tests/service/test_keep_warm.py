@@ -22,7 +22,7 @@ from service.keep_warm import (
     keep_warm,
     shadow_frame,
 )
-from service.klines import Kline, KlineEvent, KlineTable
+from service.klines import KlineEvent, KlineTable
 from service.metrics import Metrics
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
@@ -324,16 +324,5 @@ async def test_the_live_feed_warm_reads_and_changes_nothing(
 
 def _btc_frame(t: KlineTable, i: int) -> str:
     """Closed-candle push ``i`` of the bundled BTCUSDT 5m klines, as the replay writes it."""
-    k = Kline(
-        "BTCUSDT",
-        "5",
-        int(t.start[i]),
-        float(t.open[i]),
-        float(t.high[i]),
-        float(t.low[i]),
-        float(t.close[i]),
-        float(t.volume[i]),
-        None,
-        True,
-    )
-    return push_frame("kline.5.BTCUSDT", [ws_item(k, k.start + 299_999)], k.start + 300_003)
+    k = t.row(i)
+    return push_frame("kline.5.BTCUSDT", [ws_item(k, k.end)], k.end + 4)
