@@ -46,7 +46,7 @@ from service.feed import KlineFeed
 from service.grid_clock import GridClock
 from service.klines import interval_ms
 from service.metrics import Metrics
-from service.pipeline import Pipeline
+from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.rest import RestKlines
 from service.signals import SignalStore
 
@@ -116,6 +116,17 @@ class ShadowPath:
         self.live = live
         self.live_feed: KlineFeed | None = None  # the runtime's feed, once it exists
         self.ticks = 0
+
+    async def prime(self) -> None:
+        """Shadow candles back to back until the shadow's window is full and it scores.
+
+        Run once at start: until then a tick exercises only the feed and the features, and
+        the first live candle after a start — often due before ~80 ticks have passed —
+        found the student, the signal and the store cold."""
+        for _ in range(BARS_TO_FIRST_SIGNAL + 1):
+            if self.pipeline.processed or self.live.slot.current is None:
+                return
+            await self.tick()
 
     async def tick(self) -> None:
         """One synthetic closed candle through the feed and the pipeline, then what the
@@ -257,6 +268,7 @@ async def keep_warm(
     spin_tick_ns = int(SPIN_TICK_S * 1e9)
     next_tick = 0
     try:
+        await shadow.prime()
         while True:
             now = clock()
             window = None
