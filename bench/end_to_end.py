@@ -208,7 +208,8 @@ def run(quick: bool = False) -> Section:
         f"{100 * demo_share:.1f} % of candles are under 100 µs; the replay's pushes come at "
         "a random phase of the VM's 4 ms timer tick (`--push-jitter-ms`), and a candle that "
         "meets the tick or one of the VM's stalls (60–400 µs, with no context switch in the "
-        "process) runs over — no one piece of code; load average during the run "
+        "process) runs over — no one piece of code (section 7 measures that floor on the "
+        "service's CPU); load average during the run "
         f"{load:.1f} on 2 cores",
     )
     return sec
