@@ -14,7 +14,9 @@ Two measures, both run by the runtime's keep-warm task every ``APPRENTICE_KEEP_W
   symbols' own data is touched too, changing nothing anyone sees (``Pipeline.warm_live``:
   feature sums prepared again, the streamed student's step dry-run on the symbol's own
   buffers, the store read; ``KlineFeed.warm``: the sequencers' overdue check). Left a
-  second untouched, that data made the first candle of a burst ~10–15 µs slower.
+  second untouched, that data made the first candle of a burst ~10–15 µs slower. The task
+  primes the shadow at start (``ShadowPath.prime``): its window filled back to back, it
+  scores from the first tick on, before the first live candle can come.
 * :class:`BurstClock` learns when the next closed candles arrive (they close on a fixed grid,
   so they come in bursts one interval apart) and the task *spins* — yields to the event loop
   without sleeping, a shadow candle every ``SPIN_TICK_S`` — from a little before that moment

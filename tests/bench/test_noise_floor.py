@@ -47,8 +47,9 @@ def test_bins_and_tick_share() -> None:
 
 
 def test_recording_and_workload_run_for_real() -> None:
-    gaps, t0, t1 = record_gaps(0.05, min_gap_ns=1)
-    assert t1 - t0 >= 50_000_000 and gaps and all(n >= 1 for _, n in gaps)
+    gaps, t0, t1 = record_gaps(0.05, min_gap_ns=2 * US)
+    assert t1 - t0 >= 50_000_000 and all(n >= 2 * US and t0 <= s < t1 for s, n in gaps)
+    assert [s for s, _ in gaps] == sorted(s for s, _ in gaps)  # paused_latency bisects them
     work = Workload(reads=50, objects=100)
     assert work() == work()  # deterministic
     ns = time_back_to_back(work, 20)
