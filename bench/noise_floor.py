@@ -9,8 +9,8 @@ measures what this VM does to *any* code on that CPU, so the figure can be read 
   in the last 250 µs before a 4 ms boundary of the monotonic clock, where the guest's timer
   tick lands on this VM.
 * **A fixed Python workload** of about the live path's length (~35 µs of dict and list
-  reads over a working set), timed back to back: its p99 / p50 is the spread that the VM
-  alone puts on a Python path of that size.
+  reads over a working set), timed call by call (``bench.timing.time_calls``): its
+  p99 / p50 is the spread that the VM alone puts on a Python path of that size.
 * **How much the stalls alone explain:** the same workload's latency if the loop's stalls
   simply paused it (work laid at random start times over the recorded gaps), next to the
   measured one. Where the measured tail is longer, the code ran slower after a stall
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.report import Section
-from bench.timing import Summary
-from service.demo import cpu_plan
+from bench.timing import Summary, time_calls
+from service.demo import cpu_plan, pin
 
 TICK_NS = 4_000_000  # the guest timer tick's period on this VM (HZ = 250)
 TICK_WINDOW_NS = 250_000  # "just before a tick": the last 250 µs of each period
@@ -114,38 +114,21 @@ class Workload:
         return s
 
 
-def time_back_to_back(fn: Workload, runs: int) -> np.ndarray:
-    """Each call timed alone, back to back, GC untouched (as in a live process) (ns)."""
-    clock = time.perf_counter_ns
-    out = np.empty(runs, dtype=np.int64)
-    for i in range(runs):
-        t = clock()
-        fn()
-        out[i] = clock() - t
-    return out
-
-
 def run(quick: bool = False) -> Section:
     """Record the stalls, time the workload, and compare it with the stalls-only model."""
     sec = Section("7. Machine noise floor (the service's CPU, nothing of ours running)")
     mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     plan = cpu_plan(mine) if mine else None
-    if plan is not None:
-        os.sched_setaffinity(0, plan[0])  # where `make demo` runs the service
+    pin(0, plan[0] if plan is not None else None)  # where `make demo` runs the service
     try:
         seconds = 1.0 if quick else 10.0
+        runs = 2_000 if quick else 100_000
         gaps, t0, t1 = record_gaps(seconds)
-        work = Workload()
-        for _ in range(200):
-            work()
-        measured = Summary.of("workload", time_back_to_back(work, 2_000 if quick else 100_000))
-        model = Summary.of(
-            "model",
-            stall_model(gaps, t0, t1, int(measured.p50 * 1000), 2_000 if quick else 100_000),
-        )
+        # GC paused while timing, as the live service runs with automatic collection off
+        measured = time_calls(Workload(), runs, warmup=200)
+        model = Summary.of("model", stall_model(gaps, t0, t1, int(measured.p50 * 1000), runs))
     finally:
-        if plan is not None and mine is not None:
-            os.sched_setaffinity(0, mine)
+        pin(0, mine)
     where = f"CPU {sorted(plan[0])}" if plan is not None else "any CPU"
     lost = sum(n for _, n in gaps) / (t1 - t0)
     sec.add(
