@@ -249,10 +249,13 @@ async def test_keep_warm_spins_inside_the_burst_window_and_sleeps_outside(
         keep_warm(shadow, collector, 0.05, bursts=bursts, clock=lambda: now[0])
     )
     now[0] = 3000 * MS  # far from the window: sleeps 50 ms per tick
+    # Counted from the end of the start's priming, however long a slow machine takes on it.
+    await _until(lambda: shadow.pipeline.processed > 0)
+    primed = shadow.ticks
     await asyncio.sleep(0.12)
-    slow = shadow.ticks - BARS_TO_FIRST_SIGNAL  # after the start's priming ticks
-    now[0] = 4000 * MS  # inside: once its sleep ends it spins, a tick per 0.3 ms pass
-    await asyncio.sleep(0.06)
+    slow = shadow.ticks - primed
+    now[0] = 4000 * MS  # inside: once its sleep ends (a tick), it spins, a tick per 0.3 ms pass
+    await _until(lambda: shadow.ticks > primed + slow)
     base = shadow.ticks
     for _ in range(200):  # a tick yields once inside: two loop passes per spin tick
         now[0] += 150_000
