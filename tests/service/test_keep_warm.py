@@ -146,10 +146,7 @@ async def test_keep_warm_task_ticks_and_gives_the_gc_back_on_cancel(fixture_mode
     live, _ = _live(Predictor.load(fixture_model.onnx_path))
     shadow, collector = ShadowPath(live), IdleCollector()
     task = asyncio.create_task(keep_warm(shadow, collector, 0.001))
-    for _ in range(500):
-        await asyncio.sleep(0.002)
-        if shadow.ticks >= BARS_TO_FIRST_SIGNAL + 5:
-            break
+    await _until(lambda: shadow.ticks >= BARS_TO_FIRST_SIGNAL + 5)  # primed, then on period
     assert collector.active and not gc.isenabled()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
