@@ -24,6 +24,7 @@ import random
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,12 @@ MIN_GAP_NS = 5_000
 BINS_US = ((5, 20), (20, 40), (40, 100), (100, 400), (400, None))
 
 Gap = tuple[int, int]  # (start ns, length ns) on perf_counter_ns
+
+# The workload's p50 on the run that measured README's demo figures (make bench,
+# 2026-11-28 12:45 UTC, `make demo` p50 41-50 us then): today's p50 over it is this host's
+# speed against that day, so a slow host can be told from slow code.
+REFERENCE_WORKLOAD_P50_US = 32.9
+REFERENCE_DEMO_P50_US = 45.0
 
 
 def record_gaps(duration_s: float, min_gap_ns: int = MIN_GAP_NS) -> tuple[list[Gap], int, int]:
@@ -103,7 +110,9 @@ class Workload:
 
     def __init__(self, reads: int = 400, objects: int = 20_000, seed: int = 0) -> None:
         rng = random.Random(seed)
-        self.objs = [{"a": i, "b": str(i), "c": [i, i + 1]} for i in range(objects)]
+        self.objs: list[dict[str, Any]] = [
+            {"a": i, "b": str(i), "c": [i, i + 1]} for i in range(objects)
+        ]
         self.idx = [rng.randrange(objects) for _ in range(reads)]
 
     def __call__(self) -> int:
@@ -163,11 +172,22 @@ def run(quick: bool = False) -> Section:
         ],
     )
     slower = measured.p99 > 1.1 * model.p99
+    speed = host_speed(measured.p50)
     sec.add(
         f"The VM alone puts a p99 of {ratio:.1f}× the median on a Python path of this size. "
         f"The stalls the loop sees, simply pausing the work, would give p99 {model.p99:.0f} µs "
         f"against the measured {measured.p99:.0f} µs"
         + (" — the rest is the code running slower after them." if slower else ".")
-        + " Section 3's path (p50 ~45 µs in `make demo`) lives on this floor.",
+        + " Section 3's path lives on this floor.",
+        "",
+        f"Host speed: the workload's p50 is {speed:.2f}× its {REFERENCE_WORKLOAD_P50_US} µs on "
+        f"the reference run (README's demo figures, p50 ~{REFERENCE_DEMO_P50_US:.0f} µs); "
+        "expect section 3's absolute latencies scaled by about as much"
+        + (" — this host is running slower than on that day." if speed > 1.25 else "."),
     )
     return sec
+
+
+def host_speed(workload_p50_us: float) -> float:
+    """This host's time for the workload over the reference run's (> 1: slower than then)."""
+    return workload_p50_us / REFERENCE_WORKLOAD_P50_US

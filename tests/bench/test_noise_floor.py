@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 from bench.noise_floor import (
+    REFERENCE_WORKLOAD_P50_US,
     TICK_NS,
     Workload,
+    host_speed,
     paused_latency,
     per_second,
     record_gaps,
@@ -54,3 +56,8 @@ def test_recording_and_workload_run_for_real() -> None:
     assert work() == work()  # deterministic
     timed = time_calls(work, 20, warmup=2)
     assert timed.runs == 20 and timed.p50 > 0
+
+
+def test_host_speed_is_the_workload_against_the_reference_run() -> None:
+    assert host_speed(REFERENCE_WORKLOAD_P50_US) == 1.0
+    assert math.isclose(host_speed(3 * REFERENCE_WORKLOAD_P50_US), 3.0)
