@@ -83,7 +83,9 @@ def load_klines(
 
     ``symbol`` and ``interval`` default to what the bundle's file name says. With
     ``drop_last_unconfirmed`` the final row is dropped: files fetched "up to now" end with a
-    candle that was still open (PROVENANCE.md); nothing else is ever dropped silently.
+    candle that was still open (PROVENANCE.md). A row repeated byte for byte right after
+    itself is read once (the daily files repeat one day at a page boundary); any other
+    duplicate start is an error, and nothing else is ever dropped.
     """
     path = Path(path)
     m = _NAME.search(path.name)
@@ -108,9 +110,13 @@ def load_klines(
         starts: list[int] = []
         values: list[list[float]] = []
         turnover: list[float] = []
+        previous: list[str] = []
         for row_no, row in enumerate(reader, start=2):
             if not row:
                 continue
+            if row == previous:
+                continue  # an identical repeated row (a page-boundary overlap): one candle
+            previous = row
             try:
                 starts.append(_parse_ts(row[cols["timestamp"]].strip(), path, row_no))
                 values.append([float(row[i]) for i in idx])

@@ -60,7 +60,7 @@ def test_turnover_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("rows", "rule", "row"),
     [
-        ("1743699900000,10,12,9,11,5\n1743699900000,10,12,9,11,5\n", "duplicate", 3),
+        ("1743699900000,10,12,9,11,5\n1743699900000,10,12,9,11.5,5\n", "duplicate", 3),
         ("1743700200000,10,12,9,11,5\n1743699900000,10,12,9,11,5\n", "not sorted", 3),
         ("1743699900001,10,12,9,11,5\n", "off the 5 grid", 2),
         ("1743699900000,10,12,9,13,5\n", "high < max(open, close)", 2),
@@ -142,3 +142,34 @@ def test_table_from_klines_round_trip() -> None:
 def test_bad_interval() -> None:
     with pytest.raises(KlineError, match="unsupported interval"):
         interval_ms("5m")
+
+
+def test_identical_repeated_row_read_once_conflicting_duplicate_refused(tmp_path: Path) -> None:
+    header = "timestamp,open,high,low,close,volume\n"
+    row = "1743699900000,10,12,9,11,5\n"
+    p = _write(tmp_path / "k.csv", header + row + row + "1743700200000,11,11.5,10,10.5,0\n")
+    assert load_klines(p, symbol="BTCUSDT", interval="5").start.tolist() == [
+        1743699900000,
+        1743700200000,
+    ]
+    q = _write(tmp_path / "q.csv", header + row + "1743699900000,10,12,9,11.5,5\n")
+    with pytest.raises(KlineError, match="duplicate timestamp"):
+        load_klines(q, symbol="BTCUSDT", interval="5")
+
+
+def test_every_shared_file_is_bundled_and_loads() -> None:
+    """data/ holds every file PROVENANCE.md lists, byte for byte (sha256 of the raw CSV)."""
+    import hashlib
+    import re
+
+    bybit = Path(__file__).resolve().parents[2] / "data" / "bybit"
+    listed = re.findall(
+        r"^\| (bybit_linear_\S+\.csv\.gz) \|.*`([0-9a-f]{64})` \|$",
+        (bybit / "PROVENANCE.md").read_text(),
+        flags=re.M,
+    )
+    assert len(listed) == 18
+    for name, sha in listed:
+        raw = gzip.decompress((bybit / name).read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == sha, name
+        assert len(load_klines(bybit / name, drop_last_unconfirmed=True)) > 1000
