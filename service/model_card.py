@@ -32,8 +32,29 @@ class NetworkSpec(BaseModel):
     params: int
 
 
+HEADS = ("direction", "volatility")  # one output per head, in this order
+HEAD_OUTPUTS = {"direction": "prob_up", "volatility": "prob_high_vol"}  # DESIGN section 5
+
+
+class FeatureReference(BaseModel):
+    """Per-feature quantiles of the training rows: the reference live drift (PSI) is read against.
+
+    ``values[name][k]`` is the ``quantiles[k]`` quantile of feature ``name`` over ``rows``
+    training rows; ``quantiles`` runs from 0 to 1 (the decile edges by default).
+    """
+
+    quantiles: list[float]
+    values: dict[str, list[float]]
+    rows: int
+
+
 class ModelCard(BaseModel):
-    """Everything the service needs to trust and describe an exported student."""
+    """Everything the service needs to trust and describe an exported student.
+
+    ``metrics`` holds the test-split figures per head: ``metrics["direction"]`` and
+    ``metrics["volatility"]`` each map accuracy, log_loss, brier, auc, agreement_with_teacher
+    (and more) to numbers; ``metrics["teacher_test"]`` has the same per-head layout.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,6 +76,7 @@ class ModelCard(BaseModel):
     distillation: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     data_span: dict[str, Any] = Field(default_factory=dict)
+    feature_reference: FeatureReference | None = None
     git_commit: str = "unknown"
 
     @classmethod
