@@ -48,10 +48,16 @@ def _compose(
     )
 
 
-def _config(helpers: ModuleType, *profile_args: str) -> dict[str, Any]:
-    proc = _compose(helpers, *profile_args, "config", env=_env(GF_SECURITY_ADMIN_PASSWORD="t0p"))
+def _config(helpers: ModuleType, *profile_args: str, **env: str) -> dict[str, Any]:
+    """`docker-compose config` as a user runs it: no variable set unless ``env`` gives one."""
+    proc = _compose(helpers, *profile_args, "config", env=_env(**env))
     assert proc.returncode == 0, proc.stderr
     return dict(yaml.safe_load(proc.stdout))
+
+
+def _published(port: str | dict[str, Any]) -> str:
+    """``host_ip:published`` of a port in compose v1's short or v2's long output syntax."""
+    return port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}"
 
 
 def _volume(entry: str | dict[str, Any]) -> tuple[str, str]:
@@ -85,8 +91,7 @@ def test_compose_config_is_valid(helpers: ModuleType) -> None:
     # bound to loopback unless APPRENTICE_BIND says otherwise
     for service in services.values():
         for port in service.get("ports", []):
-            published = port if isinstance(port, str) else f"{port['host_ip']}:{port['published']}"
-            assert published.startswith("127.0.0.1:"), published
+            assert _published(port).startswith("127.0.0.1:"), _published(port)
 
 
 def test_compose_config_with_replay_profile(helpers: ModuleType) -> None:
@@ -117,7 +122,7 @@ def test_replay_command_uses_flags_the_replay_exchange_accepts(helpers: ModuleTy
     try:
         import service.replay.__main__  # noqa: F401
     except ImportError:
-        pytest.skip("service.replay has no __main__ yet (helper-3)")
+        pytest.skip("this checkout has no `python -m service.replay` entry point")
     proc = subprocess.run(
         [sys.executable, "-m", "service.replay", "--help"],
         capture_output=True,
@@ -130,10 +135,97 @@ def test_replay_command_uses_flags_the_replay_exchange_accepts(helpers: ModuleTy
         assert flag in proc.stdout, f"`python -m service.replay` has no {flag}"
 
 
-def test_grafana_admin_password_is_required(helpers: ModuleType) -> None:
-    proc = _compose(helpers, "config", env=_env())
-    assert proc.returncode != 0
-    assert "GF_SECURITY_ADMIN_PASSWORD" in proc.stderr
+def test_every_port_is_on_loopback_unless_the_user_opts_in(helpers: ModuleType) -> None:
+    for profile in ([], ["--profile", "replay"]):
+        ports = [
+            _published(p)
+            for s in _config(helpers, *profile)["services"].values()
+            for p in s.get("ports", [])
+        ]
+        assert len(ports) >= 3 and all(p.startswith("127.0.0.1:") for p in ports), ports
+        opted = [
+            _published(p)
+            for s in _config(helpers, *profile, APPRENTICE_BIND="0.0.0.0")["services"].values()
+            for p in s.get("ports", [])
+        ]
+        assert len(opted) >= 3 and all(p.startswith("0.0.0.0:") for p in opted), opted
+
+
+def test_grafana_is_anonymous_read_only_without_a_password(helpers: ModuleType) -> None:
+    """No variable set: compose starts (no mandatory value) and bakes in no password."""
+    grafana = _config(helpers)["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env.get("GF_SECURITY_ADMIN_PASSWORD") is None  # passed through, never a default
+    given = _config(helpers, GF_SECURITY_ADMIN_PASSWORD="t0p")["services"]["grafana"]
+    assert given["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "t0p"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (``2m``, ``90s``, ``1m30s``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    assert parts, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _grafana_start(helpers: ModuleType, tmp_path: Path, **env: str) -> dict[str, str]:
+    """Run Grafana's entrypoint from the resolved compose file with /run.sh (the image's own
+    entrypoint) replaced by a script that prints the environment it was started with."""
+    entrypoint = _config(helpers)["services"]["grafana"]["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"] and "/run.sh" in entrypoint[2], entrypoint
+    stub = tmp_path / "run.sh"
+    stub.write_text("#!/bin/sh\nenv -0\n")
+    stub.chmod(0o755)
+    script = entrypoint[2].replace("$$", "$").replace("/run.sh", str(stub))  # compose's $$ = $
+    proc = subprocess.run(
+        ["/bin/sh", "-c", script, *entrypoint[3:]],
+        capture_output=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], **env},
+        check=True,
+    )
+    pairs = (item.split(b"=", 1) for item in proc.stdout.split(b"\0") if b"=" in item)
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_grafana_without_a_password_creates_no_admin_and_hides_the_login(
+    helpers: ModuleType, tmp_path: Path
+) -> None:
+    for env in ({}, {"GF_SECURITY_ADMIN_PASSWORD": ""}):
+        started = _grafana_start(helpers, tmp_path, **env)
+        assert started["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+        assert started["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+        assert started["GF_AUTH_BASIC_ENABLED"] == "false"
+        assert "GF_SECURITY_ADMIN_PASSWORD" not in started  # Grafana's default would be admin
+
+
+def test_grafana_with_a_password_creates_the_admin_with_it(
+    helpers: ModuleType, tmp_path: Path
+) -> None:
+    started = _grafana_start(helpers, tmp_path, GF_SECURITY_ADMIN_PASSWORD="choose-one")
+    assert started["GF_SECURITY_ADMIN_PASSWORD"] == "choose-one"
+    for key in (
+        "GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION",
+        "GF_AUTH_DISABLE_LOGIN_FORM",
+        "GF_AUTH_BASIC_ENABLED",
+    ):
+        assert key not in started
+
+
+def test_service_health_is_readiness_with_a_start_period(helpers: ModuleType) -> None:
+    """Healthy = GET /ready answers 200; the start period covers the warm-up (503 meanwhile)."""
+    services = _config(helpers, "--profile", "replay")["services"]
+    for name in ("apprentice-replay",):
+        check = services[name]["healthcheck"]
+        assert "127.0.0.1:8000/ready" in " ".join(check["test"]), check
+        assert _seconds(check["start_period"]) >= 60, check
+    live = _config(helpers)["services"]["apprentice"]["healthcheck"]
+    assert "/ready" in " ".join(live["test"])
+    grafana = _config(helpers)["services"]["grafana"]
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
 # Compose's own profile logic (Debian's docker-compose is Python), run with the system
@@ -170,7 +262,7 @@ def _started(helpers: ModuleType, profiles: list[str], **env: str) -> set[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(GF_SECURITY_ADMIN_PASSWORD="t0p", **env),
+        env=_env(**env),
     )
     if proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr:
         pytest.skip(f"compose's Python package not importable by {interpreter}")
@@ -193,7 +285,7 @@ def test_live_profile_starts_the_live_stack(helpers: ModuleType) -> None:
 def test_plain_up_starts_the_live_stack(helpers: ModuleType) -> None:
     """`docker compose up` with no flag: the committed .env enables the live profile."""
     if not (helpers.ROOT / ".env").exists():
-        pytest.skip(".env (COMPOSE_PROFILES=live) not committed yet - see README.md, Deployment")
+        pytest.skip("no .env (COMPOSE_PROFILES=live) in this checkout: plain `up` has no profile")
     assert _started(helpers, []) == {"apprentice", "prometheus", "grafana"}
 
 
