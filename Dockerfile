@@ -15,15 +15,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Only what the package build needs: the metadata and the service package (training/ is not
-# copied, so nothing of it can reach the image).
-COPY pyproject.toml README.md ./
+# Only what the package build needs: the metadata, the pins and the service package
+# (training/ is not copied, so nothing of it can reach the image).
+COPY pyproject.toml README.md constraints.txt ./
 COPY service/ ./service/
 # `pip install .` without extras = exactly pyproject's [project] dependencies (tests/deploy
-# checks that torch is not among them, nor among their requirements). The package itself is
+# checks that torch is not among them, nor among their requirements), at the versions of
+# constraints.txt, the file `make` installs with too (`make lock` rewrites it; its torch pin
+# constrains only what is installed, and nothing here installs torch). The package itself is
 # then removed from site-packages: the code runs from /app beside models/ and data/, which
 # settings.py and kline_io.py locate relative to the package directory.
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && pip uninstall -y apprentice
 
 # ---- runtime ----
@@ -55,9 +57,11 @@ COPY data/ /app/data/
 RUN python -m compileall -q /app/service
 USER apprentice:apprentice
 EXPOSE 8000
-# python:slim has no curl: probe /health with the standard library, on the configured port.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('APPRENTICE_PORT', '8000'), timeout=4)"]
+# Healthy = ready: GET /ready is 200 once the model is loaded, the feed connected and every
+# symbol warm and fresh (503 while it backfills: the start period covers that). python:slim
+# has no curl: probe with the standard library, on the configured port.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('APPRENTICE_PORT', '8000'), timeout=4)"]
 # Exec form: python is PID 1's direct child under `docker run --init` / compose `init: true`
 # (or PID 1 itself), so SIGTERM reaches uvicorn, whose lifespan shuts the feed down cleanly.
 STOPSIGNAL SIGTERM

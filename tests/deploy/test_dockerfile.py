@@ -98,7 +98,9 @@ def test_image_installs_the_runtime_dependencies_only(helpers: ModuleType) -> No
     """`pip install .` with no extras = pyproject's [project] dependencies: no torch in
     them nor among their own requirements."""
     installs = _pip_installs(helpers.DOCKERFILE)
-    assert installs == [["."]], f"expected exactly one `pip install .`, got {installs}"
+    assert installs == [["-c", "constraints.txt", "."]], (
+        f"expected exactly one `pip install -c constraints.txt .`, got {installs}"
+    )
     project = tomllib.loads((helpers.ROOT / "pyproject.toml").read_text())["project"]
     runtime = [Requirement(d) for d in project["dependencies"]]
     closure = _closure(runtime)
@@ -108,6 +110,46 @@ def test_image_installs_the_runtime_dependencies_only(helpers: ModuleType) -> No
     # and the extras that would bring them are never requested
     assert "torch==2.13.0" in project["optional-dependencies"]["train"]
     assert not any("[" in arg for arg in installs[0])
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """canonical name -> version of a constraints file's ``name==version`` lines."""
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{line}: pin with =="
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_constraints_pin_everything_the_image_and_make_install(helpers: ModuleType) -> None:
+    """constraints.txt (make lock) pins every package of the image's install set and of the
+    extras make installs, at versions that satisfy pyproject; `make` installs with it too."""
+    constraints = helpers.ROOT / "constraints.txt"
+    pins = _pins(constraints)
+    project = tomllib.loads((helpers.ROOT / "pyproject.toml").read_text())["project"]
+    runtime = [Requirement(d) for d in project["dependencies"]]
+    extras = [Requirement(d) for e in ("train", "dev") for d in project["optional-dependencies"][e]]
+    stale = "constraints.txt is stale: run `make lock`"
+    for closure in (_closure(runtime), _closure(runtime + extras)):
+        missing = closure - set(pins) - {"apprentice"}
+        assert not missing, f"{stale} (not pinned: {sorted(missing)})"
+    for req in runtime + extras:
+        version = pins[canonicalize_name(req.name)]
+        assert req.specifier.contains(version, prereleases=True), f"{stale} ({req} vs {version})"
+    assert pins["torch"] == "2.13.0"  # no local label: the CPU and GPU builds both satisfy it
+    makefile = (helpers.ROOT / "Makefile").read_text()
+    assert "CONSTRAINTS := constraints.txt" in makefile
+    assert makefile.count("-c $(CONSTRAINTS)") >= 3  # service, torch and extras installs
+    (copy,) = [
+        args
+        for instr, args in _stages(helpers.DOCKERFILE)[0]
+        if instr == "COPY" and "constraints.txt" in args
+    ]
+    assert copy.split()[-1] == "./"
 
 
 def test_base_image_is_a_pinned_python_311_slim(helpers: ModuleType) -> None:
@@ -154,12 +196,14 @@ def test_process_runs_in_exec_form(helpers: ModuleType) -> None:
 
 @pytest.fixture
 def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
-    """A loopback server answering /health with the status given by the test's param."""
+    """A loopback server answering /ready with the status given by the test's param (and
+    /health with 200: a live but unready service is not healthy)."""
     status = request.param
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(status if self.path == "/health" else 404)
+            codes = {"/ready": status, "/health": 200}
+            self.send_response(codes.get(self.path, 404))
             self.end_headers()
             self.wfile.write(b"{}")
 
@@ -177,7 +221,7 @@ def health_server(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.mark.parametrize(
     ("health_server", "healthy"), [(200, True), (503, False)], indirect=["health_server"]
 )
-def test_healthcheck_probe_follows_health_status(
+def test_healthcheck_probe_follows_readiness(
     helpers: ModuleType, health_server: int, healthy: bool
 ) -> None:
     env = {**os.environ, "APPRENTICE_PORT": str(health_server)}
@@ -227,7 +271,9 @@ def test_dockerignore_keeps_what_the_image_copies_and_nothing_else(helpers: Modu
         if instr == "COPY" and "--from" not in args
         for src in args.split()[:-1]
     }
-    assert {"pyproject.toml", "README.md", "service/", "models/", "data/"} <= sources
+    assert {"pyproject.toml", "README.md", "constraints.txt", "service/", "models/", "data/"} <= (
+        sources
+    )
     for src in sources:
         assert not _ignored(src.rstrip("/") + ("/x" if src.endswith("/") else ""), patterns), src
     for path in (
