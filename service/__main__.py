@@ -10,45 +10,92 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from service.settings import Settings, SettingsError, load_settings
 
-EPILOG = """\
-configuration (environment variables):
-  APPRENTICE_SYMBOLS        comma-separated Bybit linear symbols   (BTCUSDT)
-  APPRENTICE_INTERVAL       kline interval: 1,3,5,15,30,60,...     (5)
-  APPRENTICE_WS_URL         public websocket                       (Bybit mainnet)
-  APPRENTICE_REST_URL       REST base URL for backfill             (Bybit mainnet)
-  APPRENTICE_MODEL          student .onnx; its card is the .json beside it
-  APPRENTICE_STATE_DIR      paper-trading journal directory        (state)
-  APPRENTICE_HOST / _PORT   where to listen                        (127.0.0.1:8000)
-  APPRENTICE_ADMIN_TOKEN    enables POST /admin/reload and /paper/reset (Bearer token)
-  APPRENTICE_LONG_THRESHOLD, APPRENTICE_SHORT_THRESHOLD, APPRENTICE_PAPER_* ...
-  (every field of service.settings.Settings, upper-cased with the prefix)
-
+ROUTES = """\
 routes: /signal/{symbol} /signals /health /ready /metrics /model /paper /paper/trades,
-        the dashboard at /, the OpenAPI docs at /docs
+        POST /admin/reload and /paper/reset (admin token), the dashboard at /, the OpenAPI
+        docs at /docs
 """
+
+
+def env_var(field: str) -> str:
+    """``port`` -> ``APPRENTICE_PORT``."""
+    return f"APPRENTICE_{field.upper()}"
+
+
+def _default(field: str) -> str:
+    info = Settings.model_fields[field]
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "unset" if value is None else str(value)
+
+
+def settings_help() -> str:
+    """Every setting: its variable, its default and what it means (from the Settings model)."""
+    lines = ["configuration (environment variables; default in brackets):"]
+    for field, info in Settings.model_fields.items():
+        lines.append(f"  {env_var(field)}  [{_default(field)}]")
+        if info.description:
+            lines += textwrap.wrap(
+                info.description, 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+            )
+    return "\n".join(lines) + "\n\n" + ROUTES
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (configuration itself comes from the environment)."""
     return argparse.ArgumentParser(
         prog="python -m service",
-        description="Apprentice signal service: Bybit klines -> features -> ONNX student -> "
-        "signals over HTTP, paper trading and Prometheus metrics.",
-        epilog=EPILOG,
+        description=textwrap.fill(
+            "Apprentice signal service: Bybit klines -> features -> ONNX student -> signals "
+            "over HTTP, paper trading and Prometheus metrics. It takes no options: every "
+            "setting is an APPRENTICE_* environment variable, e.g. "
+            "APPRENTICE_PORT=8010 python -m service",
+            88,
+        ),
+        epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
+def parse_args(argv: list[str] | None) -> None:
+    """``--help``; anything else is refused, a setting given as a flag with its variable."""
+    parser = build_parser()
+    _, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return
+    name, _, value = unknown[0].lstrip("-").partition("=")
+    field = name.replace("-", "_").lower()
+    if unknown[0].startswith("-") and field in Settings.model_fields:
+        if not value and len(unknown) > 1 and not unknown[1].startswith("-"):
+            value = unknown[1]
+        example = f"{env_var(field)}={value or '...'}"
+        parser.exit(
+            2,
+            f"python -m service takes settings from the environment, not flags: "
+            f"{example} python -m service (python -m service --help lists them)\n",
+        )
+    parser.error(
+        f"unrecognized arguments: {' '.join(unknown)} (settings are APPRENTICE_* variables)"
+    )
+
+
 def precheck(settings: Settings) -> None:
-    """Refuse to start, before binding the port, on a model that does not match its card or
-    a state directory where the paper journal cannot be written."""
+    """Refuse to start, before binding the port, on an address that cannot be listened on, a
+    model that does not match its card or a state directory where the paper journal cannot
+    be written."""
     from service.journal import Journal, JournalError
+    from service.listen import listen_problem
     from service.model_card import ModelCardError
     from service.predictor import Predictor
 
+    problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
+    if problem is not None:
+        raise SettingsError(f"refusing to start: {problem}")
     try:
         Predictor.load(settings.model, settings.model_card_path)
         if settings.paper_enabled:
@@ -61,7 +108,7 @@ def precheck(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, serve until SIGTERM/SIGINT."""
-    build_parser().parse_args(argv)
+    parse_args(argv)
     try:
         settings = load_settings()
         precheck(settings)

@@ -27,11 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.journal import Journal
+from service.listen import listen_problem
 from service.settings import SettingsError, load_settings
 
 DEMO_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
 STATUS_EVERY_S = 15.0
 MAX_RESTARTS = 5
+REPLAY_PORT_VAR = "APPRENTICE_REPLAY_PORT"
+# `python -m service` exits 2 when it refuses to start (a setting, the model, the port):
+# restarting cannot help, so the demo stops and leaves the service's message as the last word.
+REFUSED = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,14 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service.demo",
         description="Replay exchange + signal service + paper trading on loopback, offline. "
         "APPRENTICE_PORT / APPRENTICE_HOST choose where the service listens (default "
-        "127.0.0.1:8000); APPRENTICE_STATE_DIR where the journal lives (default state/demo).",
+        "127.0.0.1:8000); APPRENTICE_STATE_DIR where the journal lives (default state/demo); "
+        f"{REPLAY_PORT_VAR} (or --replay-port) the replay exchange's port (default: any free "
+        "one). Every other APPRENTICE_* variable reaches the service (python -m service --help).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--symbols", default=DEMO_SYMBOLS, help="comma-separated bundled symbols")
     p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second")
     p.add_argument(
-        "--resume", action="store_true", help="continue the last paper account (default: fresh)"
+        "--resume",
+        action="store_true",
+        help="continue the last paper account instead of opening a fresh one",
     )
     p.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: never)")
+    p.add_argument(
+        "--replay-port",
+        type=int,
+        default=int(os.environ.get(REPLAY_PORT_VAR) or 0),
+        help=f"the replay exchange's loopback port (0: any free one; env {REPLAY_PORT_VAR})",
+    )
     p.add_argument(
         "--no-pin",
         action="store_true",
@@ -182,11 +198,18 @@ def stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float = 15.0
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo until Ctrl-C (or ``--duration``)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ValueError:  # a non-numeric APPRENTICE_REPLAY_PORT, read as --replay-port's default
+        print(f"demo: {REPLAY_PORT_VAR} must be a port number (0: any free one)", file=sys.stderr)
+        return 2
     symbols = args.symbols
     env = dict(os.environ)
     env.setdefault("APPRENTICE_STATE_DIR", str(Path("state") / "demo"))
-    replay_port = free_port()
+    if not 0 <= args.replay_port <= 65535:
+        print(f"demo: {REPLAY_PORT_VAR} / --replay-port must be in 0..65535", file=sys.stderr)
+        return 2
+    replay_port = args.replay_port or free_port()
     env.update(
         APPRENTICE_SYMBOLS=symbols,
         APPRENTICE_INTERVAL="5",
@@ -199,11 +222,19 @@ def main(argv: list[str] | None = None) -> int:
             **{
                 k[len("APPRENTICE_") :].lower(): v
                 for k, v in env.items()
-                if k.startswith("APPRENTICE_")
+                if k.startswith("APPRENTICE_") and k != REPLAY_PORT_VAR
             }
         )
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    # Both ports before anything starts: a taken one is one line naming what to set.
+    problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
+    if problem is None and args.replay_port:
+        problem = listen_problem("127.0.0.1", replay_port, "--replay-port", REPLAY_PORT_VAR)
+        problem = problem and f"the replay exchange's {problem}"
+    if problem is not None:
+        print(f"demo: {problem}", file=sys.stderr)
         return 2
     if not args.resume:
         journal = Journal(settings.state_dir)
@@ -270,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                 rc = 1
                 break
             if service.poll() is not None:
+                if service.returncode == REFUSED:
+                    print(
+                        "demo: the service refused to start (see above); stopping", file=sys.stderr
+                    )
+                    rc = 1
+                    break
                 restarts += 1
                 if restarts > MAX_RESTARTS:
                     print("demo: the service keeps dying; giving up", file=sys.stderr)

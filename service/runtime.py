@@ -137,8 +137,10 @@ class Runtime:
             self.trader = PaperTrader(journal, account, self.metrics)
             self.pipeline.sink = self.trader.offer
             log.info(
-                "paper account %d resumed from %s: %d fills, equity %.2f USDT",
+                # a fresh journal (or a fresh account) has nothing to resume
+                "paper account %d %s %s: %d fills, equity %.2f USDT",
                 terms.epoch,
+                "resumed from" if fills else "(no fills yet) in",
                 journal.path,
                 len(fills),
                 account.equity,

@@ -20,6 +20,7 @@ MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
 MAINNET_REST = "https://api.bybit.com"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_btcusdt_5m.onnx"
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+_HOST = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")  # a host name, IPv4 or IPv6 address
 
 
 class SettingsError(SystemExit):
@@ -32,22 +33,32 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPRENTICE_", extra="ignore", frozen=True)
 
     symbols: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["BTCUSDT"], description="comma-separated, e.g. BTCUSDT,ETHUSDT"
+        default_factory=lambda: ["BTCUSDT"],
+        description="comma-separated Bybit linear symbols, e.g. BTCUSDT,ETHUSDT",
     )
-    interval: str = Field("5", description="Bybit kline interval: 1,3,5,15,30,60,...")
-    ws_url: str = MAINNET_WS
-    rest_url: str = MAINNET_REST
-    model: Path = DEFAULT_MODEL
-    state_dir: Path = Path("state")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    admin_token: SecretStr | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    interval: str = Field("5", description="kline interval, Bybit spelling: 1,3,5,15,30,60,...")
+    ws_url: str = Field(MAINNET_WS, description="public websocket (ws:// or wss://)")
+    rest_url: str = Field(MAINNET_REST, description="REST base URL for the backfill")
+    model: Path = Field(
+        DEFAULT_MODEL, description="the student .onnx; its model card is the .json beside it"
+    )
+    state_dir: Path = Field(Path("state"), description="paper-trading journal (SQLite) directory")
+    host: str = Field("127.0.0.1", description="HTTP listen address (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP listen port")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for POST /admin/reload and /paper/reset (unset: disabled)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
 
     # market data
-    backfill_bars: int = Field(300, ge=60, le=5000)
-    queue_size: int = Field(4096, ge=16)
-    ping_interval_s: float = Field(20.0, gt=0)
+    backfill_bars: int = Field(
+        300, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
+    )
+    queue_size: int = Field(4096, ge=16, description="feed -> pipeline queue length")
+    ping_interval_s: float = Field(20.0, gt=0, description="websocket JSON ping every N seconds")
     keep_warm_ms: float = Field(
         10.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
     )
@@ -60,13 +71,15 @@ class Settings(BaseSettings):
     stale_after_intervals: float = Field(2.0, gt=0, description="signal stale after N intervals")
 
     # signals and paper trading
-    long_threshold: float = Field(0.55, gt=0, lt=1)
-    short_threshold: float = Field(0.45, gt=0, lt=1)
-    paper_enabled: bool = True
-    paper_initial_usdt: float = Field(10_000.0, gt=0)
-    paper_notional_usdt: float = Field(1_000.0, gt=0)
-    paper_fee_bps: float = Field(5.5, ge=0)
-    paper_slippage_bps: float = Field(1.0, ge=0)
+    long_threshold: float = Field(0.55, gt=0, lt=1, description="probability_up >= this: long")
+    short_threshold: float = Field(
+        0.45, gt=0, lt=1, description="probability_up <= this: short (else flat)"
+    )
+    paper_enabled: bool = Field(True, description="paper-trade the signals (true/false)")
+    paper_initial_usdt: float = Field(10_000.0, gt=0, description="a new account's USDT")
+    paper_notional_usdt: float = Field(1_000.0, gt=0, description="position size per symbol")
+    paper_fee_bps: float = Field(5.5, ge=0, description="taker fee per fill, basis points")
+    paper_slippage_bps: float = Field(1.0, ge=0, description="adverse fill slippage, bps")
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -107,6 +120,24 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # a name or an address, nothing else (whether it can be listened on is checked by
+        # `python -m service` before start-up, naming this variable)
+        if not _HOST.match(value):
+            raise ValueError("give an IP address or a host name, e.g. 127.0.0.1 or 0.0.0.0")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: Path) -> Path:
+        if value.is_dir():
+            raise ValueError(
+                f"{value} is a directory; give the .onnx file, e.g. {value / DEFAULT_MODEL.name}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:

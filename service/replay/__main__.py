@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from dataclasses import fields
 from datetime import datetime
 
 from service.replay.exchange import ReplayConfig, ReplayExchange
@@ -23,35 +24,64 @@ def _start_ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def faults_help() -> str:
+    """Every fault the exchange knows: what it does and what ``all`` sets it to (read from
+    :class:`Faults` itself, so the list cannot go stale)."""
+    everything = Faults.all()
+    rows = [f"  {'name':<19} {'all':<6} what it does"]
+    for f in fields(Faults):
+        value = getattr(everything, f.name)
+        shown = "+".join(sorted(value)) or "-" if isinstance(value, frozenset) else str(value)
+        rows.append(f"  {f.name:<19} {shown:<6} {f.metadata.get('help', '')}")
+    return (
+        "faults: --faults none | all | name=value,... (e.g. all,gap=0.2,disconnect=0);\n"
+        "rates are probabilities per event, off (0) unless given; reject_topics takes\n"
+        "+-separated topics, e.g. reject_topics=kline.5.XRPUSDT\n" + "\n".join(rows)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(
         prog="python -m service.replay",
         description="Bybit v5 public websocket + GET /v5/market/kline on one loopback port, "
         "driven by the bundled real klines on a virtual clock.",
+        epilog=faults_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT", help="comma-separated")
-    p.add_argument("--interval", default="5", help="Bybit interval of the bundled files (1 or 5)")
-    p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--start", type=_start_ms, default=None, help="virtual start (ISO UTC or ms)")
-    p.add_argument("--history-bars", type=int, default=1000, help="closed bars before the start")
-    p.add_argument("--updates-per-candle", type=int, default=4, help="confirm=false pushes")
+    d = " (default: %(default)s)"
+    p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT", help="comma-separated" + d)
+    p.add_argument("--interval", default="5", help="interval of the bundled files, 1 or 5" + d)
+    p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second" + d)
+    p.add_argument("--host", default="127.0.0.1", help="listen address" + d)
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port" + d)
+    p.add_argument(
+        "--start",
+        type=_start_ms,
+        default=None,
+        help="virtual start, ISO time with offset or ms (default: --history-bars after the "
+        "first bundled bar)",
+    )
+    p.add_argument(
+        "--history-bars", type=int, default=1000, help="closed bars before the start" + d
+    )
+    p.add_argument(
+        "--updates-per-candle", type=int, default=4, help="confirm=false pushes per candle" + d
+    )
     p.add_argument(
         "--faults",
         type=Faults.parse,
-        default=Faults(),
-        help="none | all | name=value,... (e.g. all,disconnect=0.1); see service/replay/faults.py",
+        default="none",
+        help="none | all | name=value,... (names below)" + d,
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault generator" + d)
     p.add_argument(
         "--push-jitter-ms",
         type=float,
         default=4.0,
         help="extra real delay of each push, uniform in [0, N) ms, as network delay varies "
         "(0: exactly on the schedule, whose real period is a whole number of the VM's 4 ms "
-        "timer ticks, so every push of a run lands at one phase of them)",
+        "timer ticks, so every push of a run lands at one phase of them)" + d,
     )
     return p
 

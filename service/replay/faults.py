@@ -14,18 +14,49 @@ from dataclasses import dataclass, field, fields, replace
 class Faults:
     """What the exchange does wrong. Everything off by default (a well-behaved exchange)."""
 
-    disconnect: float = 0.0  # per candle: server closes every socket (clean close or abort)
-    refuse_handshakes: int = 0  # after each disconnect, answer this many upgrades with HTTP 503
-    silence: float = 0.0  # per candle: current sockets turn zombie (no data, no JSON pongs)
-    malformed: float = 0.0  # per push: a malformed frame is sent before it
-    duplicate_confirm: float = 0.0  # per candle: the confirm=true push is sent twice
-    missing_confirm: float = 0.0  # per candle: the confirm=true push is never sent
-    combined: float = 0.0  # per candle: confirm and the next candle's first update in one frame
-    gap: float = 0.0  # per candle: no websocket push at all for that candle (REST has it)
-    reject_subscribe: float = 0.0  # per request: subscribe refused with a transient error
-    reject_topics: frozenset[str] = field(default_factory=frozenset)  # "handler not found"
-    void_batch: bool = True  # a bad topic voids its whole batch (the live behaviour, [3P])
-    http_error: float = 0.0  # per REST request: HTTP 429 or 500 instead of the answer
+    disconnect: float = field(
+        default=0.0,
+        metadata={"help": "per candle: server closes every socket (clean close or abort)"},
+    )
+    refuse_handshakes: int = field(
+        default=0,
+        metadata={"help": "after each disconnect, answer this many upgrades with HTTP 503"},
+    )
+    silence: float = field(
+        default=0.0,
+        metadata={"help": "per candle: current sockets turn zombie (no data, no JSON pongs)"},
+    )
+    malformed: float = field(
+        default=0.0, metadata={"help": "per push: a malformed frame is sent before it"}
+    )
+    duplicate_confirm: float = field(
+        default=0.0, metadata={"help": "per candle: the confirm=true push is sent twice"}
+    )
+    missing_confirm: float = field(
+        default=0.0, metadata={"help": "per candle: the confirm=true push is never sent"}
+    )
+    combined: float = field(
+        default=0.0,
+        metadata={"help": "per candle: confirm and the next candle's first update in one frame"},
+    )
+    gap: float = field(
+        default=0.0,
+        metadata={"help": "per candle: no websocket push at all for that candle (REST has it)"},
+    )
+    reject_subscribe: float = field(
+        default=0.0, metadata={"help": "per request: subscribe refused with a transient error"}
+    )
+    reject_topics: frozenset[str] = field(
+        default_factory=frozenset,
+        metadata={"help": 'topics whose subscription is refused with "handler not found"'},
+    )
+    void_batch: bool = field(
+        default=True,
+        metadata={"help": "a bad topic voids its whole subscribe batch, as on Bybit"},
+    )
+    http_error: float = field(
+        default=0.0, metadata={"help": "per REST request: HTTP 429 or 500 instead of the answer"}
+    )
 
     @classmethod
     def all(cls) -> Faults:

@@ -142,7 +142,7 @@ def stack(helpers: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iter
     prometheus = helpers.require_binary("prometheus")
     for module in ("service/__main__.py", "service/replay/__main__.py"):
         if not (helpers.ROOT / module).exists():
-            pytest.skip(f"{module} not written yet")
+            pytest.skip(f"this checkout has no {module}")
     tmp = tmp_path_factory.mktemp("stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
     env["PYTHONPATH"] = str(helpers.ROOT)
