@@ -18,6 +18,8 @@ TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 # Where `make train` exports the student; the default rewrites the committed model in place.
 TRAIN_MODELS_DIR ?= models
 LOCK_VENV := $(VENV)-lock
+# Extra arguments for `make bench`, e.g. make bench ARGS=--quick (python -m bench --help).
+ARGS ?=
 
 .PHONY: help demo test run train bench lint fmt lock clean
 
