@@ -150,3 +150,13 @@ def test_local_label(version: str, label: str) -> None:
     assert install_torch.local_label(version) == label
     assert install_torch.wanted_label("https://download.pytorch.org/whl/cpu/") == "cpu"
     assert install_torch.torch_version() == "2.13.0"
+
+
+def test_an_empty_index_url_takes_the_configured_index_alone(tmp_path: Path) -> None:
+    """`make test TORCH_INDEX_URL=`: whatever the configured pip resolves (CUDA on Linux)."""
+    links = tmp_path / "links"
+    _wheel(links, "2.13.0")
+    proc = _run(tmp_path, links, "")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "adding" not in proc.stdout and "not using" not in proc.stdout
+    assert "would install torch 2.13.0 from" in proc.stdout
