@@ -281,3 +281,24 @@ def test_every_variable_the_readme_names_exists() -> None:
     assert named - known == set(), f"the README names variables nothing reads: {named - known}"
     for var in ("APPRENTICE_PORT", "APPRENTICE_LOG_LEVEL", "APPRENTICE_BIND", "TORCH_INDEX_URL"):
         assert var in named, f"the README should tell about {var}"
+
+
+def test_configuration_defaults_match_the_settings() -> None:
+    """The configuration table's defaults are the Settings model's (the first value shown)."""
+    from service.settings import Settings
+
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(
+        r"^\| `(APPRENTICE_\w+)`(?: / `(APPRENTICE_\w+)`)? \| ([^|]+) \|", section, re.M
+    )
+    assert rows
+    for first, second, defaults in rows:
+        shown = re.findall(r"`([^`]+)`", defaults)
+        for var, value in zip([first, second] if second else [first], shown, strict=False):
+            field = Settings.model_fields[var.removeprefix("APPRENTICE_").lower()]
+            default = field.get_default(call_default_factory=True)
+            default = ",".join(default) if isinstance(default, list) else default
+            if isinstance(default, Path):
+                assert Path(value).name == default.name, f"{var}: README {value}, code {default}"
+            elif default is not None:
+                assert value == str(default), f"{var}: README {value}, code {default}"
