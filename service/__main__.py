@@ -93,9 +93,6 @@ def precheck(settings: Settings) -> None:
     from service.model_card import ModelCardError
     from service.predictor import Predictor
 
-    problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
-    if problem is not None:
-        raise SettingsError(f"refusing to start: {problem}")
     try:
         Predictor.load(settings.model, settings.model_card_path)
         if settings.paper_enabled:
@@ -104,6 +101,10 @@ def precheck(settings: Settings) -> None:
             journal.close()
     except (ModelCardError, JournalError) as exc:
         raise SettingsError(f"refusing to start: {exc}") from None
+    # last, as close to uvicorn's bind as it gets: a port taken meanwhile still fails there
+    problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
+    if problem is not None:
+        raise SettingsError(f"refusing to start: {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:
