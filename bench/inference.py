@@ -28,6 +28,7 @@ from bench.timing import Summary, interleaved
 from service import features as fx
 
 ROUNDS = 1000
+PROFILE_RUNS = 2000
 RATIO_REPEATS = 5  # extra interleaved runs of the served student and the floor: the noise
 LABELS = {
     "floor_run": "Identity floor, `run`",
@@ -151,6 +152,9 @@ def run(quick: bool = False) -> Section:
         onnx_params=models.onnx_params(student.path),
         outputs=output_names(s_student),
         ratio_spread=spread,
+        op_profile=op_profile(student.path, x1, PROFILE_RUNS),
+        profile_runs=PROFILE_RUNS,
+        repeats=len(ratios),
         p_run=ref,
         drift=drift,
         agree=agree,
@@ -173,6 +177,9 @@ class Facts:
     onnx_params: int  # elements of the ONNX file's initialisers
     outputs: list[str]
     ratio_spread: tuple[float, float]  # min, max of served/floor p50 over the repeats
+    op_profile: list[list[object]]  # operator, nodes, µs per run, share
+    profile_runs: int
+    repeats: int
     p_run: float
     drift: np.ndarray  # |p_int8 - p_fp32| per window
     agree: float  # share of windows with the same direction
@@ -238,9 +245,20 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
         f"{v.onnx_params:,} parameters in its initialisers, outputs "
         f"{', '.join(v.outputs)}) against an Identity graph through the same I/O binding: "
         f"p50 {svc.p50:.2f} / {fiob.p50:.2f} µs = **{ratio:.2f}×** (vs the Identity floor "
-        f"through `run`: {svc.p50 / floor.p50:.2f}×). Noise: {RATIO_REPEATS} more "
-        f"interleaved repeats of just these two gave {lo:.2f}–{hi:.2f}×.",
+        f"through `run`: {svc.p50 / floor.p50:.2f}×). Noise: {v.repeats} more "
+        f"interleaved repeat(s) of just these two gave {lo:.2f}–{hi:.2f}×.",
     )
+    sec.add(
+        "",
+        "Where the student's time goes (onnxruntime's own profiler, "
+        f"{v.profile_runs:,} single-row runs, mean µs per run by operator, "
+        f"{sum(int(str(r[1])) for r in v.op_profile)} kernels in all). The profiler adds "
+        "its own cost to every kernel, so the sum exceeds the p50 above: read the shares. "
+        "Spread over many small kernels, most of a single row's time is per-kernel "
+        "dispatch; fewer, smaller layers are what bring it to the floor:",
+        "",
+    )
+    sec.table(("operator", "nodes", "µs per run", "share of kernel time"), v.op_profile)
     sec.targets.append(
         Target(
             "student as served (full graph, I/O binding) vs Identity floor (I/O binding), p50",
@@ -280,3 +298,38 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
                 "" if sp >= need else f"missed by {need / sp:.2f}×",
             )
         )
+
+
+def op_profile(path: Path, x: np.ndarray, runs: int) -> list[list[object]]:
+    """Mean µs per run by operator type, from onnxruntime's profiler (a separate session
+    with the service's settings and profiling on)."""
+    import json
+
+    import onnxruntime as ort
+
+    from bench.ort_runners import session_options
+
+    opts = session_options()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort-profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    call = bound_run(sess, x)[0]
+    for _ in range(runs):
+        call()
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink(missing_ok=True)
+    per_op: dict[str, float] = {}
+    nodes: dict[str, set[str]] = {}
+    for ev in events:
+        args = ev.get("args", {})
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        op = str(args.get("op_name", "?"))
+        per_op[op] = per_op.get(op, 0.0) + float(ev.get("dur", 0))
+        nodes.setdefault(op, set()).add(ev["name"])
+    total = sum(per_op.values()) or 1.0
+    rows: list[list[object]] = []
+    for op, dur in sorted(per_op.items(), key=lambda kv: -kv[1]):
+        rows.append([op, len(nodes[op]), dur / runs, f"{100 * dur / total:.0f} %"])
+    return rows

@@ -20,7 +20,7 @@ import onnxruntime as ort
 F32 = npt.NDArray[np.float32]
 
 
-def session(path: Path) -> ort.InferenceSession:
+def session_options() -> ort.SessionOptions:
     """The service's latency settings (one intra/inter-op thread, sequential, ENABLE_ALL)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -28,7 +28,12 @@ def session(path: Path) -> ort.InferenceSession:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """A session with :func:`session_options`."""
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def first_output(sess: ort.InferenceSession) -> str:
