@@ -134,6 +134,8 @@ def test_constraints_pin_everything_the_image_and_make_install(helpers: ModuleTy
     runtime = [Requirement(d) for d in project["dependencies"]]
     extras = [Requirement(d) for e in ("train", "dev") for d in project["optional-dependencies"][e]]
     stale = "constraints.txt is stale: run `make lock`"
+    declared = {canonicalize_name(r.name) for r in runtime + extras}
+    assert not declared - set(pins), f"{stale} (not pinned: {sorted(declared - set(pins))})"
     for closure in (_closure(runtime), _closure(runtime + extras)):
         missing = closure - set(pins) - {"apprentice"}
         assert not missing, f"{stale} (not pinned: {sorted(missing)})"
