@@ -34,10 +34,10 @@ def cfg(**kw: object) -> ReplayConfig:
 
 
 def test_windows_hold_at_most_limit_candles_and_cover_the_range() -> None:
-    w = windows(0, 2499 * STEP, STEP, 1000)
+    w = list(windows(0, 2499 * STEP, STEP, 1000))
     assert w == [(0, 999 * STEP), (1000 * STEP, 1999 * STEP), (2000 * STEP, 2499 * STEP)]
-    assert windows(1, STEP, STEP) == [(STEP, STEP)]  # rounded up onto the grid
-    assert windows(5 * STEP, 4 * STEP, STEP) == []
+    assert list(windows(1, STEP, STEP)) == [(STEP, STEP)]  # rounded up onto the grid
+    assert list(windows(5 * STEP, 4 * STEP, STEP)) == []
 
 
 def test_parse_page_reverses_and_drops_the_open_candle() -> None:
@@ -57,7 +57,9 @@ def test_parse_page_reverses_and_drops_the_open_candle() -> None:
     assert page.klines[1].high == 2.5 and page.klines[1].confirm
     assert page.oldest_start == 300_000 and page.server_time == 1_000_000
     with pytest.raises(RestError):
-        parse_kline_page("BTCUSDT", "5", {"result": {"list": [[1, 2]]}, "time": 5})
+        parse_kline_page("BTCUSDT", "5", {"result": {"list": []}, "time": "5"})
+    bad = parse_kline_page("BTCUSDT", "5", {"result": {"list": [[1, 2]]}, "time": 5})
+    assert bad.klines == [] and bad.rejected == ["bad_shape"]  # skipped and named
 
 
 async def test_fetch_range_paginates_and_matches_the_exchange() -> None:
