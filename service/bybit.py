@@ -37,7 +37,7 @@ def short(value: object, limit: int = 80) -> str:
     if isinstance(value, str | bytes) and len(value) > limit:
         value = value[:limit]  # cut before repr: repr of a huge string is a huge copy
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 @dataclass(frozen=True, slots=True)

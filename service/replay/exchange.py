@@ -160,6 +160,26 @@ class ReplayExchange:
         """The exchange's (virtual) time."""
         return self.clock.now_ms()
 
+    def open_candle(self, symbol: str) -> Kline | None:
+        """The candle open now (as its next interim push would carry it), if the tape has it."""
+        now = self.now_ms()
+        return self.tapes[symbol].partial(now - now % self.step, now)
+
+    async def inject(self, raw: str | bytes, topic: str | None = None) -> int:
+        """Send ``raw`` as it is to every socket subscribed to ``topic`` (every socket when
+        None): a hostile exchange's frames, for tests. Returns how many sockets got it."""
+        sent = 0
+        for conn in list(self._conns):
+            if topic is not None and topic not in conn.topics:
+                continue
+            try:
+                await conn.ws.send(raw)
+                sent += 1
+            except ConnectionClosed:
+                self._conns.discard(conn)
+        self.stats["injected"] += sent
+        return sent
+
     # push engine --------------------------------------------------------------------------
     async def _run_engine(self) -> None:
         per = self.config.updates_per_candle + 1

@@ -157,3 +157,34 @@ def test_sync_helper_for_scripts() -> None:
             assert len(got) == 10
 
     asyncio.run(serve_and_fetch())
+
+
+def test_windows_are_lazy_and_ranges_bounded_before_any_allocation() -> None:
+    from service.rest import bounded
+
+    huge = windows(0, 2**63 - 1, STEP, 1000)  # a generator: nothing is built yet
+    assert next(huge) == (0, 999 * STEP)
+    lo, hi = bounded(0, 2**63 - 1, STEP, 300)
+    assert (hi - lo) // STEP < 300 and len(list(windows(lo, hi, STEP, 1000))) == 1
+
+
+def test_rest_rows_that_break_a_kline_rule_are_skipped_and_counted() -> None:
+    rows = [
+        ["1200000", "1", "1", "1", "1", "1", "1"],  # fine
+        ["900000", "1e400", "1e400", "1", "1", "1", "1"],  # overflows to inf
+        ["600000", "0", "1", "0", "1", "1", "1"],  # a zero price
+        ["300001", "1", "1", "1", "1", "1", "1"],  # off the grid
+        ["0", "1", "0.5", "0.8", "1", "1", "1"],  # high below low
+        ["99999999999999999999999", "1", "1", "1", "1", "1", "1"],  # an absurd start
+    ]
+    page = parse_kline_page("BTCUSDT", "5", {"result": {"list": rows}, "time": 10**9})
+    assert [k.start for k in page.klines] == [1_200_000]
+    assert page.rejected == ["bad_price", "bad_price", "off_grid", "bad_ohlc", "bad_value"]
+
+
+async def test_fetch_range_asks_only_for_the_history_kept() -> None:
+    async with ReplayExchange(cfg()) as ex:
+        rest = fast(ex.rest_url)
+        got = await rest.fetch_range("BTCUSDT", "5", 0, ex.start_ms - STEP, max_candles=300)
+        assert rest.requests_made == 1  # 300 bars, not the ~6e6 since 1970
+        assert len(got) == 300 and got[-1].start == ex.start_ms - STEP
