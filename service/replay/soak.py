@@ -14,7 +14,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,7 @@ async def soak(
     queue_size: int = 10_000,
     consumer_delay_s: float = 0.0,
     direct: bool = False,
-    script: Callable[[ReplayExchange], Awaitable[None]] | None = None,
+    script: Callable[[ReplayExchange], Coroutine[Any, Any, None]] | None = None,
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
 
