@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import api
+from service.request_limits import MAX_BODY_BYTES, RequestLimits
 from service.runtime import FeedFactory, Runtime
 from service.settings import Settings
 
@@ -76,11 +77,13 @@ def create_app(
     feed_factory: FeedFactory | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The service as an ASGI app; nothing is loaded or connected until the lifespan runs.
 
     ``feed_factory`` replaces the Bybit feed (tests push klines themselves); ``registry``
-    and ``clock`` let tests read metrics and move time.
+    and ``clock`` let tests read metrics and move time; request bodies are limited to
+    ``max_body_bytes`` (413).
     """
     rt = Runtime(settings, feed_factory=feed_factory, registry=registry, clock=clock)
 
@@ -111,6 +114,8 @@ def create_app(
     )
     app.state.runtime = rt
     app.include_router(api.router)
+    app.include_router(api.admin_router)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # inside the timer
     app.add_middleware(RequestTimer, histogram=rt.metrics.http_request_duration_seconds)
     app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

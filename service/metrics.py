@@ -52,7 +52,7 @@ REJECT_REASONS = (
     "queue_overflow",
     "subscribe_rejected",
 )
-PAPER_ERROR_REASONS = ("journal", "non_finite", "queue_full")
+PAPER_ERROR_REASONS = ("journal", "invalid_amount", "queue_full")
 NOTICE_KINDS = ("notice", "error_reply")
 
 
@@ -177,7 +177,7 @@ class Metrics:
         )
         self.paper_errors = Counter(
             "paper_errors",
-            "Paper trades not booked, by reason (journal, non_finite, queue_full)",
+            "Paper signals not booked, by reason (journal, invalid_amount, queue_full)",
             ["reason"],
             namespace=ns,
             registry=r,

@@ -260,6 +260,13 @@ class Runtime:
                 out.append(f"{name} task stopped: {exc!r}" if exc else f"{name} task returned")
         return out
 
+    def health_problems(self) -> list[str]:
+        """What /health reports: dead tasks, and a paper account that keeps failing."""
+        problems = self.task_problems()
+        if self.trader is not None:
+            problems += self.trader.problems()
+        return problems
+
     def readiness(self) -> list[str]:
         """Reasons the service is not ready; empty when it is. Updates the ready gauge."""
         reasons = list(self.task_problems())
@@ -267,6 +274,10 @@ class Runtime:
             reasons.append("model not loaded")
         if self.feed is None or not self.feed.connected:
             reasons.append("feed not connected to the exchange websocket")
+        # the feed's own account of what it waits for (a REST warm-up that fails, ...)
+        feed_problems = getattr(self.feed, "problems", None)
+        if callable(feed_problems):
+            reasons += feed_problems()
         for symbol in self.settings.symbols:
             st = self.pipeline.states[symbol]
             if not st.warm:
