@@ -278,8 +278,8 @@ class PaperTrader:
         self.duplicates = 0
         self.dropped = 0
         self.errors = 0
-        self.failing: str | None = None  # why the latest signal was not booked (None: it was)
-        self.failures = 0  # signals in a row that were not booked
+        self.failing: str | None = None  # why a signal was not booked since the last fill
+        self.failures = 0  # signals not booked since the last booked fill
         self.update_gauges()
 
     def offer(self, signal: Signal) -> None:
@@ -313,27 +313,31 @@ class PaperTrader:
     async def _trade(self, signal: Signal) -> None:
         async with self.lock:
             try:
-                await self.on_signal(signal)
+                fill = await self.on_signal(signal)
             except Exception as exc:
                 self.errors += 1
                 reason = exc.reason if isinstance(exc, PaperError) else "journal"
                 self.metrics.paper_errors.labels(reason).inc()
                 what = f"signal {signal.symbol} {signal.candle_start} not traded"
                 self._failed(reason, f"{what}: {type(exc).__name__}: {exc}", exc)
-            else:
-                if self.failing is not None:
+            else:  # a booked fill proves the account works again (a hold proves nothing)
+                if fill is not None and self.failing is not None:
                     log.info("paper: trading again after %d failed signals", self.failures)
-                self.failing, self.failures = None, 0
+                    self.failing, self.failures = None, 0
 
     def _failed(self, reason: str, message: str, exc: BaseException | None = None) -> None:
-        """One signal not booked: the first of a run is logged in full, then one line in a
-        hundred (a journal that keeps failing does not flood the log)."""
+        """One signal not booked: the first since the last fill is logged in full, then one
+        line in a hundred (a journal that keeps failing does not flood the log)."""
         self.failures += 1
         self.failing = f"{reason}: {message}"[:300]
         if self.failures == 1:
             log.error("paper: %s", message, exc_info=exc)
         elif self.failures % 100 == 0:
-            log.error("paper: %d signals in a row not booked; latest: %s", self.failures, message)
+            log.error(
+                "paper: %d signals not booked since the last fill; latest: %s",
+                self.failures,
+                message,
+            )
 
     def problems(self) -> list[str]:
         """Why the account is not trading, for /health (empty while it books)."""
