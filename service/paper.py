@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.journal import AccountTerms, DuplicateFill, Fill, Journal
+from service.journal import AccountTerms, CurveState, DuplicateFill, EquityPoint, Fill, Journal
 from service.metrics import Metrics
 from service.signals import TARGET, Signal
 
@@ -240,8 +240,11 @@ class PaperAccount:
         }
 
 
-def replay_fills(terms: AccountTerms, fills: list[Fill]) -> PaperAccount:
-    """Rebuild an account from its journal (restart): every fill applied in order.
+def replay_fills(
+    terms: AccountTerms, fills: list[Fill], curve: CurveState | None = None
+) -> PaperAccount:
+    """Rebuild an account from its journal (restart): every fill applied in order, then the
+    journaled equity curve, peak and marks (so the curve and drawdown continue unchanged).
 
     A journaled fill that is not finite (written before fills were checked) is skipped and
     logged, so an old poisoned journal cannot poison the account again."""
@@ -255,6 +258,15 @@ def replay_fills(terms: AccountTerms, fills: list[Fill]) -> PaperAccount:
         account.apply(f)
         if not math.isfinite(account.equity):  # pragma: no cover - only an old journal
             log.error("paper: journaled fill %s %d overflows equity", f.symbol, f.candle_start)
+    if curve is not None and curve.points:
+        finite = [p for p in curve.points if math.isfinite(p.equity)]
+        account.curve.clear()
+        account.curve.extend((p.candle_start, p.equity) for p in finite)
+        if curve.peak is not None and math.isfinite(curve.peak):
+            account.peak_equity = max(account.peak_equity, curve.peak)
+        for symbol, close in curve.marks.items():
+            if symbol in account.positions and math.isfinite(close) and close > 0:
+                account.positions[symbol].mark = close
     return account
 
 
@@ -362,8 +374,12 @@ class PaperTrader:
             else:
                 account.apply(fill)
                 self.metrics.paper_trades.labels(symbol=fill.symbol, side=fill.side).inc()
-        if signal.live and fill is None:
-            account.record(signal.candle_start)
+        if signal.live:
+            if fill is None:
+                account.record(signal.candle_start)
+            at_ms, equity = account.curve[-1]
+            point = EquityPoint(signal.symbol, at_ms, signal.close, equity)
+            await self.journal.call(self.journal.insert_point, account.terms.epoch, point)
         self.update_gauges()
         return fill
 

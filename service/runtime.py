@@ -23,7 +23,7 @@ from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.paper import PaperAccount, PaperTrader, replay_fills
+from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, replay_fills
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.rest import RestKlines
@@ -129,7 +129,8 @@ class Runtime:
                 s.paper_slippage_bps,
             )
             fills = await journal.call(journal.fills, terms.epoch)
-            account: PaperAccount = replay_fills(terms, fills)
+            curve = await journal.call(journal.curve_state, terms.epoch, EQUITY_POINTS)
+            account: PaperAccount = replay_fills(terms, fills, curve)
             self.trader = PaperTrader(journal, account, self.metrics)
             self.pipeline.sink = self.trader.offer
             log.info(
