@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class ReplayExchange:
         if self.start_ms % self.step:
             raise ValueError(f"start_ms {self.start_ms} is not on the {cfg.interval} grid")
         self.stats: Counter[str] = Counter()
+        self.rest_times: list[float] = []  # time.monotonic() of each REST request, for tests
         # one generator per kind of decision, so that timing (how many sockets or requests
         # there happen to be) never shifts another kind's draws: same seed, same faults
         self._rng = random.Random(f"{cfg.seed}:candles")
@@ -338,6 +340,7 @@ class ReplayExchange:
     def _rest(self, connection: ServerConnection, q: dict[str, list[str]]) -> Response:
         f = self.config.faults
         self.stats["rest_requests"] += 1
+        self.rest_times.append(time.monotonic())
         if f.http_error and self._rng_http.random() < f.http_error:
             status = 429 if self._rng_http.random() < 0.5 else 500
             self.stats[f"http_{status}"] += 1
