@@ -198,6 +198,11 @@ def bounded(start_ms: int, end_ms: int, step_ms: int, max_candles: int) -> tuple
     return max(start_ms, end_ms - (max_candles - 1) * step_ms), end_ms
 
 
+def _said(e: FailedRequestError | InvalidRequestError) -> str:
+    """The exchange's error text, cut short: it goes into logs and /ready."""
+    return short(str(e.message), 200)
+
+
 class RestKlines:
     """Kline history from Bybit (or the replay exchange) at ``base_url``; no I/O on init."""
 
@@ -237,14 +242,14 @@ class RestKlines:
         except InvalidRequestError as e:
             code = int(e.status_code)
             if code in CONFIG_CODES:
-                raise ConfigError(f"Bybit refused {what}: {e.message} (retCode {code})") from None
+                raise ConfigError(f"Bybit refused {what}: {_said(e)} (retCode {code})") from None
             raise RestError(
-                f"{what}: {e.message} (retCode {code})", retryable=code in RETRY_CODES
+                f"{what}: {_said(e)} (retCode {code})", retryable=code in RETRY_CODES
             ) from None
         except FailedRequestError as e:
             status = int(e.status_code)
             if status == 403:
-                raise RestForbidden(f"{what}: HTTP 403 ({e.message})") from None
+                raise RestForbidden(f"{what}: HTTP 403 ({_said(e)})") from None
             retry = status == 429 or status >= 500 or status == 409  # 409: pybit's JSON error
             raise RestError(f"{what}: HTTP {status}", retryable=retry) from None
         except requests.RequestException as e:
