@@ -2,8 +2,8 @@
 
 The real app on a real uvicorn server on loopback (with the production connection limits),
 warm with real klines; every documented operation gets generated requests, valid and
-invalid ones, with and without the admin token, and every answer must be a documented status, a documented
-content type and a body that matches its schema; no 5xx at all.
+invalid ones, with and without the admin token, and every answer must be a documented
+status, a documented content type and a body that matches its schema; no 5xx at all.
 """
 
 from __future__ import annotations
