@@ -139,3 +139,87 @@ async def test_a_real_jump_of_the_exchange_clock_is_followed_after_rest_confirms
     assert r.feed_stats.get("late_fills", 0) >= 1
     for s in ("BTCUSDT", "ETHUSDT"):
         assert r.closed[s][-1].kline.start >= r.closed[s][300].kline.start + 25 * STEP
+
+
+async def test_the_service_keeps_serving_and_its_signals_stay_exact_under_attack(
+    make_settings: Any, fixture_model: Any
+) -> None:
+    """The whole service (uvicorn, feed, pipeline, paper) against the hostile exchange:
+    /health answers throughout, both symbols' signals move on and equal onnxruntime on the
+    batch features of the exchange's own candles, the paper account stays finite."""
+    import math
+    import time
+
+    import httpx
+    import numpy as np
+    import uvicorn
+
+    from service.app import create_app
+    from service.features import batch_features, make_windows
+    from service.kline_io import load_bundled
+    from service.predictor import Predictor
+    from service.replay import ReplayConfig
+
+    symbols = ("BTCUSDT", "ETHUSDT")
+    cfg = ReplayConfig(symbols=symbols, interval="5", speed=1200.0, port=0)
+    async with ReplayExchange(cfg) as ex:
+        settings = make_settings(symbols=list(symbols), ws_url=ex.ws_url, rest_url=ex.rest_url)
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not (server.started and server.servers):
+                await asyncio.sleep(0.02)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                deadline = time.monotonic() + 60
+                while (await http.get("/ready")).status_code != 200:
+                    assert time.monotonic() < deadline, (await http.get("/ready")).json()
+                    await asyncio.sleep(0.05)
+                attacked_at = ex.now_ms()
+                health_s: list[float] = []
+                k = await _mid_candle(ex)
+                far_start = (2**62 // STEP) * STEP
+                for raw in (
+                    _frame(k, FAR),
+                    _frame(_forged(replace(k, start=far_start)), ex.now_ms()),
+                    _frame(replace(k, start=k.start + 1000 * STEP, confirm=True), k.start),
+                    _frame(_forged(k, close_x=1.5), k.start + STEP // 2),
+                    _frame(_forged(k, price=1e-300), k.start + STEP + 1),
+                ):
+                    await ex.inject(raw, TOPIC)
+                    t0 = time.monotonic()
+                    assert (await http.get("/health")).status_code == 200
+                    health_s.append(time.monotonic() - t0)
+
+                async def moved_on() -> dict[str, Any] | None:
+                    out = {}
+                    for s in symbols:
+                        body = (await http.get(f"/signal/{s}")).json()
+                        if body.get("candle_start", 0) < attacked_at + 6 * STEP:
+                            return None
+                        out[s] = body
+                    return out
+
+                deadline = time.monotonic() + 60
+                latest = await moved_on()
+                while latest is None:
+                    assert time.monotonic() < deadline, "a symbol froze"
+                    await asyncio.sleep(0.05)
+                    latest = await moved_on()
+                paper = (await http.get("/paper")).json()
+                metrics = (await http.get("/metrics")).text
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 20)
+    assert max(health_s) < 1.0, health_s  # the loop was never blocked
+    assert 'apprentice_klines_rejected_total{reason="future"} 3.0' in metrics
+    assert math.isfinite(paper["equity"]) and abs(paper["net_pnl"]) < 1_000
+    fresh = Predictor.load(fixture_model.onnx_path)
+    for s in symbols:  # the served signal is the one the true candles give
+        table = load_bundled(s, "5")
+        end = int(np.searchsorted(table.start, latest[s]["candle_start"]))
+        t = table.slice(0, end + 1)
+        feats = batch_features(t.open, t.high, t.low, t.close, t.volume)
+        expected = float(fresh.predict_batch(make_windows(feats, [end]))[0])
+        assert latest[s]["probability_up"] == pytest.approx(expected, abs=1e-5), s
