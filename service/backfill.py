@@ -77,8 +77,7 @@ class CandleSequencer:
         self.last_close: float | None = None
         self.clock: int | None = None
         self._retry_at_ts = 0
-        self._open_start: int | None = None  # the open candle whose updates were seen
-        self._open_close = 0.0  # ... and its latest close
+        self._open: Kline | None = None  # the latest update of the open candle, if seen
 
     # the clock ----------------------------------------------------------------------------
     def observe_time(self, exchange_ts: int) -> None:
@@ -120,14 +119,15 @@ class CandleSequencer:
     def _reference(self, start: int) -> float | None:
         """The price a kline of candle ``start`` is held against: the candle's own latest
         update if one was seen, else the last delivered close."""
-        return self._open_close if self._open_start == start else self.last_close
+        seen = self._open
+        return seen.close if seen is not None and seen.start == start else self.last_close
 
     def note_interim(self, k: Kline) -> str | None:
         """Record an interim update of the open candle; the reason if it is implausible."""
         if not self._plausible(k, self._reference(k.start)):
             return "implausible_price"
         if self.last_start is None or k.start > self.last_start:
-            self._open_start, self._open_close = k.start, k.close
+            self._open = k
         return None
 
     def check_confirm(self, k: Kline, ts: int) -> str | None:
@@ -137,11 +137,26 @@ class CandleSequencer:
 
         - ``early_confirm``: stamped more than ``early_ms`` before its window ends (a candle
           cannot close before its end on the exchange's clock);
+        - ``inconsistent_confirm``: it contradicts the candle's own latest update, whose
+          open is fixed and whose high, volume only grow and low only falls (each push
+          carries the candle's full state);
         - ``implausible_price``: open or close more than ``max_jump`` away from the candle's
           own latest update (or, if none was seen, from the previous close).
         """
         if ts < k.start + self.step - self.early_ms:
             return "early_confirm"
+        seen = self._open
+        if (
+            seen is not None
+            and seen.start == k.start
+            and not (
+                k.open == seen.open
+                and k.high >= seen.high
+                and k.low <= seen.low
+                and k.volume >= seen.volume
+            )
+        ):
+            return "inconsistent_confirm"
         if not self._plausible(k, self._reference(k.start)):
             return "implausible_price"
         return None

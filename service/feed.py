@@ -14,9 +14,10 @@ Bad input (DESIGN section 10): every frame is checked against its symbol's clock
 newest exchange time it has shown) before it is used — a ``ts`` or candle start more than
 ``ahead_intervals`` ahead is refused and counted (``future``), and REST is asked for the
 exchange's time in case the world really moved on; a websocket confirm stamped before its
-candle's end (``early_confirm``) or far from the candle's own updates
-(``implausible_price``) is refused and its candle taken from REST after the grace period;
-exchange notices are counted and logged cut short.
+candle's end (``early_confirm``), contradicting the candle's own updates
+(``inconsistent_confirm``) or far from them (``implausible_price``) is refused and its
+candle taken from REST after the grace period; exchange notices are counted and logged cut
+short.
 
 Hand-off contract (``out``): every closed candle exactly once, in order per symbol, REST
 backfill first with ``source="rest"``. Overflow policy: closed candles use blocking

@@ -45,6 +45,7 @@ REJECT_REASONS = (
     "off_grid",  # start not on the interval grid
     "future",  # start or ts more than a few intervals ahead of the symbol's clock
     "early_confirm",  # confirm=true stamped before its candle's window ended
+    "inconsistent_confirm",  # a confirm that contradicts the candle's own updates
     "implausible_price",  # a confirm far from the candle's own updates (REST fetches it)
     "unknown_topic",
     "out_of_order",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -137,3 +138,20 @@ def test_websocket_confirms_that_cannot_be_true_are_refused() -> None:
     assert seq.note_interim(Kline("BTCUSDT", "5", T0 + STEP, 1.5, 1.9, 1.5, 1.75, 5.0)) is None
     up = Kline("BTCUSDT", "5", T0 + STEP, 1.5, 2.0, 1.5, 2.0, 10.0, None, True)
     assert seq.check_confirm(up, T0 + 2 * STEP + 3) is None  # 2.0 is within 20 % of 1.75
+
+
+def test_a_confirm_that_contradicts_the_candles_own_updates_is_refused() -> None:
+    seq = CandleSequencer("BTCUSDT", "5")
+    seq.accept(k(0))  # close 1.5
+    seen = Kline("BTCUSDT", "5", T0 + STEP, 1.5, 1.6, 1.45, 1.55, 8.0, None, False)
+    assert seq.note_interim(seen) is None
+    end = T0 + 2 * STEP + 3
+    real = Kline("BTCUSDT", "5", T0 + STEP, 1.5, 1.7, 1.4, 1.6, 10.0, None, True)
+    assert seq.check_confirm(real, end) is None
+    for forged in (
+        replace(real, open=1.49),  # the open is fixed once the candle opened
+        replace(real, high=1.59, close=1.58),  # the high only grows
+        replace(real, low=1.46),  # the low only falls
+        replace(real, volume=7.0),  # the volume only grows
+    ):
+        assert seq.check_confirm(forged, end) == "inconsistent_confirm", forged
