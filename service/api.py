@@ -6,7 +6,10 @@ state the event loop owns, and a sync handler would run in a worker thread (raci
 pipeline and contending for the GIL); the journal is read on its own thread.
 
 Admin routes (model reload, paper reset) need ``Authorization: Bearer <token>`` compared in
-constant time, and are disabled (403) when no ``APPRENTICE_ADMIN_TOKEN`` is set.
+constant time, checked before the body is read (:class:`AdminRoute`), and are disabled (403)
+when no ``APPRENTICE_ADMIN_TOKEN`` is set. Bad input is a 4xx, never a 500: bodies are
+size-limited and a repeated query parameter refused (``service.request_limits``), query
+integers are digits only, admin inputs are range-checked.
 """
 
 from __future__ import annotations
