@@ -257,6 +257,7 @@ class KlineFeed:
                 self.metrics.ws_reconnects.inc()
             first = False
             delay = await self._session_guarded()
+            log.info("websocket: reconnecting in %.2f s", delay)  # the wait, as it is taken
             await asyncio.sleep(delay)
 
     async def _warm_up(self, seq: CandleSequencer) -> None:
