@@ -27,7 +27,7 @@ from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, replay_fills
+from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, check_terms, replay_fills
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.rest import RestKlines
@@ -133,6 +133,19 @@ class Runtime:
                 s.paper_fee_bps,
                 s.paper_slippage_bps,
             )
+            try:  # an account opened before terms were checked may be one that cannot trade
+                check_terms(
+                    terms.initial_usdt, terms.notional_usdt, terms.fee_bps, terms.slippage_bps
+                )
+            except ValueError as exc:
+                log.error("paper account %d cannot trade (%s): opening a new one", terms.epoch, exc)
+                terms = await journal.call(
+                    journal.new_account,
+                    s.paper_initial_usdt,
+                    s.paper_notional_usdt,
+                    s.paper_fee_bps,
+                    s.paper_slippage_bps,
+                )
             fills = await journal.call(journal.fills, terms.epoch)
             curve = await journal.call(journal.curve_state, terms.epoch, EQUITY_POINTS)
             account: PaperAccount = replay_fills(terms, fills, curve)

@@ -238,3 +238,18 @@ def test_the_account_never_holds_a_non_finite_value(
         assert errors is not None and errors >= 1
         gauge = rt.metrics.registry.get_sample_value("apprentice_paper_equity_usdt")
         assert gauge is not None and math.isfinite(gauge)
+
+
+def test_an_old_account_that_cannot_trade_is_replaced_at_start(
+    serve: Callable[..., Any], make_settings: Callable[..., Any]
+) -> None:
+    from service.journal import Journal
+
+    journal = Journal(make_settings().state_dir)  # what an earlier version let a reset open
+    journal.open()
+    journal.new_account(5e-324, 5e-324, 5.5, 1.0)
+    journal.close()
+    with serve() as (client, _, _):
+        paper = client.get("/paper").json()
+        assert paper["account"] == 2 and paper["initial_usdt"] == 10_000.0
+        assert paper["notional_usdt"] == 1_000.0
