@@ -136,7 +136,12 @@ class CandleLoop:
         if loop is None or thread is None:
             return
         if thread.is_alive():
-            await self.call(self._cancel_all(order, timeout_s))
+            budget = timeout_s * (len(self._tasks) + 1)  # a loop that never answers: give up
+            try:
+                async with asyncio.timeout(budget):
+                    await self.call(self._cancel_all(order, timeout_s))
+            except TimeoutError:
+                log.warning("%s loop did not answer within %.1fs", self.name, budget)
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, timeout_s)
             if thread.is_alive():

@@ -160,3 +160,22 @@ async def test_handoff_delivers_a_burst_once_in_order_on_the_target_loop() -> No
     plain.join()
     await asyncio.sleep(0.01)
     assert got[-1] == (9, threading.current_thread().name) and handoff.pending == 0
+
+
+async def test_stop_gives_up_on_a_loop_that_never_answers() -> None:
+    loops = CandleLoop()
+    loops.start()
+    release = threading.Event()
+
+    async def stuck() -> None:
+        release.wait(10)  # a blocking call on the candle loop (a bug): nothing else runs
+
+    await loops.spawn("stuck", stuck())
+    stopper = asyncio.ensure_future(loops.stop(timeout_s=0.2))
+    deadline = time.monotonic() + 3.0
+    while not stopper.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    gave_up = stopper.done()  # while the loop is still blocked
+    release.set()  # let the thread end so the test leaves nothing behind
+    await stopper
+    assert gave_up and loops.loop is None
