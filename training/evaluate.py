@@ -4,7 +4,7 @@ Next-bar direction on 5-minute bars is close to a coin flip, so a model that loo
 better than that most likely saw the future: the leakage alarm stops any report in which a
 model reaches accuracy ≥ 56 % or AUC ≥ 0.58 on all test bars.
 
-`python -m training evaluate --model models/student_btcusdt_5m.onnx` scores an exported
+`python -m training evaluate --model models/student_pooled_5m.onnx` scores an exported
 student with onnxruntime (no torch) on the bars after its training data ended (from the
 card's data span) and prints the metrics and the fee-aware backtest.
 """
@@ -102,7 +102,7 @@ def _held_out_windows(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: score an exported student on the held-out part of the bundled data."""
     ap = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__)
-    ap.add_argument("--model", default="models/student_btcusdt_5m.onnx", help="exported .onnx")
+    ap.add_argument("--model", default="models/student_pooled_5m.onnx", help="exported .onnx")
     ap.add_argument("--symbol", default=None, help="default: the card's first symbol")
     ap.add_argument("--interval", default=None, help="default: the card's interval")
     ap.add_argument("--upper", type=float, default=0.5, help="long above this probability")

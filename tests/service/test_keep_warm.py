@@ -30,7 +30,7 @@ from service.replay.tape import push_frame, ws_item
 from service.rest import RestKlines
 from service.signals import SignalStore
 
-COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_pooled_5m.onnx"
 
 
 def _live(predictor: Predictor | None) -> tuple[Pipeline, CollectorRegistry]:

@@ -24,7 +24,7 @@ from service.predictor import Predictor, session_options
 from service.streaming import StreamingStudent, StreamUnsupported, plan_stream, step_model
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "models" / "student_btcusdt_5m.onnx"
+COMMITTED = ROOT / "models" / "student_pooled_5m.onnx"
 
 
 def tcn_onnx(
