@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: export a student checkpoint written by `python -m training distill`."""
     ap = argparse.ArgumentParser(prog="python -m training export", description=__doc__)
     ap.add_argument("--checkpoint", required=True, help="student checkpoint (.pt)")
-    ap.add_argument("--out", default="models/student_btcusdt_5m.onnx", help="ONNX file to write")
+    ap.add_argument("--out", default="models/student_pooled_5m.onnx", help="ONNX file to write")
     ap.add_argument("--name", default="", help="model name (default: the file stem)")
     args = ap.parse_args(argv)
     card = export_checkpoint(Path(args.checkpoint), Path(args.out), args.name or None)
