@@ -290,7 +290,8 @@ def fit(
             n_sum += 1
             step += 1
             last_of_epoch = b + 1 == per_epoch
-            if step % every and not (settings.eval_every <= 0 and last_of_epoch):
+            due = step % every == 0 or step == total  # the run's last step is always checked
+            if not due and not (settings.eval_every <= 0 and last_of_epoch):
                 continue
             if cached is not None:
                 cached.select(None)
