@@ -201,6 +201,15 @@ class CachedTeacher(nn.Module):
         return self.forward_with_features(x)[0]
 
 
+def cache_teacher(
+    teacher: nn.Module, train: Split, layers: Sequence[int], batch: int = 1024
+) -> CachedTeacher:
+    """A :class:`CachedTeacher` over a fold's training windows: the teacher's (or an
+    ensemble's) logits (N, H, 2) and the features of ``layers``, computed once."""
+    logits, feats = network_outputs(teacher, train.x, layers, batch)
+    return CachedTeacher(teacher, logits, feats)
+
+
 # ---------------------------------------------------------------------------------- fit
 
 
