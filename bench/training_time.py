@@ -4,8 +4,8 @@ Each method trains one full epoch through helper-1's real loop (``training.train
 the pooled training set of configs/common.toml (five 5m symbols) with one torch thread; the
 students distil from the teacher trained here (its quality does not matter for timing). A
 second, short table runs the teacher and the scratch student for a few steps with the
-configured thread count (``configs/common.toml``) beside one thread, because on a shared 2-core machine torch's
-intra-op pool oversubscribes the cores.
+configured thread count (``configs/common.toml``) beside one thread, because on a shared
+2-core machine torch's intra-op pool oversubscribes the cores.
 """
 
 from __future__ import annotations
