@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,8 +264,11 @@ def fit(
     p_all = torch.from_numpy(tr.pos)
     groups = symbol_codes(tr) if settings.balance else None
     cached = teacher if isinstance(teacher, CachedTeacher) else None
-    per_epoch = sum(1 for _ in batch_indices(len(tr), settings.batch_size, seed=seed, epoch=0,
-                                             groups=groups))  # fmt: skip
+
+    def epoch_batches(epoch: int) -> Iterator[NDArray[np.int64]]:
+        return batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch, groups=groups)
+
+    per_epoch = sum(1 for _ in epoch_batches(0))
     if settings.max_batches:
         per_epoch = min(per_epoch, settings.max_batches)
     total = max(per_epoch * settings.epochs, 1)
@@ -277,9 +280,7 @@ def fit(
     t0 = time.perf_counter()
     for epoch in range(settings.epochs):
         distiller.train()
-        batches = batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch,
-                                groups=groups)  # fmt: skip
-        for b, idx in enumerate(batches):
+        for b, idx in enumerate(epoch_batches(epoch)):
             if settings.max_batches and b >= settings.max_batches:
                 break
             for group in opt.param_groups:
