@@ -15,9 +15,11 @@ stable, 0.1–0.25 moderate shift, above 0.25 a population the model was not tra
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 FLOOR = 1e-4
 ALERT_PSI = 0.25  # the deploy/ alert threshold; shown next to each figure
@@ -42,19 +44,19 @@ def bins_of(levels: Sequence[float], quantiles: Sequence[float]) -> tuple[list[f
     return edges, expected
 
 
-def psi(live: Sequence[float], edges: Sequence[float], expected: Sequence[float]) -> float:
-    """PSI of ``live`` values against the binned reference; NaN without finite live values."""
-    counts = [0] * len(expected)
-    n = 0
-    for x in live:
-        if math.isfinite(x):
-            counts[bisect.bisect_left(edges, x)] += 1  # x == edge falls in the bin it closes
-            n += 1
-    if n == 0:
+def psi(
+    live: Sequence[float] | npt.NDArray[np.float64],
+    edges: Sequence[float],
+    expected: Sequence[float],
+) -> float:
+    """PSI of ``live`` values (N,) against the binned reference; NaN without finite values."""
+    x = np.asarray(live, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
         return math.nan
-    total = 0.0
-    for c, e in zip(counts, expected, strict=True):
-        a = max(c / n, FLOOR)
-        ef = max(e, FLOOR)
-        total += (a - ef) * math.log(a / ef)
-    return total
+    # side="left": a value equal to an edge falls in the bin that edge closes
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="left")
+    a = np.bincount(idx, minlength=len(expected)) / x.size
+    a = np.maximum(a, FLOOR)
+    e = np.maximum(np.asarray(expected, dtype=np.float64), FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))

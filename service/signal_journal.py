@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,12 @@ class SignalRow:
     generated_ms: int
 
 
+_KLINE_COLS = tuple(f.name for f in fields(KlineRow))  # the table's column order
+_SIGNAL_COLS = tuple(f.name for f in fields(SignalRow))
+_kline_values = attrgetter(*_KLINE_COLS)
+_signal_values = attrgetter(*_SIGNAL_COLS)
+
+
 class JournalOpenError(RuntimeError):
     """The journal file cannot be opened; the message names it and what to check."""
 
@@ -142,20 +149,11 @@ class SignalJournal:
         try:
             db.executemany(
                 "INSERT OR IGNORE INTO klines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (k.symbol, k.interval, k.start, k.open, k.high, k.low, k.close, k.volume)
-                    + (k.turnover, k.source)
-                    for k in klines
-                ],
+                [_kline_values(k) for k in klines],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (s.symbol, s.interval, s.candle_start, s.probability_up)
-                    + (s.probability_high_vol, s.action, int(s.live), s.model_name)
-                    + (s.model_version, s.model_sha256, s.generated_ms)
-                    for s in signals
-                ],
+                [_signal_values(x) for x in signals],  # bool live is stored as 0/1
             )
             self._batches += 1
             if self._batches % PRUNE_EVERY == 1:
@@ -209,10 +207,12 @@ class SignalJournal:
             "ORDER BY candle_start",
             (symbol, interval, -(2**62) if since is None else since),
         )
-        return [
-            SignalRow(*r[:6], bool(r[6]), *r[7:])  # type: ignore[arg-type]
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            values = dict(zip(_SIGNAL_COLS, r, strict=True))
+            values["live"] = bool(values["live"])
+            out.append(SignalRow(**values))
+        return out
 
     def counts(self) -> dict[str, int]:
         """Rows per table (for /model/health)."""

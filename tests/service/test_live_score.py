@@ -54,9 +54,7 @@ def test_scores_match_batch_labels_on_real_data() -> None:
     t = load_bundled("BTCUSDT", "5").slice(0, 400)
     scorer = LiveScorer(["BTC"], STEP, window=1000)
     for i in range(len(t)):
-        scorer.on_kline(
-            "BTC", int(t.start[i]), t.open[i], t.high[i], t.low[i], t.close[i]
-        )
+        scorer.on_kline("BTC", int(t.start[i]), t.open[i], t.high[i], t.low[i], t.close[i])
         scorer.on_signal("BTC", int(t.start[i]), 0.5, 0.5, True)
     y_dir = fx.make_labels(t.open, t.close)
     r = (t.high - t.low) / t.close
