@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import api
+from service import api, api_health
 from service.runtime import FeedFactory, Runtime
 from service.settings import Settings
 
@@ -111,6 +111,7 @@ def create_app(
     )
     app.state.runtime = rt
     app.include_router(api.router)
+    app.include_router(api_health.router)
     app.add_middleware(RequestTimer, histogram=rt.metrics.http_request_duration_seconds)
     app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -24,6 +24,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from service.features import WARMUP_BARS, WINDOW, FeatureWindow, IncrementalFeatures
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
@@ -32,6 +35,7 @@ from service.signals import Signal, SignalStore, action_of, confidence_of, direc
 from service.streaming import StudentStream
 
 log = logging.getLogger(__name__)
+F64 = npt.NDArray[np.float64]
 BARS_TO_FIRST_SIGNAL = WARMUP_BARS + WINDOW - 1  # 48 bars for vol_z, then 31 more vectors
 _NS_PER_US = 1_000.0
 _NS_PER_S = 1e9
@@ -87,6 +91,7 @@ class Pipeline:
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
         defer: Callable[[Callable[[], None]], object] | None = None,
+        observer: Callable[[KlineEvent, F64 | None, Signal | None], None] | None = None,
     ) -> None:
         self.interval = interval
         self.step_ms = interval_ms(interval)
@@ -96,6 +101,9 @@ class Pipeline:
         self.long_threshold = long_threshold
         self.short_threshold = short_threshold
         self.sink = sink
+        # Sees every closed kline used, its feature vector and signal (the monitor: journal,
+        # live scores, drift); called after the signal is stored, and it defers its own work.
+        self.observer = observer
         # How the next candle's preparation is run: None = at once; the runtime passes the
         # event loop's call_soon, so a burst's other candles (and any frame that arrived
         # meanwhile) are read before it.
@@ -109,6 +117,7 @@ class Pipeline:
         self._m_latency = metrics.signal_latency_seconds
         self._m_prob = {s: metrics.signal_probability_up.labels(symbol=s) for s in self.states}
         self._m_dir = {s: metrics.signal_direction.labels(symbol=s) for s in self.states}
+        self._m_vol = {s: metrics.signal_probability_high_vol.labels(symbol=s) for s in self.states}
         self._m_bad = metrics.klines_rejected.labels(reason="bad_value")
         self._m_old = metrics.klines_rejected.labels(reason="out_of_order")
 
@@ -134,6 +143,8 @@ class Pipeline:
         predictor = self.slot.current
         if not st.window.full or predictor is None:
             self._m_features.observe((t1 - t0) / _NS_PER_S)
+            if self.observer is not None:
+                self.observer(event, vec, None)
             return None
         stream = st.stream
         if (
@@ -145,9 +156,12 @@ class Pipeline:
             p = stream.step(vec)  # partials prepared after the previous candle
         else:  # first window, after a reload, or a student that does not stream
             p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
+        p_vol = predictor.high_vol  # both heads come from the same run
         t2 = time.perf_counter_ns()
-        if not math.isfinite(p):
+        if not (math.isfinite(p) and math.isfinite(p_vol)):
             self._m_bad.inc()
+            if self.observer is not None:
+                self.observer(event, vec, None)
             return None
         live = event.source == "ws"
         ident = predictor.identity
@@ -167,6 +181,8 @@ class Pipeline:
             received_ns=event.received_ns,
             generated_at=time.time(),
             live=live,
+            probability_high_vol=p_vol,
+            model_sha256=predictor.card.sha256,
         )
         self.store.put(signal)
         t3 = time.perf_counter_ns()
@@ -179,9 +195,12 @@ class Pipeline:
         (st.signals_up if p >= 0.5 else st.signals_down).inc()
         self._m_prob[k.symbol].set(p)
         self._m_dir[k.symbol].set(1.0 if p >= 0.5 else -1.0)
+        self._m_vol[k.symbol].set(p_vol)
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
+        if self.observer is not None:
+            self.observer(event, vec, signal)
         if self.defer is None:
             self.prepare_next(st)
         else:
