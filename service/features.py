@@ -248,9 +248,7 @@ class IncrementalFeatures:
 
         Every window of the next update is the new value plus the k - 1 newest values in
         the ring, so their sums (and sums of squares for the two variances) are known before
-        the candle closes. The service calls this right after storing a signal, which takes
-        ~4 µs of the next candle's frame → signal path; ``update`` computes them itself if
-        nobody did.
+        the candle closes; ``update`` computes them itself when nobody called this first.
         """
         vx = self._recent(self._volx, VOL_Z_BARS - 1)
         lr = self._recent(self._logret, VOLATILITY_BARS - 1)

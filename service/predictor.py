@@ -5,9 +5,8 @@ intra-op and one inter-op thread, sequential execution, full graph optimisation,
 preallocated (1, F, T) float32 input bound once with I/O binding together with a
 preallocated output, so a prediction is a copy into the input buffer plus one ``run``.
 
-For a TCN student the predictor also builds a :class:`service.streaming.StreamingStudent`
-(most of each candle's inference done before it closes; checked against the full graph at
-load); any other graph, or one that fails that check, is served by the full graph alone.
+Every close runs the plain full graph: no graph surgery, so any exported student with the
+card's input and outputs is served the same way.
 
 Both heads are served: the graph must have the outputs DESIGN section 5 names
 (``HEAD_OUTPUTS``: ``prob_up`` for direction, ``prob_high_vol`` for volatility), each (batch,)
@@ -31,7 +30,6 @@ import onnxruntime as ort
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES, WINDOW
 from service.model_card import HEAD_OUTPUTS, HEADS, ModelCard, ModelCardError, verify_model
-from service.streaming import StreamingStudent
 
 OUTPUT_NAME = HEAD_OUTPUTS["direction"]  # "prob_up"
 VOL_OUTPUT_NAME = HEAD_OUTPUTS["volatility"]  # "prob_high_vol"
@@ -77,12 +75,8 @@ class Predictor:
         onnx_path: Path,
         card: ModelCard,
         session: ort.InferenceSession,
-        streaming: StreamingStudent | None = None,
-        stream_note: str = "full graph",
     ) -> None:
         self.path = onnx_path
-        self.streaming = streaming  # per-symbol streams come from here (pipeline)
-        self.stream_note = stream_note  # why streaming is on or off (logs, /health)
         self.card = card
         self.identity = ModelIdentity(card.name, card.version)
         self.loaded_at = time.time()
@@ -149,8 +143,7 @@ class Predictor:
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelCardError(f"{path}: onnxruntime cannot load it: {exc}") from None
-        # The streamed student computes prob_up only; a two-head model runs the full graph.
-        pred = cls(path, card, session, None, "full graph: two heads")
+        pred = cls(path, card, session)
         pred.self_test()
         return pred
 
