@@ -148,11 +148,17 @@ def test_health_scores_drift_metrics_and_chart(health_app: Callable[..., Any]) -
 def test_restart_rebuilds_scores_from_the_journal(health_app: Callable[..., Any]) -> None:
     with health_app(score_window=50) as (client, _, push):
         push(N_BACKFILL, N_BACKFILL + 40)
-        before = client.get("/model/health").json()["symbols"]
+        before_body = client.get("/model/health").json()
+        before = before_body["symbols"]
     with health_app(score_window=50) as (client, _rt, push):
         # the restart's backfill (the first 100 candles again) is ignored by the scorer
-        after = client.get("/model/health").json()["symbols"]
+        after_body = client.get("/model/health").json()
+        after = after_body["symbols"]
         assert after == before
+        # drift: the live vectors are recomputed from the journaled klines (batch features)
+        assert after_body["drift"]["n"] == before_body["drift"]["n"] == 80
+        for name, value in before_body["drift"]["features"].items():
+            assert after_body["drift"]["features"][name] == pytest.approx(value, abs=1e-6)
         push(N_BACKFILL + 40, N_BACKFILL + 45)  # continues: the pending signal is scored too
         h = client.get("/model/health").json()["symbols"]["BTCUSDT"]["direction"]
         assert h["scored_total"] == before["BTCUSDT"]["direction"]["scored_total"] + 5
