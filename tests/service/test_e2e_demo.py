@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +32,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _reference() -> Any:
+    from service.features import FEATURE_NAMES, batch_features
+    from service.kline_io import load_bundled
+    from service.model_card import FeatureReference
+
+    t = load_bundled("BTCUSDT", "5").slice(0, 5000)
+    f = batch_features(t.open, t.high, t.low, t.close, t.volume)
+    f = f[~np.isnan(f).any(axis=1)]
+    levels = [i / 10 for i in range(11)]
+    values = {n: list(np.quantile(f[:, j], levels)) for j, n in enumerate(FEATURE_NAMES)}
+    return FeatureReference(quantiles=levels, values=values, rows=len(f))
+
+
 def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
-    fixture_model: Any, tmp_path: Path
+    model_writer: Any, tmp_path: Path
 ) -> None:
+    model = model_writer(tmp_path / "model", card_extra={"feature_reference": _reference()})
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
     env.update(
-        APPRENTICE_MODEL=str(fixture_model.onnx_path),
+        APPRENTICE_MODEL=str(model.onnx_path),
         APPRENTICE_PORT=str(port),
         APPRENTICE_STATE_DIR=str(tmp_path / "state"),
         PYTHONUNBUFFERED="1",
@@ -62,6 +77,19 @@ def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
             except httpx.HTTPError:
                 continue
         assert signal_ok and trades > 0
+        body = httpx.get(f"{base}/signal/BTCUSDT").json()
+        assert 0 <= body["volatility"]["probability_high"] <= 1  # both heads served
+        # a few more candles: every symbol and head scored live (N stated), drift per feature
+        health: dict[str, Any] = {}
+        while time.monotonic() < deadline + 30:
+            health = httpx.get(f"{base}/model/health").json()
+            heads = [h for sym in health["symbols"].values() for h in sym.values()]
+            if len(heads) == 6 and min(h["n"] for h in heads) >= 3:
+                break
+            time.sleep(0.25)
+        assert all(h["n"] >= 3 and h["window"] == 288 for h in heads), health
+        assert all(v is not None for v in health["drift"]["features"].values())
+        assert len(health["drift"]["features"]) == 12
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -75,6 +103,7 @@ def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "a child outlived the launcher"
     assert "Application shutdown complete" in out  # the service shut down gracefully
+    assert "live volatility log loss" in out and "vs no-skill" in out  # the status line
 
 
 def test_demo_keeps_the_replay_exchange_off_the_service_cpus() -> None:
