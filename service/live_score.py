@@ -11,7 +11,9 @@ scores the pending signal of t — only if t+1 directly follows t (a gap leaves 
 its outcome is unknown). Which signals count: every live one, and once a symbol has had a
 live signal also the backfilled ones after it (the candles that closed while the service was
 down or reconnecting), so a restart leaves no hole; the initial history backfill is not
-scored. A kline at or before the newest one seen is ignored, so the backfill a restart
+scored. The window holds one model's signals: a signal from another model (a reload, by
+sha256) starts the window afresh (the running totals go on). A kline at or before the newest
+one seen is ignored, so the backfill a restart
 re-reads is not scored twice. Rebuilding from the journal replays the same calls, hence the
 same scores. Pure Python, no I/O.
 """
@@ -64,13 +66,14 @@ class _Pending(NamedTuple):
 
 
 class _SymbolScore:
-    __slots__ = ("last_start", "live_seen", "pending", "ranges", "total", "window")
+    __slots__ = ("last_start", "live_seen", "model", "pending", "ranges", "total", "window")
 
     def __init__(self, window: int) -> None:
         self.ranges: deque[float] = deque(maxlen=VOL_LABEL_BARS)
         self.last_start: int | None = None
         self.pending: _Pending | None = None
         self.live_seen = False
+        self.model = ""  # sha256 of the model whose signals fill the window
         # per head: (label, probability) of the last N scored candles
         self.window: dict[str, deque[tuple[float, float]]] = {
             h: deque(maxlen=window) for h in HEADS
@@ -125,12 +128,22 @@ class LiveScorer:
         return out
 
     def on_signal(
-        self, symbol: str, candle_start: int, p_up: float, p_high_vol: float, live: bool
+        self,
+        symbol: str,
+        candle_start: int,
+        p_up: float,
+        p_high_vol: float,
+        live: bool,
+        model: str = "",
     ) -> None:
         """The signal made for the newest kline of ``symbol``; it waits for the next candle."""
         st = self._states.get(symbol)
         if st is None or candle_start != st.last_start:
             return
+        if model != st.model:  # another model now serves: its own window
+            st.model = model
+            for w in st.window.values():
+                w.clear()
         st.live_seen = st.live_seen or live
         if st.live_seen:
             st.pending = _Pending(candle_start, p_up, p_high_vol)

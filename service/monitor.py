@@ -140,6 +140,7 @@ class ModelMonitor:
                 signal.probability_up,
                 signal.probability_high_vol,
                 signal.live,
+                signal.model_sha256,
             )
             self.chart[k.symbol].append(
                 ChartPoint(k.start, k.close, signal.action, signal.probability_high_vol)
@@ -187,6 +188,7 @@ class ModelMonitor:
                         sig.probability_up,
                         sig.probability_high_vol,
                         sig.live,
+                        sig.model_sha256,
                     )
                     self.chart[sym].append(
                         ChartPoint(row.start, row.close, sig.action, sig.probability_high_vol)

@@ -112,3 +112,18 @@ def test_gap_leaves_the_signal_unscored() -> None:
     start, o, h, low, c = rows[-1]
     scorer.on_kline("BTC", start + 3 * STEP, o, h, low, c)  # two candles missing
     assert scorer.scored_total("BTC", "direction") == before
+
+
+def test_another_model_starts_a_fresh_window() -> None:
+    scorer = LiveScorer(["BTC"], STEP, window=500)
+    rows = _rows(70)
+    for start, o, h, low, c in rows[:60]:
+        scorer.on_kline("BTC", start, o, h, low, c)
+        scorer.on_signal("BTC", start, 0.6, 0.3, True, "sha-a")
+    assert len(scorer.pairs("BTC", "direction")) == 60 - VOL_LABEL_BARS
+    for start, o, h, low, c in rows[60:]:
+        scorer.on_kline("BTC", start, o, h, low, c)
+        scorer.on_signal("BTC", start, 0.6, 0.3, True, "sha-b")
+    # candle 59 (model a) was scored by candle 60, then model b's window began
+    assert len(scorer.pairs("BTC", "direction")) == 9
+    assert scorer.scored_total("BTC", "direction") == 70 - 1 - (VOL_LABEL_BARS - 1)
