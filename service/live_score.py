@@ -90,6 +90,9 @@ class LiveScorer:
         self.step_ms = step_ms
         self.window = window
         self._states = {s: _SymbolScore(window) for s in symbols}
+        # report cache: (symbol, head) -> (total, window length, result); the API and the
+        # scrape ask far more often than candles close, and AUC sorts the window
+        self._cache: dict[tuple[str, str], tuple[int, int, tuple[Scores, Scores]]] = {}
 
     @property
     def symbols(self) -> list[str]:
@@ -158,9 +161,16 @@ class LiveScorer:
 
     def report(self, symbol: str, head: str) -> tuple[Scores, Scores] | None:
         """(model scores, no-skill scores) over the window; None before the first outcome."""
-        pairs = self._states[symbol].window[head]
+        st = self._states[symbol]
+        pairs = st.window[head]
         if not pairs:
             return None
+        key = (symbol, head)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == st.total[head] and hit[1] == len(pairs):
+            return hit[2]
         y = [a for a, _ in pairs]
         p = [b for _, b in pairs]
-        return score(y, p), no_skill(y)
+        result = score(y, p), no_skill(y)
+        self._cache[key] = (st.total[head], len(pairs), result)
+        return result
