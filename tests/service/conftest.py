@@ -8,6 +8,7 @@ linear layer per head, so tests exercise real onnxruntime without training anyth
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,10 +19,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES, WINDOW
+from service.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_HASH,
+    N_FEATURES,
+    WINDOW,
+    batch_features,
+)
 from service.kline_io import load_bundled
 from service.klines import KlineEvent, KlineTable
-from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
+from service.model_card import FeatureReference, ModelCard, NetworkSpec, TensorSpec, sha256_file
 from service.settings import Settings, load_settings
 
 
@@ -149,10 +156,25 @@ def write_fixture_model(
         onnx_file=onnx_path.name,
         teacher=NetworkSpec(family="tcn", params=1000),
         student=NetworkSpec(family="linear", params=N_FEATURES * WINDOW + 1),
-        **(card_extra or {}),
+        **{"feature_reference": feature_reference(), **(card_extra or {})},
     )
     card_path = card.save(onnx_path.with_suffix(".json"))
     return FixtureModel(onnx_path, card_path, weight, bias, weight_vol)
+
+
+@functools.cache
+def feature_reference() -> FeatureReference:
+    """Deciles of the first 5000 bundled BTCUSDT 5m feature rows (what training writes into
+    the card for drift); computed once per process."""
+    t = load_bundled("BTCUSDT", "5").slice(0, 5000)
+    feats = batch_features(t.open, t.high, t.low, t.close, t.volume)
+    rows = feats[~np.isnan(feats).any(axis=1)]
+    levels = [i / 10 for i in range(11)]
+    return FeatureReference(
+        quantiles=levels,
+        values={n: list(np.quantile(rows[:, j], levels)) for j, n in enumerate(FEATURE_NAMES)},
+        rows=int(rows.shape[0]),
+    )
 
 
 @pytest.fixture

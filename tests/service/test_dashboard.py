@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 
 from service.app import create_app, runtime_of
-from service.features import FEATURE_NAMES, batch_features
 from service.klines import KlineEvent, KlineTable
-from service.model_card import FeatureReference
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
@@ -72,17 +69,6 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
 SCREENSHOT_COPY = os.environ.get("APPRENTICE_SCREENSHOT_COPY")  # keep the PNG for a look
 
 
-def _reference(table: KlineTable) -> FeatureReference:
-    feats = batch_features(table.open, table.high, table.low, table.close, table.volume)
-    rows = feats[~np.isnan(feats).any(axis=1)]
-    levels = [i / 10 for i in range(11)]
-    return FeatureReference(
-        quantiles=levels,
-        values={n: list(np.quantile(rows[:, j], levels)) for j, n in enumerate(FEATURE_NAMES)},
-        rows=int(rows.shape[0]),
-    )
-
-
 @pytest.fixture
 def live_server(
     tmp_path: Path,
@@ -97,7 +83,6 @@ def live_server(
             "direction": {"accuracy": 0.51, "log_loss": 0.6925, "brier": 0.2497, "auc": 0.52},
             "volatility": {"accuracy": 0.64, "log_loss": 0.631, "brier": 0.221, "auc": 0.69},
         },
-        "feature_reference": _reference(btc_5m.slice(0, 5000)),
     }
     fm = model_writer(tmp_path / "dash_model", card_extra=card)
     settings = make_settings(symbols=["BTCUSDT", "ETHUSDT"], model=fm.onnx_path)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,27 +31,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _reference() -> Any:
-    from service.features import FEATURE_NAMES, batch_features
-    from service.kline_io import load_bundled
-    from service.model_card import FeatureReference
-
-    t = load_bundled("BTCUSDT", "5").slice(0, 5000)
-    f = batch_features(t.open, t.high, t.low, t.close, t.volume)
-    f = f[~np.isnan(f).any(axis=1)]
-    levels = [i / 10 for i in range(11)]
-    values = {n: list(np.quantile(f[:, j], levels)) for j, n in enumerate(FEATURE_NAMES)}
-    return FeatureReference(quantiles=levels, values=values, rows=len(f))
-
-
 def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
-    model_writer: Any, tmp_path: Path
+    fixture_model: Any, tmp_path: Path
 ) -> None:
-    model = model_writer(tmp_path / "model", card_extra={"feature_reference": _reference()})
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
     env.update(
-        APPRENTICE_MODEL=str(model.onnx_path),
+        APPRENTICE_MODEL=str(fixture_model.onnx_path),
         APPRENTICE_PORT=str(port),
         APPRENTICE_STATE_DIR=str(tmp_path / "state"),
         PYTHONUNBUFFERED="1",
