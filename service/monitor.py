@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,8 +28,8 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from service.drift import ALERT_PSI, bins_of, psi
-from service.features import FEATURE_NAMES, N_FEATURES, batch_features
+from service.features import batch_features
+from service.health_report import drift_report, score_report
 from service.klines import Kline, KlineEvent, interval_ms
 from service.live_score import LiveScorer, Outcome
 from service.metrics import Metrics
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 F64 = npt.NDArray[np.float64]
 CHART_POINTS = 300  # per symbol: a day of 5-minute candles and then some
-CARD_FIGURES = ("accuracy", "log_loss", "brier", "auc")
+MAX_PENDING_ROWS = 100_000  # rows held while the journal cannot write; older ones are dropped
 
 
 class ChartPoint(NamedTuple):
@@ -84,6 +83,8 @@ class ModelMonitor:
         self.errors = 0
         self.write_errors = 0
         self.rows_written = 0
+        self.dropped_rows = 0
+        self.retry_s = 1.0  # pause after a failed write
         self._inbox: list[tuple[KlineEvent, F64 | None, Signal | None]] = []
         self._scheduled = False
         self._klines: list[KlineRow] = []
@@ -231,10 +232,19 @@ class ModelMonitor:
                 len(klines) + len(signals),
             )
             self._klines[:0], self._signals[:0] = klines, signals
-            await asyncio.sleep(1.0)  # a full disk does not want a busy loop
+            self._bound_pending()
+            await asyncio.sleep(self.retry_s)  # a full disk does not want a busy loop
             return
         self.metrics.journal_write_seconds.observe(_since(t0))
         self.rows_written += len(klines) + len(signals)
+
+    def _bound_pending(self) -> None:
+        """A journal that keeps failing must not grow memory without bound: keep the newest."""
+        for rows in (self._klines, self._signals):
+            excess = len(rows) - MAX_PENDING_ROWS
+            if excess > 0:
+                del rows[:excess]
+                self.dropped_rows += excess
 
     async def aclose(self) -> None:
         """Commit what is left, close the journal, stop its thread (after the pipeline)."""
@@ -252,57 +262,11 @@ class ModelMonitor:
     # ------------------------------------------------------------------ reports
     def drift(self, card: ModelCard | None) -> dict[str, Any]:
         """PSI per feature of the pooled live vectors against the card's reference."""
-        ref = card.feature_reference if card is not None else None
-        n = len(self.vectors)
-        out: dict[str, Any] = {
-            "n": n,
-            "window_per_symbol": self.drift_window,
-            "alert_above": ALERT_PSI,
-            "reference_rows": None if ref is None else ref.rows,
-            "features": {},
-            "note": None,
-        }
-        if ref is None:
-            out["note"] = "the model card has no feature_reference; drift cannot be measured"
-            return out
-        x = np.array(self.vectors) if n else np.zeros((0, N_FEATURES))  # (n, F)
-        for j, name in enumerate(FEATURE_NAMES):
-            q = ref.values.get(name)
-            if q is None:
-                out["features"][name] = None
-                continue
-            edges, expected = bins_of(ref.quantiles, q)
-            value = psi(x[:, j], edges, expected) if n else math.nan
-            out["features"][name] = None if math.isnan(value) else round(value, 6)
-        if n == 0:
-            out["note"] = "no live feature vectors yet"
-        return out
+        return drift_report(self.vectors, self.drift_window, card)
 
     def scores(self, card: ModelCard | None) -> dict[str, Any]:
         """Per symbol and head: live figures, no-skill reference, card test figures, N."""
-        metrics = card.metrics if card is not None else {}
-        out: dict[str, Any] = {}
-        for sym in self.symbols:
-            heads: dict[str, Any] = {}
-            for head in HEADS:
-                rep = self.scorer.report(sym, head)
-                test = metrics.get(head) if isinstance(metrics.get(head), dict) else None
-                live, base = (None, None) if rep is None else rep
-                heads[head] = {
-                    "n": 0 if live is None else live["n"],
-                    "window": self.scorer.window,
-                    "scored_total": self.scorer.scored_total(sym, head),
-                    "live": _rounded(live),
-                    "no_skill": _rounded(base),
-                    "test": None
-                    if test is None
-                    else {k: test[k] for k in CARD_FIGURES if isinstance(test.get(k), int | float)},
-                    "beats_no_skill": None
-                    if live is None or base is None
-                    else live["log_loss"] < base["log_loss"],
-                }
-            out[sym] = heads
-        return out
+        return score_report(self.scorer, card)
 
     def update_gauges(self, card: ModelCard | None) -> None:
         """Live log loss / accuracy per (symbol, head) and PSI per feature (scrape time)."""
@@ -345,12 +309,6 @@ def _signal_row(s: Signal) -> SignalRow:
         model_sha256=s.model_sha256,
         generated_ms=int(s.generated_at * 1000),
     )
-
-
-def _rounded(s: Any) -> dict[str, Any] | None:
-    if s is None:
-        return None
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
 
 
 def _since(t0: float) -> float:
