@@ -7,8 +7,10 @@ code the service ran), lets the teacher ensemble (``training.ensemble.load_ensem
 default ``runs/train/teacher``, as ``make train`` saves it) predict both heads on them, and
 reports per head the student–teacher agreement on live data — the share of candles where
 both are on the same side of 0.5, as ``training.metrics_eval.agreement`` computes it at test
-time — next to the card's test-time ``agreement_with_teacher``. Where the next candle is in
-the journal, both models are also scored against the outcome (labels as DESIGN section 3).
+time — next to the card's test-time ``agreement_with_teacher``. Live data: every journaled
+signal from a symbol's first live one on (the initial history backfill is left out, the
+catch-up after a restart is in). Where the next candle is in the journal, both models are
+also scored against the outcome (labels as DESIGN section 3).
 
     python -m training audit --state-dir state/demo [--teacher runs/train/teacher] [--json]
 """
@@ -66,6 +68,10 @@ def audit_symbol(
     """Student (served) vs teacher on one symbol's journaled signals; None without any."""
     table = journal.table(symbol, interval)
     signals: list[SignalRow] = journal.signals(symbol, interval)
+    # live data: from the first live signal on (the history backfill before it is not; the
+    # catch-up after a restart is), the rule the service's live scores follow
+    first_live = next((s.candle_start for s in signals if s.live), None)
+    signals = [s for s in signals if first_live is not None and s.candle_start >= first_live]
     if not len(table) or not signals:
         return None
     feats = fx.batch_features(table.open, table.high, table.low, table.close, table.volume)
