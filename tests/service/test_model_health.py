@@ -165,3 +165,20 @@ def test_restart_rebuilds_scores_from_the_journal(health_app: Callable[..., Any]
         assert client.get("/model/health").json()["journal"]["signals"] == 2 * (
             N_BACKFILL + 45 - BARS_TO_FIRST_SIGNAL + 1
         )
+
+
+def test_bad_chart_query_is_422_and_a_one_head_model_is_refused(
+    health_app: Callable[..., Any], model_writer: Callable[..., Any]
+) -> None:
+    with health_app(admin_token="t0ken") as (client, rt, _):
+        for bad in ("0", "301", "abc"):
+            assert client.get("/chart", params={"limit": bad}).status_code == 422, bad
+        model_dir = rt.settings.model.parent
+        model_writer(model_dir, name="one_head", with_vol=False)
+        r = client.post(
+            "/admin/reload",
+            headers={"Authorization": "Bearer t0ken"},
+            json={"model": "one_head.onnx"},
+        )
+        assert r.status_code == 422 and "'prob_high_vol'" in r.json()["detail"]
+        assert client.get("/model").json()["name"] == "student_fixture"  # still serving
