@@ -50,13 +50,11 @@ async def measure(n: int = 4000) -> str:
     fm = fx.write_fixture_model(tmp / "model")  # type: ignore[attr-defined]
     table = load_bundled("BTCUSDT", "5")
     metrics = Metrics(CollectorRegistry())
-    loop = asyncio.get_running_loop()
     mon = ModelMonitor(
         symbols=["BTCUSDT"],
         interval="5",
         state_dir=tmp / "state",
         metrics=metrics,
-        defer=loop.call_soon,
     )
     await mon.start()
     writer = asyncio.create_task(mon.run())

@@ -1,14 +1,16 @@
 """Is the model still working: the signal journal, live scores, feature drift, chart points.
 
 :class:`ModelMonitor` is fed by the pipeline — one :meth:`offer` per closed kline it used,
-with the feature vector and the signal it made (if any). ``offer`` only appends to a list
-and schedules :meth:`_drain` for the event loop's next pass, so the candle's own path pays a
-list append; the drain scores the previous candle (:class:`service.live_score.LiveScorer`),
-keeps the last live feature vectors for drift and the chart points, and hands the rows to the
-journal writer task, which commits them in batches on its own thread
-(:class:`service.signal_journal.SignalJournal`). A committed row survives kill -9; the rows
-of the last few milliseconds before a kill may not (they are re-made from backfill on
-restart, flagged as such).
+with the feature vector and the signal it made (if any). The pipeline runs on the candle
+thread (:mod:`service.candle_loop`), the monitor on the API's loop: ``offer`` appends to a
+deque (thread-safe) and, once per burst, schedules :meth:`_drain` on the monitor's loop with
+``call_soon_threadsafe``, so the candle's own path pays an append (and one loop wake-up per
+burst); everything the API reads is then only touched on its own loop. The drain scores
+the previous candle (:class:`service.live_score.LiveScorer`), keeps the last live feature
+vectors for drift and the chart points, and hands the rows to the journal writer task, which
+commits them in batches on its own thread (:class:`service.signal_journal.SignalJournal`).
+A committed row survives kill -9; the rows of the last few milliseconds before a kill may
+not (they are re-made from backfill on restart, flagged as such).
 
 On start the scores, drift vectors and chart are rebuilt from the journal by replaying it
 through the same code, so a restart continues where the service stopped.
@@ -66,7 +68,6 @@ class ModelMonitor:
         score_window: int = 288,
         drift_window: int = 288,
         retention_days: float = 30.0,
-        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.symbols = list(symbols)
         self.interval = interval
@@ -79,13 +80,13 @@ class ModelMonitor:
         self.chart: dict[str, deque[ChartPoint]] = {
             s: deque(maxlen=CHART_POINTS) for s in self.symbols
         }
-        self.defer = defer
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): the drain's loop
         self.errors = 0
         self.write_errors = 0
         self.rows_written = 0
         self.dropped_rows = 0
         self.retry_s = 1.0  # pause after a failed write
-        self._inbox: list[tuple[KlineEvent, F64 | None, Signal | None]] = []
+        self._inbox: deque[tuple[KlineEvent, F64 | None, Signal | None]] = deque()
         self._scheduled = False
         self._klines: list[KlineRow] = []
         self._signals: list[SignalRow] = []
@@ -99,19 +100,21 @@ class ModelMonitor:
 
     # ------------------------------------------------------------------ the hot side
     def offer(self, event: KlineEvent, vec: F64 | None, signal: Signal | None) -> None:
-        """A closed kline the pipeline used, its feature vector and signal: O(1), no I/O."""
-        self._inbox.append((event, vec, signal))
-        if not self._scheduled:
+        """A closed kline the pipeline used, its feature vector and signal: O(1), no I/O,
+        callable from any thread. Before :meth:`start` (tests) it is drained at once."""
+        self._inbox.append((event, vec, signal))  # append first, then look at the flag:
+        if not self._scheduled:  # a drain that already cleared it will be followed by ours
             self._scheduled = True
-            if self.defer is None:
+            if self._loop is None:
                 self._drain()
             else:
-                self.defer(self._drain)
+                self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        self._scheduled = False
-        inbox, self._inbox = self._inbox, []
-        for event, vec, signal in inbox:
+        self._scheduled = False  # cleared before taking: a later offer schedules again
+        inbox = self._inbox
+        while inbox:
+            event, vec, signal = inbox.popleft()
             try:
                 self._take(event, vec, signal)
             except Exception:  # bookkeeping must never stop the service
@@ -160,7 +163,8 @@ class ModelMonitor:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start(self) -> None:
-        """Open the journal and rebuild scores, drift and chart from it (before any kline)."""
+        """Open the journal and rebuild scores, drift and chart from it (before any kline);
+        from now on the drain runs on the calling loop."""
         self._wake = asyncio.Event()
         await self.call(self.journal.open)
         t0 = time.perf_counter()
@@ -168,6 +172,7 @@ class ModelMonitor:
         log.info(
             "signal journal %s: %d signals replayed in %.2fs", self.journal.path, n, _since(t0)
         )
+        self._loop = asyncio.get_running_loop()
 
     def _rebuild(self) -> int:
         """Replay the journal through the scorer (runs before the pipeline starts)."""

@@ -3,8 +3,11 @@
 ``Runtime(settings)`` only builds plain objects (no I/O, no event loop needed), so
 ``create_app`` stays cheap and testable. :meth:`Runtime.start` (from the lifespan) loads and
 verifies the model, opens the paper journal and resumes the account, then starts the
-feed, pipeline and paper tasks; :meth:`Runtime.stop` cancels them and awaits them with a
-timeout. Readiness, staleness and model reloads are answered here for the API.
+feed and pipeline tasks on the candle thread (:mod:`service.candle_loop`: closed candles
+never wait behind HTTP requests) and the paper task on the API's loop; :meth:`Runtime.stop`
+cancels them and awaits them with a timeout, then stops the candle thread. Live signals
+reach the paper trader through ``call_soon_threadsafe`` into its bounded queue. Readiness,
+staleness and model reloads are answered here for the API.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from service.candle_loop import CandleLoop
 from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
@@ -98,7 +102,6 @@ class Runtime:
             score_window=settings.score_window,
             drift_window=settings.drift_window,
             retention_days=settings.journal_retention_days,
-            defer=_call_soon,
         )
         self.pipeline = Pipeline(
             symbols=settings.symbols,
@@ -113,7 +116,8 @@ class Runtime:
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
         self.queue: asyncio.Queue[KlineEvent] | None = None
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.candles = CandleLoop()  # the feed's and pipeline's thread and loop
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # paper: this loop; the rest: candles
         self.started_at = time.time()
         self._reload_lock: asyncio.Lock | None = None
 
@@ -130,7 +134,9 @@ class Runtime:
         predictor = await asyncio.to_thread(Predictor.load, s.model, s.model_card_path)
         self._install(predictor)
         self._warn_if_mismatched(predictor)
-        await self.monitor.start()  # scores, drift and chart rebuilt from the signal journal
+        # scores, drift and chart rebuilt from the signal journal; the pipeline (candle thread)
+        # hands its rows to the monitor on this loop
+        await self.monitor.start()
         self._spawn("signal-journal", self.monitor.run())
         if self.journal is not None:
             journal = self.journal
@@ -145,7 +151,8 @@ class Runtime:
             fills = await journal.call(journal.fills, terms.epoch)
             account: PaperAccount = replay_fills(terms, fills)
             self.trader = PaperTrader(journal, account, self.metrics)
-            self.pipeline.sink = self.trader.offer
+            # the pipeline runs on the candle thread; the trader lives on this loop
+            self.pipeline.sink = _on_loop(asyncio.get_running_loop(), self.trader.offer)
             log.info(
                 "paper account %d resumed from %s: %d fills, equity %.2f USDT",
                 terms.epoch,
@@ -163,10 +170,12 @@ class Runtime:
         gc.freeze()
         if self.trader is not None:
             self._spawn("paper", self.trader.run())
-        self._spawn("pipeline", self.pipeline.run(self.queue))
-        self._spawn("feed", self.feed.run())
+        self.candles.start()
+        for name, coro in (("pipeline", self.pipeline.run(self.queue)), ("feed", self.feed.run())):
+            self.tasks[name] = await self.candles.spawn(name, coro, self._on_task_done)
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """A task on this (the API's) loop."""
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
         self.tasks[name] = task
@@ -182,7 +191,8 @@ class Runtime:
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Cancel the tasks (feed first, the journal writer last) and await them."""
-        for name in ("feed", "pipeline", "paper"):
+        await self.candles.stop(order=("feed", "pipeline"), timeout_s=timeout_s)
+        for name in ("paper",):
             task = self.tasks.get(name)
             if task is None:
                 continue
@@ -305,6 +315,12 @@ class Runtime:
             self.trader.update_gauges()
 
 
-def _call_soon(callback: Callable[[], None]) -> None:
-    """Run ``callback`` on the running loop's next pass (after what is ready now)."""
-    asyncio.get_running_loop().call_soon(callback)
+def _on_loop(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[Signal], None]
+) -> Callable[[Signal], None]:
+    """``fn`` called from any thread, run on ``loop`` (the paper trader's hand-off)."""
+
+    def call(signal: Signal) -> None:
+        loop.call_soon_threadsafe(fn, signal)
+
+    return call
