@@ -8,7 +8,7 @@ the recent closes with the served action and the volatility probability.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -73,12 +73,21 @@ class ModelHealthOut(BaseModel):
     journal: JournalOut
 
 
+class ChartPointOut(BaseModel):
+    """One candle of the price chart: its close, the served action, P(high volatility)."""
+
+    candle_start: int = Field(description="candle open time, ms since epoch UTC")
+    close: float
+    action: Literal["long", "short", "flat"]
+    probability_high_vol: float
+
+
 class ChartOut(BaseModel):
-    """Per symbol: [candle_start ms, close, action, probability_high_vol], oldest first."""
+    """Per symbol its recent candles, oldest first."""
 
     interval: str
     regime_threshold: float
-    points: dict[str, list[tuple[int, float, str, float]]]
+    points: dict[str, list[ChartPointOut]]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -121,7 +130,7 @@ async def get_chart(
         interval=rt.settings.interval,
         regime_threshold=rt.settings.vol_regime_threshold,
         points={
-            s: [tuple(p) for p in rt.monitor.chart_points(s, limit)]  # type: ignore[misc]
+            s: [ChartPointOut(**p._asdict()) for p in rt.monitor.chart_points(s, limit)]
             for s in rt.settings.symbols
         },
     )

@@ -11,8 +11,9 @@ function svgEl(tag, attrs, text) {
 }
 
 // One symbol: closes as a line, a marker where the served action changed, P(high vol) below.
-// points: [[candle_start, close, action, p_high_vol], ...] oldest first.
-function priceChart(symbol, points, threshold) {
+// points: [{candle_start, close, action, probability_high_vol}, ...] oldest first.
+function priceChart(symbol, objs, threshold) {
+  const points = objs.map((p) => [p.candle_start, p.close, p.action, p.probability_high_vol]);
   const n = points.length;
   const closes = points.map((p) => p[1]);
   const lo = Math.min(...closes), hi = Math.max(...closes), span = hi - lo || 1;

@@ -137,12 +137,12 @@ def test_health_scores_drift_metrics_and_chart(health_app: Callable[..., Any]) -
         assert len(pts) == 10 and chart["regime_threshold"] == 0.5
         latest = rt.store.latest("BTCUSDT")
         assert latest is not None
-        assert pts[-1] == [
-            latest.candle_start,
-            latest.close,
-            latest.action,
-            pytest.approx(latest.probability_high_vol),
-        ]
+        assert pts[-1] == {
+            "candle_start": latest.candle_start,
+            "close": latest.close,
+            "action": latest.action,
+            "probability_high_vol": pytest.approx(latest.probability_high_vol),
+        }
 
 
 def test_restart_rebuilds_scores_from_the_journal(health_app: Callable[..., Any]) -> None:
