@@ -19,7 +19,7 @@ import numpy.typing as npt
 from service import features as fx
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDENT = ROOT / "models" / "student_btcusdt_5m.onnx"
+STUDENT = ROOT / "models" / "student_pooled_5m.onnx"
 INPUT = "features"
 
 
@@ -100,7 +100,7 @@ def load_student(tmp: Path) -> Student:
     net = build_network(spec).eval()
     path = export_onnx(net, tmp / "standin_student.onnx", fx.N_FEATURES, fx.WINDOW)
     card = _standin_card(path, spec)
-    return Student(path, card, "STAND-IN (models/student_btcusdt_5m.onnx not committed yet)")
+    return Student(path, card, "STAND-IN (models/student_pooled_5m.onnx not committed yet)")
 
 
 def _standin_card(path: Path, spec: Any) -> dict[str, Any]:
@@ -173,6 +173,12 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
 
     t = student.card.get("teacher", {})
     family = t.get("family", "tcn")
+    arch = t.get("arch")
+    if family == "ensemble":  # one member stands for the ensemble (the card lists them all)
+        arch = (arch or {}).get("members", [{}])[0]
+        family = arch.get("family", "tcn")
+    elif family not in ("tcn", "mlp"):  # no teacher (a scratch student): the family default
+        family, arch = student.card.get("student", {}).get("family", "tcn"), None
     for ckpt in sorted((ROOT / "runs").glob(f"{family}-teacher*/checkpoint.pt")):
         try:
             from training.train import model_from_checkpoint
@@ -181,7 +187,7 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
         except (OSError, ValueError, KeyError, RuntimeError):
             continue
     torch.manual_seed(0)
-    net = build_network(_spec(t.get("arch"), family, "teacher")).eval()
+    net = build_network(_spec(arch, family, "teacher")).eval()
     return net, "card architecture, random weights (no teacher checkpoint under runs/)"
 
 

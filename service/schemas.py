@@ -207,7 +207,7 @@ class ReloadIn(BaseModel):
         max_length=128,
         pattern=MODEL_NAME_PATTERN,
         description="a plain .onnx file name in the configured model's directory",
-        examples=["student_btcusdt_5m.onnx"],
+        examples=["student_pooled_5m.onnx"],
     )
 
 

@@ -21,7 +21,7 @@ from service.klines import VALID_INTERVALS
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
 MAINNET_REST = "https://api.bybit.com"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_btcusdt_5m.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_pooled_5m.onnx"
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 
 

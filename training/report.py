@@ -126,7 +126,7 @@ def cross_fitted_logits(
     gap = gap_bars * step_ms
     first = tr.start_ms + gap < mid
     second = tr.start_ms >= mid
-    out = torch.zeros(len(tr), 2)
+    out = torch.zeros(len(tr), 2, 2)  # (M, heads, classes)
     secs = 0.0
     for own, other in ((first, second), (second, first)):
         half = replace(data, train=subset(tr, own))
@@ -149,22 +149,24 @@ def run_fold(ctx: Context, series: Series, fold: Fold, is_last: bool) -> FoldOut
     data = make_fold_data(
         series.feats, series.labels, series.pos, series.start, series.close, series.ends, fold
     )
-    out = FoldOutput(fold.index, data.test.y, data.test.start_ms, data.test_next_ret)
+    out = FoldOutput(fold.index, data.test.y[:, 0], data.test.start_ms, data.test_next_ret)
     for part, split in (("train", data.train), ("val", data.val), ("test", data.test)):
         out.spans[part] = (int(split.start_ms[0]), int(split.start_ms[-1]), len(split))
     log(f"fold {fold.index}: train {len(data.train)} val {len(data.val)} test {len(data.test)}")
     scratch_cfg = replace(cfg.distill, method="scratch")
 
     # baselines on the same rows
-    out.preds["majority"] = [majority_baseline(data.train.y, len(data.test))]
-    out.preds["last-return sign"] = [last_return_baseline(data.train.x, data.train.y, data.test.x)]
+    out.preds["majority"] = [majority_baseline(data.train.y[:, 0], len(data.test))]
+    out.preds["last-return sign"] = [
+        last_return_baseline(data.train.x, data.train.y[:, 0], data.test.x)
+    ]
 
     # teachers: one per seed; seed 0's is the one every student distils from
     teachers: list[FitResult] = []
     for seed in cfg.teacher_seeds:
         res = fit(ctx.t_spec, data, scratch_cfg, cfg.teacher_fit, seed)
         teachers.append(res)
-        out.preds.setdefault("teacher", []).append(predict_proba(res.net, data.test.x))
+        out.preds.setdefault("teacher", []).append(predict_proba(res.net, data.test.x)["direction"])
         log(f"  teacher seed {seed}: {res.seconds:.1f}s best epoch {res.best_epoch}")
     teacher = teachers[0].net
     out.histories["teacher"] = teachers[0].history
@@ -200,7 +202,7 @@ def run_fold(ctx: Context, series: Series, fold: Fold, is_last: bool) -> FoldOut
             res = fit(
                 ctx.s_spec, data, replace(cfg.distill, method=method), cfg.student_fit, seed, tgt
             )
-            out.preds.setdefault(name, []).append(predict_proba(res.net, data.test.x))
+            out.preds.setdefault(name, []).append(predict_proba(res.net, data.test.x)["direction"])
             secs.append(res.seconds)
             if seed == cfg.seeds[0]:
                 out.histories[name] = res.history
@@ -420,16 +422,12 @@ def _export(
         },
     )
     # the parity fixture for tests/service/test_committed_model.py (checked without torch)
-    from training.export import ort_outputs, torch_outputs
+    from training.export import ort_outputs, torch_outputs, write_parity_fixture
 
-    tp, tl = torch_outputs(student, parity_x)
-    fixture = Path("tests/fixtures/student_parity.npz")
+    tp = torch_outputs(student, parity_x)["prob_up"]
     if models.resolve() == (Path.cwd() / "models").resolve():
-        fixture.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            fixture, x=parity_x, prob_up=tp, logits=tl, sha256=np.array(card.sha256)
-        )
-    op, _ = ort_outputs(onnx_path, parity_x)
+        write_parity_fixture(student, card, parity_x, "tests/fixtures/student_parity.npz")
+    op = ort_outputs(onnx_path, parity_x)["prob_up"]
     return {
         "path": str(onnx_path),
         "card": card.model_dump(),

@@ -52,7 +52,7 @@ class ReportConfig:
     teacher_seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ALL_METHODS
     export_method: str = "combined"
-    export_name: str = "student_btcusdt_5m"
+    export_name: str = "student_pooled_5m"
     export: bool = True
     threads: int = 2
     cka_rows: int = 1000

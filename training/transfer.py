@@ -120,7 +120,7 @@ def _students(
         for seed in seeds:
             dcfg = replace(ctx.cfg.distill, method=method, **over)
             res = fit(ctx.s_spec, data, dcfg, ctx.cfg.student_fit, seed, tgt)
-            preds.setdefault(name, []).append(predict_proba(res.net, data.test.x))
+            preds.setdefault(name, []).append(predict_proba(res.net, data.test.x)["direction"])
         ctx.log(f"  transfer {name}: done")
 
 
@@ -176,11 +176,11 @@ def cross_timeframe(ctx: Context, series5: Series) -> TransferResult | None:
         f"{len(d1.train)} one-minute windows (stride {cfg.transfer.teacher_stride}) ending "
         "before the 5-minute validation period. Teacher window ends at the same instant as "
         "the student's bar.",
-        data.test.y,
+        data.test.y[:, 0],
         data.test.start_ms,
     )
     x1_test = fx.make_windows(s1.feats, s1.ends[align[fold.test]])
-    res.preds["1m teacher (on aligned windows)"] = [predict_proba(teacher, x1_test)]
+    res.preds["1m teacher (on aligned windows)"] = [predict_proba(teacher, x1_test)["direction"]]
     plan: list[tuple[str, str, CachedTeacher | None, dict[str, Any]]] = [
         ("scratch", "scratch", None, {}),
         ("kd from 1m", "kd", cached, {}),
@@ -256,11 +256,11 @@ def cross_asset_and_domain(ctx: Context) -> list[TransferResult]:
             f"({cfg.transfer.reduced_fraction:.0%} of {len(full.train)}); test {len(full.test)} "
             f"windows. The teacher is the {cfg.symbol} last-fold teacher (its own {cfg.symbol} "
             f"normalisation, fed raw {sym} features).",
-            small.test.y,
+            small.test.y[:, 0],
             small.test.start_ms,
         )
         res.preds[f"{cfg.symbol} teacher (zero-shot on {sym})"] = [
-            predict_proba(teacher, small.test.x)
+            predict_proba(teacher, small.test.x)["direction"]
         ]
         plan: list[tuple[str, str, CachedTeacher | None, dict[str, Any]]] = [
             ("scratch", "scratch", None, {}),
@@ -305,7 +305,7 @@ def cross_asset_and_domain(ctx: Context) -> list[TransferResult]:
             f"{cfg.transfer.keep_fraction:.0%} are matched with the Gram loss only during a hint "
             f"stage of {ctx.cfg.distill.hint_epochs} epochs, then the student is fine-tuned on "
             f"the {sym} task (no KD).",
-            small.test.y,
+            small.test.y[:, 0],
             small.test.start_ms,
             notes={"channel selection": dist_notes},
         )

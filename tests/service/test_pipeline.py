@@ -18,7 +18,7 @@ from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.signals import Signal, SignalStore
 
-COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_pooled_5m.onnx"
 
 
 def _pipeline(

@@ -47,12 +47,12 @@ def test_quick_report_runs_end_to_end(tmp_path: Path) -> None:
         assert f"| {name} |" in text
     for png in ("equity.png", "curves.png", "calibration.png", "cka_combined.png"):
         assert (path.parent / png).read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "models" / "student_btcusdt_5m.onnx").exists()
-    assert (tmp_path / "models" / "student_btcusdt_5m.json").exists()
+    assert (tmp_path / "models" / "student_pooled_5m.onnx").exists()
+    assert (tmp_path / "models" / "student_pooled_5m.json").exists()
     # `python -m training evaluate` scores the export with onnxruntime on its held-out bars
     from training.evaluate import main as evaluate_main
 
-    model = tmp_path / "models" / "student_btcusdt_5m.onnx"
+    model = tmp_path / "models" / "student_pooled_5m.onnx"
     assert evaluate_main(["--model", str(model), "--json"]) == 0
     from service.model_card import ModelCard
 
@@ -75,7 +75,7 @@ def test_leakage_alarm_stops_the_report() -> None:
 def test_repo_report_config_loads_and_is_sized_for_two_cores() -> None:
     cfg = load_report_config(ROOT / "configs" / "report.toml")
     assert cfg.folds >= 3 and len(cfg.seeds) >= 3
-    assert cfg.export_name == "student_btcusdt_5m"
+    assert cfg.export_name == "student_pooled_5m"
     q = quick_config(cfg)
     assert q.student_fit.epochs == 1 and q.last_bars <= 1800
 
