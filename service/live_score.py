@@ -1,6 +1,7 @@
 """Live scoring: the signal of candle t against what candle t+1 did, for both heads.
 
-Labels exactly as DESIGN section 3 (and as training makes them):
+Labels exactly as DESIGN section 3, one candle at a time (``service.features.make_labels`` and
+``make_vol_labels`` make the same labels for a whole history; a test holds them equal):
   * direction: 1 if candle t+1 closes above its open, else 0;
   * volatility: 1 if candle t+1's range (h − l)/c is above the median of (h − l)/c over bars
     t−47..t, else 0 (undefined, so not scored, until 48 ranges exist).
@@ -25,10 +26,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from service.features import VOL_LABEL_BARS  # ranges in the label's median (bars t-47..t)
 from service.live_metrics import Scores, no_skill, score
 from service.model_card import HEADS
-
-VOL_LABEL_BARS = 48  # ranges in the volatility label's median (bars t-47..t)
 
 
 def range_rel(high: float, low: float, close: float) -> float:

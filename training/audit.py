@@ -28,7 +28,6 @@ import numpy as np
 import numpy.typing as npt
 
 from service import features as fx
-from service.live_score import VOL_LABEL_BARS
 from service.model_card import HEADS, ModelCard
 from service.signal_journal import SignalJournal, SignalRow
 from training import metrics_eval
@@ -44,16 +43,6 @@ class Teacher(Protocol):
     """What the audit needs of the teacher (``training.ensemble.Ensemble``)."""
 
     def predict_proba(self, x: F32) -> dict[str, F64]: ...
-
-
-def vol_labels(high: F64, low: F64, close: F64) -> F64:
-    """Volatility label of each bar t: range(t+1) > median(range over t-47..t); NaN where
-    undefined (first 47 bars, last bar)."""
-    r = (high - low) / close
-    y = np.full(r.shape[0], np.nan)
-    for t in range(VOL_LABEL_BARS - 1, r.shape[0] - 1):
-        y[t] = float(r[t + 1] > np.median(r[t - VOL_LABEL_BARS + 1 : t + 1]))
-    return y
 
 
 def _next_is_adjacent(start: npt.NDArray[np.int64], step: int) -> npt.NDArray[np.bool_]:
@@ -87,7 +76,7 @@ def audit_symbol(
     adjacent = _next_is_adjacent(table.start, step)[idx] if step else np.zeros(idx.size, bool)
     labels = {
         "direction": fx.make_labels(table.open, table.close)[idx],
-        "volatility": vol_labels(table.high, table.low, table.close)[idx],
+        "volatility": fx.make_vol_labels(table.high, table.low, table.close)[idx],
     }
     served = {
         "direction": np.array([s.probability_up for _, s in rows]),

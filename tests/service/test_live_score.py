@@ -64,6 +64,8 @@ def test_scores_match_batch_labels_on_real_data() -> None:
             for i in range(VOL_LABEL_BARS - 1, len(t) - 1)
         ]
     )
+    # the shared batch labels are the same
+    assert list(fx.make_vol_labels(t.high, t.low, t.close)[VOL_LABEL_BARS - 1 : -1]) == list(y_vol)
     pairs_dir = scorer.pairs("BTC", "direction")
     pairs_vol = scorer.pairs("BTC", "volatility")
     # the first scored signal is candle 47's (candle 48 gives its label; 48 ranges exist)

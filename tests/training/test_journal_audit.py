@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from service.kline_io import load_bundled, load_klines
 from service.model_card import HEADS
 from service.signal_journal import KlineRow, SignalJournal, SignalRow
 from training import journal_data
-from training.audit import run_audit, vol_labels
+from training.audit import run_audit
 
 N = 300
 FIRST_SIGNAL = 78  # BARS_TO_FIRST_SIGNAL - 1
@@ -118,9 +119,46 @@ def test_audit_agreement_windows_and_scores(state_dir: Path) -> None:
         assert set(sym[head]["student"]) == {"accuracy", "log_loss", "auc"}
 
 
-def test_vol_labels_match_the_rolling_median() -> None:
-    t = load_bundled("BTCUSDT", "5").slice(0, 120)
-    y = vol_labels(t.high, t.low, t.close)
-    r = (t.high - t.low) / t.close
-    assert np.isnan(y[:47]).all() and np.isnan(y[-1])
-    assert y[47] == float(r[48] > np.median(r[0:48]))
+def test_audit_cli_with_a_saved_ensemble(
+    state_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real teacher path: an Ensemble saved to disk, loaded by the CLI, its agreement with
+    the served probabilities equal to metrics_eval.agreement, next to the card's figure."""
+    import torch
+
+    from service.model_card import ModelCard
+    from training import audit, metrics_eval
+    from training.ensemble import Ensemble
+    from training.networks import NetSpec, build_network
+
+    torch.manual_seed(0)
+    members = [
+        build_network(NetSpec("tcn", 12, 32, (8, 8))),
+        build_network(NetSpec("mlp", 12, 32, (16, 8))),
+    ]
+    ens = Ensemble(members)
+    ens.save(tmp_path / "teacher")
+    card = ModelCard.load(Path(audit.MODELS_DIR) / "student_pooled_5m.json")
+    metrics = {h: {**card.metrics.get(h, {}), "agreement_with_teacher": 0.8} for h in HEADS}
+    card_path = card.model_copy(update={"metrics": metrics}).save(tmp_path / "card.json")
+    argv = ["--state-dir", str(state_dir), "--teacher", str(tmp_path / "teacher")]
+    assert audit.main([*argv, "--card", str(card_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    j = SignalJournal(state_dir)
+    j.open()
+    live = [s for s in j.signals("BTCUSDT", "5") if s.live]
+    j.close()
+    t = load_bundled("BTCUSDT", "5").slice(0, N)
+    feats = fx.batch_features(t.open, t.high, t.low, t.close, t.volume)
+    p = ens.predict_proba(fx.make_windows(feats, np.arange(200, N)))
+    for head, served in (
+        ("direction", [s.probability_up for s in live]),
+        ("volatility", [s.probability_high_vol for s in live]),
+    ):
+        got = report["heads"][head]
+        assert got["n"] == len(live) == N - 200
+        assert got["agreement"] == pytest.approx(metrics_eval.agreement(served, p[head]))
+        assert got["test_agreement"] == 0.8
+    assert audit.main([*argv, "--card", str(card_path)]) == 0
+    assert "agreement on live data" in capsys.readouterr().out
