@@ -67,7 +67,10 @@ def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, An
         from dataclasses import replace
 
         test = replace(test, symbol=data.test_symbol)
-    pairs = [list(p) for p in env.pairs] if len(sel.spec.channels) >= 2 else []
+    from training.distill import default_pairs
+
+    # the chosen size's own layer pairs (a one-block student has fewer than the default)
+    pairs = [list(p) for p in default_pairs(len(env.t_spec.channels), len(sel.spec.channels))]
     metrics = card_metrics(sel.net, test, teacher, pairs, cfg.cka_rows)
     rng = np.random.default_rng(0)
     parity_x = test.x[np.sort(rng.choice(len(test), size=min(64, len(test)), replace=False))]

@@ -1,0 +1,58 @@
+"""Ensemble targets, per-head predictions, the LR schedule and the progress log."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service import features as fx
+from training.harness import average, ensemble_targets, lr_factor, predict
+from training.networks import build_network, default_spec
+from training.progress import Progress
+
+
+def test_ensemble_kd_target_is_the_average_of_tempered_probabilities() -> None:
+    spec = default_spec("tcn", "student", fx.N_FEATURES, fx.WINDOW)
+    members = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        members.append(build_network(spec).eval())
+    x = np.random.default_rng(0).normal(size=(16, fx.N_FEATURES, fx.WINDOW)).astype(np.float32)
+    T = 4.0
+    tgt = ensemble_targets(members, x, [0, 1], T, feature_member=1)
+    with torch.no_grad():
+        outs = [m.forward_with_features(torch.from_numpy(x)) for m in members]
+    want = torch.stack([F.softmax(lg / T, dim=-1) for lg, _ in outs]).mean(0)  # (B, H, 2)
+    got = F.softmax(tgt.logits / T, dim=-1)  # what the Distiller's KD term reads
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # feature targets are member 1's, unaveraged
+    torch.testing.assert_close(tgt.feats[0], outs[1][1][0])
+    # predictions per head; an ensemble row averages the members' probabilities
+    ps = [predict(m, x) for m in members]
+    assert set(ps[0]) == {"direction", "volatility"} and ps[0]["volatility"].shape == (16,)
+    avg = average(ps)
+    np.testing.assert_allclose(avg["direction"], np.mean([p["direction"] for p in ps], axis=0))
+
+
+def test_lr_warms_up_then_decays_to_five_percent() -> None:
+    total = 100
+    lrs = [lr_factor(s, total, 0.1) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.05)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+
+
+def test_progress_counts_runs_and_logs_each(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    with Progress(3, log, enabled=False) as p:
+        p.log("start")
+        p.step("a", 1.0)
+        p.step("b")
+    text = log.read_text()
+    assert "start" in text and "run 1/3: a (1.0s)" in text and "run 2/3: b" in text
+    assert "note: 2 runs done, plan said 3" in text
