@@ -56,3 +56,23 @@ def test_progress_counts_runs_and_logs_each(tmp_path: Path) -> None:
     text = log.read_text()
     assert "start" in text and "run 1/3: a (1.0s)" in text and "run 2/3: b" in text
     assert "note: 2 runs done, plan said 3" in text
+
+
+def test_fit_is_deterministic_for_a_seed() -> None:
+    from dataclasses import replace
+
+    from service.klines import interval_ms
+    from training.config import DistillConfig
+    from training.harness import FitSettings, fit
+    from training.series import calendar_folds, load_series, pooled_fold
+
+    s = load_series("BTCUSDT", "5", "", 1500)
+    cf = calendar_folds(s.times, interval_ms("5"), 1, 32, 0.2, 0.2)[0]
+    pf = pooled_fold([s], cf)
+    spec = replace(default_spec("tcn", "student", fx.N_FEATURES, fx.WINDOW), dropout=0.1)
+    settings = FitSettings(epochs=1, batch_size=64, max_batches=6, eval_every=3, patience=5)
+    runs = [fit(spec, pf, DistillConfig(), settings, seed) for seed in (3, 3, 4)]
+    p = [predict(r.net, pf.test.x)["volatility"] for r in runs]
+    np.testing.assert_array_equal(p[0], p[1])
+    assert not np.array_equal(p[0], p[2])
+    assert len(runs[0].history) == 2  # checks after batches 3 and 6
