@@ -55,6 +55,19 @@ class Env:
         return count_parameters(build_network(spec))
 
 
+def with_min_steps(env: Env, n: int) -> Env:
+    """The same environment with every fit running at least `n` optimiser steps."""
+    cfg = env.cfg
+    return replace(
+        env,
+        cfg=replace(
+            cfg,
+            student_fit=replace(cfg.student_fit, min_steps=n),
+            teacher_fit=replace(cfg.teacher_fit, min_steps=n),
+        ),
+    )
+
+
 def train_members(env: Env, data: FoldLike, label: str, seeds: Sequence[int]) -> list[nn.Module]:
     """The ensemble teacher's members: one scratch-trained teacher per seed."""
     cfg = env.cfg

@@ -22,7 +22,14 @@ from torch import nn
 
 from service.klines import interval_ms
 from training.data import Split
-from training.exp_common import Env, StudentPlan, teacher_targets, train_members, train_students
+from training.exp_common import (
+    Env,
+    StudentPlan,
+    teacher_targets,
+    train_members,
+    train_students,
+    with_min_steps,
+)
 from training.exp_pooled import ENSEMBLE, SINGLE, PooledOutcome
 from training.harness import Preds, average, predict
 from training.report_config import ReportConfig
@@ -74,6 +81,7 @@ class TargetData:
 
 def run(env: Env, a: PooledOutcome) -> tuple[list[SettingResult], dict[str, TargetData]]:
     """Setting B for every target alt."""
+    env = with_min_steps(env, env.cfg.cross_asset.min_steps)
     cfg, ca = env.cfg, env.cfg.cross_asset
     step = interval_ms(cfg.interval)
     t_params = env.params(env.t_spec)

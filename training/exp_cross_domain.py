@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.exp_common import Env, StudentPlan, teacher_targets, train_members, train_students
+from training.exp_common import (
+    Env,
+    StudentPlan,
+    teacher_targets,
+    train_members,
+    train_students,
+    with_min_steps,
+)
 from training.exp_cross_asset import SCRATCH, TargetData
 from training.harness import average, predict
 from training.report_config import ReportConfig
@@ -39,6 +46,7 @@ def source_fold(s: Series, embargo: int) -> PooledFold:
 
 
 def run(env: Env, b: SettingResult, target: TargetData) -> SettingResult:
+    env = with_min_steps(env, env.cfg.cross_domain.min_steps)
     cfg, d = env.cfg, env.cfg.cross_domain
     small = target.small
     t_params = env.params(env.t_spec)
@@ -57,10 +65,14 @@ def run(env: Env, b: SettingResult, target: TargetData) -> SettingResult:
         small.test.start_ms,
     )
     pooled_kd = f"{d.methods[0]} (pooled teacher)"
-    for name in ("ensemble teacher", SCRATCH, pooled_kd):
+    for name, as_name in (
+        ("ensemble teacher", "pooled crypto teacher (zero-shot)"),
+        (SCRATCH, SCRATCH),
+        (pooled_kd, pooled_kd),
+    ):
         if name in b.preds:
-            res.preds[name] = b.preds[name]
-            res.params[name] = b.params[name]
+            res.preds[as_name] = b.preds[name]
+            res.params[as_name] = b.params[name]
     for src in d.sources:
         s = backtesting_series(src)
         fold = source_fold(s, cfg.embargo)

@@ -66,6 +66,7 @@ class FitSettings:
     max_batches: int = 0  # per epoch; 0 = all
     eval_every: int = 0  # batches between validation checks; 0 = once per epoch
     warmup: float = 0.05  # share of all steps with a linear warm-up
+    min_steps: int = 0  # small data: at least this many optimiser steps (more epochs)
 
 
 @dataclass
@@ -152,30 +153,33 @@ def fit(
     seed_everything(seed)
     net = build_network(spec)
     net.norm.set_stats(data.mean, data.std)
+    tr = data.train
+    x_all, y_all, p_all = (torch.from_numpy(a) for a in (tr.x, tr.y, tr.pos))
+    per_epoch = math.ceil(len(tr) / settings.batch_size)
+    if settings.max_batches:
+        per_epoch = min(per_epoch, settings.max_batches)
+    # a slice of a few thousand windows gets as many steps as the budget says, not fewer
+    # because it is small (early stopping still guards against overfitting)
+    epochs = max(settings.epochs, math.ceil(settings.min_steps / max(1, per_epoch)))
+    total = per_epoch * epochs
     distiller = Distiller(
         net,
         teacher if cfg.method != "scratch" else None,
         cfg,
-        epochs=settings.epochs,
+        epochs=epochs,
         input_shape=(spec.n_features, spec.window),
         window=spec.window,
     )
     opt = torch.optim.AdamW(
         distiller.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    tr = data.train
-    x_all, y_all, p_all = (torch.from_numpy(a) for a in (tr.x, tr.y, tr.pos))
-    per_epoch = math.ceil(len(tr) / settings.batch_size)
-    if settings.max_batches:
-        per_epoch = min(per_epoch, settings.max_batches)
-    total = per_epoch * settings.epochs
     every = settings.eval_every or per_epoch
     weights = tuple(getattr(cfg, "head_weights", (1.0, 1.0)))
     out = Fitted(net)
     best, best_state, waited, step = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
     t0 = time.perf_counter()
     stop = False
-    for epoch in range(settings.epochs):
+    for epoch in range(epochs):
         distiller.train()
         for n_b, idx in enumerate(
             batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch)

@@ -49,6 +49,7 @@ class CrossAssetSettings:
     methods: tuple[str, ...] = ("kd", "fitnet")  # distilled from the pooled teacher
     seeds: tuple[int, ...] = (0, 1)
     union_stride: int = 2  # teacher's data + slice control: every k-th teacher window
+    min_steps: int = 0  # every fit of this setting runs at least this many steps (slices)
     last_bars: int = 0
 
 
@@ -76,6 +77,7 @@ class CrossDomainSettings:
     target: str = "XRPUSDT"  # on the cross-asset setting's slice and test rows
     methods: tuple[str, ...] = ("kd",)
     seeds: tuple[int, ...] = (0, 1)
+    min_steps: int = 0  # the FX / equity teachers and the slice students (small data)
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,9 @@ def quick_config(cfg: ReportConfig) -> ReportConfig:
         student_fit=tiny,
         distill=replace(cfg.distill, hint_epochs=0, two_stage=False),
         pooled=replace(cfg.pooled, last_bars=2500, train_stride=1),
-        cross_asset=replace(cfg.cross_asset, seeds=cfg.cross_asset.seeds[:1], last_bars=2500),
+        cross_asset=replace(
+            cfg.cross_asset, seeds=cfg.cross_asset.seeds[:1], last_bars=2500, min_steps=0
+        ),
         cross_timeframe=replace(
             cfg.cross_timeframe,
             symbols=cfg.cross_timeframe.symbols[:1],
@@ -216,5 +220,5 @@ def quick_config(cfg: ReportConfig) -> ReportConfig:
             last_bars=2500,
             teacher_stride=4,
         ),
-        cross_domain=replace(cfg.cross_domain, seeds=cfg.cross_domain.seeds[:1]),
+        cross_domain=replace(cfg.cross_domain, seeds=cfg.cross_domain.seeds[:1], min_steps=0),
     )
