@@ -38,7 +38,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     APPRENTICE_PORT=8000 \
     APPRENTICE_SYMBOLS=BTCUSDT \
     APPRENTICE_INTERVAL=5 \
-    APPRENTICE_MODEL=/app/models/student_btcusdt_5m.onnx \
+    APPRENTICE_MODEL=/app/models/student_pooled_5m.onnx \
     APPRENTICE_STATE_DIR=/var/lib/apprentice
 RUN groupadd --system --gid 10001 apprentice \
     && useradd --system --uid 10001 --gid apprentice --home-dir /app --shell /usr/sbin/nologin apprentice \

@@ -22,7 +22,6 @@ SECTIONS = {
     "http": "bench.http_load",
     "training": "bench.training_time",
     "profile": "bench.profile_path",
-    "noise": "bench.noise_floor",
 }
 QUICK_SKIPS = ("training",)
 ROOT = Path(__file__).resolve().parent.parent

@@ -189,8 +189,7 @@ def run(quick: bool = False) -> Section:
         sec.add("No candle closed during the client window.")
     why = (
         "one symbol: every candle is the first after a quiet spell, which runs ~1.5× slower "
-        "than the candles right behind it even with keep-warm and the burst spin (the demo's "
-        "three symbols close together); "
+        "than the candles right behind it (the demo's three symbols close together); "
         f"load average during the run {load:.1f} on 2 cores"
     )
     _target(

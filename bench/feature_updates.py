@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.report import Section, Target
-from bench.timing import Summary, interleaved
+from bench.timing import interleaved
 from service import features as fx
 from service.kline_io import load_bundled
 
@@ -147,15 +147,6 @@ def run(quick: bool = False) -> Section:
         f"({bt.runs} runs) — {bt.p50 / ref.p50:,.0f}× the incremental update.",
         "",
     )
-    prep = _prepared_split(bars, lengths[0], n_inc)
-    sec.add(
-        "The service splits that work: `prepare()` sums the windows' previous bars right after "
-        "a signal is stored, off the next candle's path, and the candle pays only `update()`. "
-        f"Timed apart ({prep[0].runs:,} bars, 100-bar history): `update()` after `prepare()` "
-        f"p50 {prep[0].p50:.2f} µs, p99 {prep[0].p99:.1f} µs; `prepare()` p50 "
-        f"{prep[1].p50:.2f} µs. The table above times both together.",
-        "",
-    )
     flat = max(s.p50 for s in s_inc) / min(s.p50 for s in s_inc)
     sec.targets.append(
         Target(
@@ -177,22 +168,3 @@ def run(quick: bool = False) -> Section:
         )
     )
     return sec
-
-
-def _prepared_split(bars: F64, history: int, n: int) -> tuple[Summary, Summary]:
-    """(update after prepare, prepare) per bar, each timed on its own."""
-    st = fx.IncrementalFeatures()
-    rows = bars[: history + n].tolist()
-    for o, hi, lo, c, v in rows[:history]:
-        st.update(o, hi, lo, c, v)
-    upd = np.zeros(n, np.int64)
-    prep = np.zeros(n, np.int64)
-    clock = time.perf_counter_ns
-    for i, (o, hi, lo, c, v) in enumerate(rows[history:]):
-        t0 = clock()
-        st.prepare()
-        t1 = clock()
-        st.update(o, hi, lo, c, v)
-        upd[i] = clock() - t1
-        prep[i] = t1 - t0
-    return Summary.of("update after prepare", upd), Summary.of("prepare", prep)

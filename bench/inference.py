@@ -2,18 +2,15 @@
 
 Contenders (same real input window(s) from the bundled BTCUSDT 5m klines):
 the Identity floor through ``run`` and through I/O binding; the student through ``run``,
-through I/O binding, exactly as the service calls it on a close (the streamed student's
-``StudentStream.step`` on the new column, :mod:`service.streaming`), its ``prepare`` (run
-after each signal), and the full graph as ``service.predictor.Predictor`` calls it (float64
-(F, T) window view copied into the bound float32 buffer: the first window after a start or
-reload, and any student that does not stream); the student and teacher in
-torch eager (one thread, inference_mode); the teacher exported to ONNX; the student
-dynamically quantised to int8.
+through I/O binding, and exactly as the service calls it on a close
+(``service.predictor.Predictor.predict``: the full graph, the float64 (F, T) window view
+copied into the bound float32 buffer); the student and teacher in torch eager (one
+thread, inference_mode); the teacher exported to ONNX; the student dynamically quantised to
+int8.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -36,9 +33,7 @@ LABELS = {
     "floor_iob": "Identity floor, I/O binding",
     "student_run": "student ORT, `run`",
     "student_iob": "student ORT, I/O binding + preallocated input",
-    "stream_step": "**student as the service runs it on a close** (streamed step)",
-    "stream_prepare": "streamed student's prepare (after each signal, off the close path)",
-    "service": "student, full graph as the service calls it (`Predictor.predict`)",
+    "service": "**student as the service runs it on a close** (`Predictor.predict`)",
     "int8": "student ORT int8 (dynamic), I/O binding",
     "mlp_iob": "reference: mlp-family student [32, 16], I/O binding",
     "teacher_ort": "teacher ORT, I/O binding",
@@ -91,15 +86,6 @@ def run(quick: bool = False) -> Section:
     # correctness before speed: every path gives the same probability
     ref = float(s_student.run(["prob_up"], {"features": x1})[0][0])
     p_service = predictor.predict(view)
-    # the streamed student: prepared on the window before x1 (x1's columns 0..T-2 second
-    # to last), then stepped with x1's newest column, as the pipeline does on a close
-    prev = np.concatenate([x1[0][:, :1], x1[0][:, :-1]], axis=1).astype(np.float64)
-    column = x1[0][:, -1].astype(np.float64)
-    stream = predictor.streaming.new_stream() if predictor.streaming is not None else None
-    p_step = math.nan
-    if stream is not None:
-        stream.prepare(prev, 0)
-        p_step = stream.step(column)
     with torch.inference_mode():
         tp = torch.softmax(t_student(torch.from_numpy(xs[-256:])), dim=1)[:, 1].numpy()
     op = s_student.run(["prob_up"], {"features": xs[-256:]})[0]
@@ -120,9 +106,6 @@ def run(quick: bool = False) -> Section:
             "student_iob": bound_run(s_student, x)[0],
         }
         if batch == 1:
-            if stream is not None:
-                calls["stream_step"] = lambda: stream.step(column)
-                calls["stream_prepare"] = lambda: stream.prepare(prev, 0)
             calls["service"] = lambda: predictor.predict(view)
         calls["int8"] = bound_run(s_int8, x)[0]
         calls["mlp_iob"] = bound_run(s_mlp, x)[0]
@@ -151,8 +134,6 @@ def run(quick: bool = False) -> Section:
         teacher_params=models.param_count(t_teacher),
         student_params=models.param_count(t_student),
         p_service=p_service,
-        p_step=p_step,
-        stream_note=predictor.stream_note,
         p_run=ref,
         drift=drift,
         agree=agree,
@@ -172,8 +153,6 @@ class Facts:
     teacher_params: int
     student_params: int
     p_service: float
-    p_step: float  # NaN when the student does not stream
-    stream_note: str
     p_run: float
     drift: np.ndarray  # |p_int8 - p_fp32| per window
     agree: float  # share of windows with the same direction
@@ -194,14 +173,13 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
         "times the cold start left by the previous contender — section 6 measures cold "
         "calls) in one process, GC paused while "
         "sampling, after warm-up. Input: real feature windows from the bundled BTCUSDT 5m "
-        f"klines. The full-graph service path returned p = {v.p_service:.6f}, the streamed "
-        f"step p = {v.p_step:.6f}, plain `run` p = {v.p_run:.6f} (predictor: "
-        f"{v.stream_note}).",
+        f"klines. The service path returned p = {v.p_service:.6f}, plain `run` "
+        f"p = {v.p_run:.6f}.",
         "",
         "### Single row (1, 12, 32); ratios to the service's configuration",
         "",
     )
-    svc = r1.get("stream_step", r1["service"])  # what a close runs
+    svc = r1["service"]  # what a close runs
     order = list(LABELS)
     sec.table(LATENCY_HEADER, latency_rows([r1[k] for k in order if k in r1], svc, LABELS))
     sec.add("### Batch 64 (64, 12, 32); ratios to the student with I/O binding", "")
@@ -231,13 +209,7 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
     ratio = svc.p50 / floor.p50
     ratio_iob = svc.p50 / r1["floor_iob"].p50
     mlp = r1["mlp_iob"]
-    streamed = "stream_step" in r1
-    how = (
-        f"streamed step; its prepare, {r1['stream_prepare'].p50:.1f} µs, runs after each "
-        f"signal is stored, and the full graph takes {r1['service'].p50:.2f} µs"
-        if streamed
-        else "full graph"
-    )
+    how = "full graph"
     sec.targets.append(
         Target(
             "student p50 (service path on a close) vs Identity floor through `run`",
@@ -270,7 +242,7 @@ def _write(sec: Section, v: Facts, results: dict[int, dict[str, Summary]]) -> No
             f"p99 ({floor.p99:.1f} µs) shows the same tail",
         )
     )
-    whole = r1["service"]  # same work as torch's forward: the full window, not a step
+    whole = r1["service"]  # same work as torch's forward: the full window
     for key, need in (("torch_student", 5.0), ("torch_teacher", 10.0)):
         sp = r1[key].p50 / whole.p50
         sec.targets.append(

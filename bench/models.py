@@ -18,7 +18,7 @@ import numpy.typing as npt
 from service import features as fx
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDENT = ROOT / "models" / "student_btcusdt_5m.onnx"
+STUDENT = ROOT / "models" / "student_pooled_5m.onnx"
 INPUT = "features"
 
 
@@ -95,7 +95,7 @@ def load_student(tmp: Path) -> Student:
     net = build_network(spec).eval()
     path = export_onnx(net, tmp / "standin_student.onnx", fx.N_FEATURES, fx.WINDOW)
     card = _standin_card(path, spec)
-    return Student(path, card, "STAND-IN (models/student_btcusdt_5m.onnx not committed yet)")
+    return Student(path, card, "STAND-IN (models/student_pooled_5m.onnx not committed yet)")
 
 
 def _standin_card(path: Path, spec: Any) -> dict[str, Any]:

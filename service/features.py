@@ -49,6 +49,7 @@ SMA_FAST = 10
 SMA_SLOW = 30
 RSI_PERIOD = 14
 FEATURE_VERSION = 1
+VOL_LABEL_BARS = 48  # the volatility label's median look-back (bars t-47..t)
 
 # Index of the first bar with a full feature vector: vol_z needs 48 bars (t-47..t) and is
 # the longest look-back (volatility_20 needs 21 closes, sma30 30, RSI 15).
@@ -248,9 +249,7 @@ class IncrementalFeatures:
 
         Every window of the next update is the new value plus the k - 1 newest values in
         the ring, so their sums (and sums of squares for the two variances) are known before
-        the candle closes. The service calls this right after storing a signal, which takes
-        ~4 µs of the next candle's frame → signal path; ``update`` computes them itself if
-        nobody did.
+        the candle closes; ``update`` computes them itself when nobody called this first.
         """
         vx = self._recent(self._volx, VOL_Z_BARS - 1)
         lr = self._recent(self._logret, VOLATILITY_BARS - 1)
@@ -384,7 +383,8 @@ class FeatureWindow:
 
 
 def make_labels(open_: npt.ArrayLike, close: npt.ArrayLike) -> F64:
-    """Label for bar t: 1.0 if candle t+1 closes above its open, else 0.0; NaN for the last bar."""
+    """Direction label for bar t: 1.0 if candle t+1 closes above its open, else 0.0; NaN for
+    the last bar."""
     o = np.asarray(open_, dtype=np.float64)
     c = np.asarray(close, dtype=np.float64)
     y = np.full(c.shape[0], np.nan)
@@ -392,10 +392,42 @@ def make_labels(open_: npt.ArrayLike, close: npt.ArrayLike) -> F64:
     return y
 
 
+def make_vol_labels(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike) -> F64:
+    """Volatility label for bar t (DESIGN section 3): 1.0 if candle t+1's range (h − l)/c is
+    above the median of (h − l)/c over bars t−47..t, else 0.0.
+
+    NaN until 48 ranges exist (t < 47) and for the last bar (no next candle). Strictly above:
+    a next range equal to the median is 0.
+    """
+    h = np.asarray(high, dtype=np.float64)
+    lo = np.asarray(low, dtype=np.float64)
+    c = np.asarray(close, dtype=np.float64)
+    r = (h - lo) / c  # (N,) range_rel of every bar
+    n = r.shape[0]
+    y = np.full(n, np.nan)
+    if n <= VOL_LABEL_BARS:
+        return y
+    med = np.median(_rolling(r, VOL_LABEL_BARS), axis=1)  # (N-47,), med[k] over r[k..k+47]
+    # bar t = k + 47 gets med[k]; its next range is r[t + 1]; the last bar has none.
+    t = np.arange(VOL_LABEL_BARS - 1, n - 1)
+    y[t] = (r[t + 1] > med[: t.shape[0]]).astype(np.float64)
+    return y
+
+
+def make_head_labels(
+    open_: npt.ArrayLike, high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike
+) -> F64:
+    """Both labels (N, 2): column 0 direction, column 1 volatility (``model_card.HEADS``)."""
+    return np.stack([make_labels(open_, close), make_vol_labels(high, low, close)], axis=1)
+
+
 def window_ends(features: F64, labels: F64 | None = None, window: int = WINDOW) -> I64:
-    """Indices t whose window t-T+1..t is fully valid (and whose label is, if given)."""
+    """Indices t whose window t-T+1..t is fully valid (and whose labels are, if given)."""
     valid = np.asarray(~np.isnan(features).any(axis=1), dtype=bool)
-    valid_label = ~np.isnan(labels) if labels is not None else np.ones(valid.shape, dtype=bool)
+    valid_label: npt.NDArray[np.bool_] = np.ones(valid.shape, dtype=bool)
+    if labels is not None:  # (N,) or (N, H): every head's label must exist
+        lab = np.asarray(labels, dtype=np.float64)
+        valid_label = np.asarray(~np.isnan(lab.reshape(lab.shape[0], -1)).any(axis=1))
     if features.shape[0] < window:
         return np.zeros(0, dtype=np.int64)
     full = _rolling(np.asarray(valid, dtype=np.float64), window).min(axis=1) == 1.0  # (N-T+1,)

@@ -119,9 +119,6 @@ class KlineFeed:
         self.stats: dict[str, int] = {}
         self._seq = {s: CandleSequencer(s, interval, grace_ms=grace_ms) for s in self.symbols}
         self._last_rx: dict[str, int] = {}
-        # (exchange ts ms, received_ns) of the newest kline frame: the keep-warm task's
-        # GridClock places the next candle close in local time from these
-        self.last_frame: tuple[int, int] | None = None
         self._connected = False
         self.backfill = Backfiller(
             rest=rest,
@@ -303,14 +300,7 @@ class KlineFeed:
                 self.backoff.reset()
 
     # internals: frames --------------------------------------------------------------------
-    async def handle_frame(self, raw: str | bytes, received_ns: int) -> bool:
-        """One frame from outside a websocket session (acks need the session and are
-        ignored): the keep-warm shadow drives the feed's code with synthetic frames here."""
-        return await self._on_raw(None, raw, received_ns)
-
-    async def _on_raw(
-        self, ws: ClientConnection | None, raw: str | bytes, received_ns: int
-    ) -> bool:
+    async def _on_raw(self, ws: ClientConnection, raw: str | bytes, received_ns: int) -> bool:
         """Handle one frame; True if it carried kline data for a subscribed topic."""
         self._count("frames")
         try:
@@ -324,8 +314,7 @@ class KlineFeed:
         if isinstance(frame, Pong):
             return False
         if isinstance(frame, Ack):
-            if ws is not None:
-                await self._on_ack(ws, frame)
+            await self._on_ack(ws, frame)
             return False
         if isinstance(frame, Notice):
             log.warning("exchange notice: %s", frame.payload)
@@ -338,7 +327,6 @@ class KlineFeed:
             self._reject("unknown_topic")
             return False
         self._last_rx[symbol] = received_ns
-        self.last_frame = (frame.ts, received_ns)
         if not self._connected:
             self._set_connected(True)
         seq = self._seq[symbol]
@@ -417,14 +405,6 @@ class KlineFeed:
             log.warning("subscribe failed (%s); retrying", ack.ret_msg)
         for request in outcome.resend:
             await ws.send(request)
-
-    def warm(self) -> None:
-        """Read what the next frame's bookkeeping reads (the topic map, every symbol's
-        sequencer via the overdue check), changing nothing: keep-warm calls it between
-        candles so the first frame of a burst does not find this data cold."""
-        frame = self.last_frame
-        ts = frame[0] if frame is not None else 0
-        self.backfill.due(self._seq.values(), ts, ())  # the answer is not wanted here
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for logs and tests (frames, closed_ws, closed_rest, gaps, rejected_*...)."""

@@ -3,12 +3,10 @@
 One :class:`SymbolState` per configured symbol holds O(1) feature state and the window ring.
 :meth:`Pipeline.process` is synchronous and lean on purpose — no logging, no pydantic, no
 JSON, labelled metric children resolved once — and is timed per stage into the DESIGN §7
-histograms. A TCN student streams (:mod:`service.streaming`): after a signal is stored the
-symbol's stream prepares the next window's known part (deferred to the event loop's next
-pass in the service, see ``defer``), and the next close runs only the step graph on the new
-column. The frame→signal latency is ``perf_counter_ns()`` when the
-signal is stored minus the frame's ``received_ns``; histogram observations happen after that
-reading.
+histograms. The student runs its plain full graph on the (F, T) window every close
+(:meth:`service.predictor.Predictor.predict`, I/O binding). The frame→signal latency is
+``perf_counter_ns()`` when the signal is stored minus the frame's ``received_ns``;
+histogram observations happen after that reading.
 
 Backfilled klines (source "rest") warm the features and refresh the latest signal, so
 ``/signal`` answers as soon as the history is in, but they are marked ``live=False``: the
@@ -29,7 +27,6 @@ from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.predictor import ModelSlot
 from service.signals import Signal, SignalStore, action_of, confidence_of, direction_of
-from service.streaming import StudentStream
 
 log = logging.getLogger(__name__)
 BARS_TO_FIRST_SIGNAL = WARMUP_BARS + WINDOW - 1  # 48 bars for vol_z, then 31 more vectors
@@ -48,7 +45,6 @@ class SymbolState:
         "last_start",
         "signals_down",
         "signals_up",
-        "stream",
         "symbol",
         "window",
     )
@@ -61,7 +57,6 @@ class SymbolState:
         self.gaps = 0
         self.last_start: int | None = None
         self.last_received_ns: int | None = None
-        self.stream: StudentStream | None = None  # the streamed student's partials (see process)
         # Labelled children resolved once: .labels() costs a dict lookup under a lock.
         self.signals_up = metrics.signals.labels(symbol=symbol, direction="up")
         self.signals_down = metrics.signals.labels(symbol=symbol, direction="down")
@@ -86,7 +81,6 @@ class Pipeline:
         long_threshold: float,
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
-        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.interval = interval
         self.step_ms = interval_ms(interval)
@@ -96,14 +90,9 @@ class Pipeline:
         self.long_threshold = long_threshold
         self.short_threshold = short_threshold
         self.sink = sink
-        # How the next candle's preparation is run: None = at once; the runtime passes the
-        # event loop's call_soon, so a burst's other candles (and any frame that arrived
-        # meanwhile) are read before it.
-        self.defer = defer
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.processed = 0
         self.errors = 0
-        self.last_live_ns: int | None = None  # receive time of the newest live signal
         self._m_features = metrics.feature_update_seconds
         self._m_inference = metrics.inference_seconds
         self._m_latency = metrics.signal_latency_seconds
@@ -135,16 +124,7 @@ class Pipeline:
         if not st.window.full or predictor is None:
             self._m_features.observe((t1 - t0) / _NS_PER_S)
             return None
-        stream = st.stream
-        if (
-            vec is not None
-            and stream is not None
-            and stream.ready_for == st.window.pushes
-            and stream.owner is predictor.streaming
-        ):
-            p = stream.step(vec)  # partials prepared after the previous candle
-        else:  # first window, after a reload, or a student that does not stream
-            p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
+        p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
         t2 = time.perf_counter_ns()
         if not math.isfinite(p):
             self._m_bad.inc()
@@ -173,7 +153,6 @@ class Pipeline:
         # Everything below is bookkeeping after the signal is stored (not in the latency).
         if live:
             self._m_latency.observe((t3 - event.received_ns) / _NS_PER_S)
-            self.last_live_ns = event.received_ns
         self._m_features.observe((t1 - t0) / _NS_PER_S)
         self._m_inference.observe((t2 - t1) / _NS_PER_S)
         (st.signals_up if p >= 0.5 else st.signals_down).inc()
@@ -182,31 +161,7 @@ class Pipeline:
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
-        if self.defer is None:
-            self.prepare_next(st)
-        else:
-            self.defer(lambda: self._prepare_logged(st))
         return signal
-
-    def prepare_next(self, st: SymbolState) -> None:
-        """What the next candle of ``st`` shares with the current state, computed now, off
-        its critical path: the feature windows' sums and the streamed student's partials.
-        Reads the state as it is when it runs, so a late or repeated call is still right."""
-        st.features.prepare()
-        predictor = self.slot.current
-        if predictor is None or predictor.streaming is None or not st.window.full:
-            return
-        stream = st.stream
-        if stream is None or stream.owner is not predictor.streaming:
-            st.stream = stream = predictor.streaming.new_stream()
-        stream.prepare(st.window.view(), st.window.pushes)
-
-    def _prepare_logged(self, st: SymbolState) -> None:
-        try:
-            self.prepare_next(st)
-        except Exception:  # the next candle then takes the full path: logged, never fatal
-            self.errors += 1
-            log.exception("pipeline: could not prepare %s's next candle", st.symbol)
 
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:
         """Consume the feed's queue until cancelled; a bad event is logged, never fatal."""
@@ -220,22 +175,6 @@ class Pipeline:
         except Exception:
             self.errors += 1
             log.exception("pipeline: could not process %s", _describe(event))
-
-    def warm_live(self) -> None:
-        """Touch what the next candle of every symbol reads, changing nothing it sees.
-
-        The shadow path keeps the code warm; this keeps the live symbols' own data warm —
-        after a second untouched the first candle of a burst ran ~15 µs slower with warm code.
-        The feature sums are prepared again (idempotent: from the same rings, the same sums),
-        the student's step is dry-run on the symbol's own bindings (output unread), and the
-        store's entry is read.
-        """
-        for symbol, st in self.states.items():
-            if st.window.full:
-                st.features.prepare()
-            if st.stream is not None:
-                st.stream.warm()
-            self.store.latest(symbol)
 
     def bars_seen(self, symbol: str) -> int:
         """Closed klines processed for ``symbol``."""

@@ -5,9 +5,8 @@ intra-op and one inter-op thread, sequential execution, full graph optimisation,
 preallocated (1, F, T) float32 input bound once with I/O binding together with a
 preallocated output, so a prediction is a copy into the input buffer plus one ``run``.
 
-For a TCN student the predictor also builds a :class:`service.streaming.StreamingStudent`
-(most of each candle's inference done before it closes; checked against the full graph at
-load); any other graph, or one that fails that check, is served by the full graph alone.
+Every close runs the plain full graph: no graph surgery, so any exported student with the
+card's input and outputs is served the same way.
 
 A model is served only after :func:`service.model_card.verify_model` agrees (sha256 and
 feature-spec hash), its graph matches the card (input name and shape, ``prob_up`` output) and
@@ -24,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES, WINDOW
 from service.model_card import ModelCard, ModelCardError, verify_model
-from service.streaming import StreamingStudent, StreamUnsupported
 
 OUTPUT_NAME = "prob_up"
 F64 = npt.NDArray[np.float64]
@@ -74,12 +71,8 @@ class Predictor:
         onnx_path: Path,
         card: ModelCard,
         session: ort.InferenceSession,
-        streaming: StreamingStudent | None = None,
-        stream_note: str = "full graph",
     ) -> None:
         self.path = onnx_path
-        self.streaming = streaming  # per-symbol streams come from here (pipeline)
-        self.stream_note = stream_note  # why streaming is on or off (logs, /health)
         self.card = card
         self.identity = ModelIdentity(card.name, card.version)
         self.loaded_at = time.time()
@@ -139,14 +132,7 @@ class Predictor:
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelCardError(f"{path}: onnxruntime cannot load it: {exc}") from None
-        try:
-            streaming: StreamingStudent | None = StreamingStudent.build(
-                onnx.load(str(path)), session_options(), session
-            )
-            note = "streaming: step graph checked against the full graph"
-        except StreamUnsupported as exc:
-            streaming, note = None, f"full graph only: {exc}"
-        pred = cls(path, card, session, streaming, note)
+        pred = cls(path, card, session)
         pred.self_test()
         return pred
 

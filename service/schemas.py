@@ -180,7 +180,7 @@ class TradesOut(BaseModel):
 class ReloadIn(BaseModel):
     """Optional: a model file in the configured model's directory (default: the same file)."""
 
-    model: str | None = Field(None, examples=["student_btcusdt_5m.onnx"])
+    model: str | None = Field(None, examples=["student_pooled_5m.onnx"])
 
 
 class ReloadOut(BaseModel):

@@ -18,7 +18,7 @@ from service.klines import VALID_INTERVALS
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
 MAINNET_REST = "https://api.bybit.com"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_btcusdt_5m.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_pooled_5m.onnx"
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 
 
@@ -48,15 +48,6 @@ class Settings(BaseSettings):
     backfill_bars: int = Field(300, ge=60, le=5000)
     queue_size: int = Field(4096, ge=16)
     ping_interval_s: float = Field(20.0, gt=0)
-    keep_warm_ms: float = Field(
-        10.0, ge=0, description="run the hot path on scratch state every N ms (0: off)"
-    )
-    burst_spin_ms: float = Field(
-        20.0,
-        ge=0,
-        description="with keep-warm on: spin (not sleep) for at most ±N ms around the "
-        "learned arrival time of the next closed candles (0: never spin)",
-    )
     stale_after_intervals: float = Field(2.0, gt=0, description="signal stale after N intervals")
 
     # signals and paper trading

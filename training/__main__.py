@@ -112,16 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _table(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """Per run and head: validation and test log loss and accuracy."""
     lines = [
-        "| run | method | val loss | val acc | test loss | test acc |",
-        "|---|---|---|---|---|---|",
+        "| run | method | head | val loss | val acc | test loss | test acc |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, method, m in rows:
-        v, t = m["val"], m["test"]
-        lines.append(
-            f"| {name} | {method} | {v['loss']:.4f} | {v['accuracy']:.4f} | "
-            f"{t['loss']:.4f} | {t['accuracy']:.4f} |"
-        )
+        for head in ("direction", "volatility"):
+            v, t = m["val"][head], m["test"][head]
+            lines.append(
+                f"| {name} | {method} | {head} | {v['loss']:.4f} | {v['accuracy']:.4f} | "
+                f"{t['loss']:.4f} | {t['accuracy']:.4f} |"
+            )
     return "\n".join(lines)
 
 

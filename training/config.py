@@ -19,6 +19,8 @@ METHODS = ("scratch", "kd", "fitnet", "attention", "activation", "gram", "crd", 
 FEATURE_METHODS = ("fitnet", "attention", "activation", "gram", "crd", "combined")
 PROJECTIONS = ("auto", "linear", "mlp", "conv1x1", "pool_linear")
 SCHEDULES = ("constant", "linear", "cosine")
+LR_SCHEDULES = ("cosine", "constant")
+SELECT_HEADS = ("sum", "direction", "volatility")  # what early stopping reads on validation
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,9 @@ class RunConfig:
 @dataclass(frozen=True)
 class DataConfig:
     symbol: str = "BTCUSDT"
+    # several symbols pooled (one set of time boundaries, balanced per symbol); when set, it
+    # replaces `symbol` and `path` (bundled files of `interval` only)
+    symbols: tuple[str, ...] = ()
     interval: str = "5"
     path: str = ""  # a kline CSV; empty = the bundled file for symbol/interval
     window: int = 32
@@ -59,8 +64,13 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 5  # epochs without validation improvement before stopping
+    patience: int = 5  # validation checks without improvement before stopping
     max_batches: int = 0  # per epoch, 0 = all (tests)
+    eval_every: int = 0  # batches between validation checks; 0 = once per epoch
+    warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up
+    lr_schedule: str = "cosine"  # per step, after warm-up: "cosine" (to 5 %) or "constant"
+    select_head: str = "sum"  # early stopping on val log loss: "sum" (head-weighted) or a head
+    balance: bool = True  # pooled data: equal windows per symbol in every epoch
     progress: bool = True
     dump_rank_weights: bool = False  # DDP check: every rank writes its final weights
 
@@ -68,11 +78,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     method: str = "scratch"
-    teacher: str = ""  # teacher checkpoint path (not needed for scratch)
+    teacher: str = ""  # teacher checkpoint, or an ensemble directory (training.ensemble)
     alpha: float = 0.3
     beta: float = 0.3
     temperature: float = 4.0
     gammas: tuple[float, ...] = (0.2, 0.2)  # one per layer pair (a single value is broadcast)
+    head_weights: tuple[float, ...] = (1.0, 1.0)  # task loss per head (direction, volatility)
+    kd_head_weights: tuple[float, ...] = ()  # KD per head; () = head_weights
     pairs: tuple[tuple[int, int], ...] = ()  # (teacher layer, student layer); () = heuristic
     projection: str = "auto"  # head for every pair ...
     projections: tuple[str, ...] = ()  # ... or one per pair
@@ -177,6 +189,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.epochs must be ≥ 1 and train.batch_size ≥ 2")
     if d.two_stage and d.hint_epochs >= t.epochs:
         raise ConfigError("distill.hint_epochs must be smaller than train.epochs")
+    if len(d.head_weights) != 2 or (d.kd_head_weights and len(d.kd_head_weights) != 2):
+        raise ConfigError(
+            "distill.head_weights / kd_head_weights need 2 values (direction, volatility)"
+        )
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule {t.lr_schedule!r}; use one of {LR_SCHEDULES}")
+    if t.select_head not in SELECT_HEADS:
+        raise ConfigError(f"train.select_head {t.select_head!r}; use one of {SELECT_HEADS}")
+    if not 0.0 <= t.warmup < 1.0:
+        raise ConfigError("train.warmup is a share of all steps in [0, 1)")
     if any(len(p) != 2 for p in d.pairs):
         raise ConfigError("distill.pairs must be [[teacher_layer, student_layer], ...]")
 

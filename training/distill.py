@@ -3,8 +3,11 @@
 :class:`Distiller` owns the student and the trainable distillation heads (projections, CRD
 embeddings); the frozen teacher is held outside the module tree, so ``parameters()``,
 ``state_dict()``, ``train()`` and DDP only ever see what is trained. ``forward`` returns a
-dict (timm's ``task/distillation.py`` style): ``loss`` (the total), ``logits``, ``task``,
-``kd`` and one entry per feature term and layer pair (``fitnet_0``, ``attention_1`` ...).
+dict (timm's ``task/distillation.py`` style): ``loss`` (the total), ``logits`` (B, H, 2),
+``task`` and ``kd`` (head-weighted sums over the two heads), the per-head terms
+``task_direction``, ``task_volatility``, ``kd_direction``, ``kd_volatility``, and one entry
+per feature term and layer pair (``fitnet_0``, ``attention_1`` ...). Feature terms act on the
+shared trunk, so they serve both heads at once.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from service.model_card import HEADS
 from training import losses as L
 from training.config import DistillConfig
 from training.projections import EmbedHead, align_pair, build_projection
@@ -168,17 +171,24 @@ class Distiller(nn.Module):
     def forward(
         self, x: Tensor, y: Tensor, pos: Tensor | None = None, epoch: int = 0
     ) -> dict[str, Tensor]:
-        """All loss terms of one batch: x (B, F, T), y (B,), pos (B,) bar positions."""
+        """All loss terms of one batch: x (B, F, T), y (B, H) labels, pos (B,) bar positions."""
         w = self.weights(epoch)
         s_logits, s_feats = self.student.forward_with_features(x)  # type: ignore[operator]
-        out: dict[str, Tensor] = {"logits": s_logits, "task": F.cross_entropy(s_logits, y)}
+        out: dict[str, Tensor] = {"logits": s_logits}  # (B, H, 2)
+        task = L.head_task_losses(s_logits, y)
+        for name, term in zip(HEADS, task, strict=True):
+            out[f"task_{name}"] = term
+        out["task"] = L.weighted_sum(task, self.cfg.head_weights)
         total = w.alpha * out["task"]
         teacher = self.teacher
         if teacher is not None and self.cfg.method != "scratch":
             teacher.eval()  # BatchNorm/Dropout stay in inference mode whatever the caller did
             with torch.no_grad():
                 t_logits, t_feats = teacher.forward_with_features(x)  # type: ignore[operator]
-            out["kd"] = L.kd_loss(s_logits, t_logits, self.cfg.temperature)
+            kd = L.head_kd_losses(s_logits, t_logits, self.cfg.temperature)
+            for name, term in zip(HEADS, kd, strict=True):
+                out[f"kd_{name}"] = term
+            out["kd"] = L.weighted_sum(kd, self.cfg.kd_head_weights or self.cfg.head_weights)
             total = total + w.beta * out["kd"]
             for j, gamma in enumerate(w.gammas):
                 if gamma == 0.0:

@@ -4,9 +4,10 @@ Next-bar direction on 5-minute bars is close to a coin flip, so a model that loo
 better than that most likely saw the future: the leakage alarm stops any report in which a
 model reaches accuracy ≥ 56 % or AUC ≥ 0.58 on all test bars.
 
-`python -m training evaluate --model models/student_btcusdt_5m.onnx` scores an exported
+`python -m training evaluate --model models/student_pooled_5m.onnx` scores an exported
 student with onnxruntime (no torch) on the bars after its training data ended (from the
-card's data span) and prints the metrics and the fee-aware backtest.
+card's data span), per symbol on the card and per head, and prints the metrics and the
+fee-aware backtest of the direction head.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from service import features as fx
 from training.backtest import backtest
-from training.metrics_eval import accuracy, classification_report, roc_auc
+from training.metrics_eval import accuracy, head_reports, roc_auc
 
 LEAK_ACCURACY = 0.56
 LEAK_AUC = 0.58
@@ -83,27 +84,45 @@ def ort_probabilities(
     return np.concatenate(out).astype(np.float64)
 
 
+def ort_head_probabilities(
+    onnx_path: str | Path, x: NDArray[np.float32], batch: int = 4096
+) -> dict[str, NDArray[np.float64]]:
+    """P(up) and P(high volatility) (M,) of an exported two-head student, keyed by head."""
+    import onnxruntime as ort
+
+    from service.model_card import HEAD_OUTPUTS, HEADS
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = [HEAD_OUTPUTS[h] for h in HEADS]
+    parts = [sess.run(names, {"features": x[lo : lo + batch]}) for lo in range(0, len(x), batch)]
+    return {
+        h: np.concatenate([p[k].reshape(-1) for p in parts]).astype(np.float64)
+        for k, h in enumerate(HEADS)
+    }
+
+
 def _held_out_windows(
     card: dict[str, Any], symbol: str, interval: str
 ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.float64]]:
-    from service.kline_io import load_bundled
+    """Windows (M, F, T), both labels (M, H) and next-bar returns after the card's training
+    data (its test span on), computed per contiguous run of bars."""
+    from training.data import load_series
 
-    table = load_bundled(symbol, interval)
-    feats = fx.batch_features(table.open, table.high, table.low, table.close, table.volume)
-    labels = fx.make_labels(table.open, table.close)
-    ends = fx.window_ends(feats, labels)
+    s = load_series(symbol, interval)
     test_from = int(card.get("data_span", {}).get("test_first_ms", 0))
-    ends = ends[table.start[ends] >= test_from]
-    x = fx.make_windows(feats, ends)
-    nxt = table.close[np.minimum(ends + 1, len(table) - 1)] / table.close[ends] - 1.0
-    return x, labels[ends].astype(np.int64), nxt
+    ends = s.ends[s.start[s.ends] >= test_from]
+    x = fx.make_windows(s.feats, ends)
+    nxt = s.close[np.minimum(ends + 1, len(s.close) - 1)] / s.close[ends] - 1.0
+    return x, s.labels[ends].astype(np.int64), nxt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: score an exported student on the held-out part of the bundled data."""
     ap = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__)
-    ap.add_argument("--model", default="models/student_btcusdt_5m.onnx", help="exported .onnx")
-    ap.add_argument("--symbol", default=None, help="default: the card's first symbol")
+    ap.add_argument("--model", default="models/student_pooled_5m.onnx", help="exported .onnx")
+    ap.add_argument("--symbol", default=None, help="default: every symbol on the card")
     ap.add_argument("--interval", default=None, help="default: the card's interval")
     ap.add_argument("--upper", type=float, default=0.5, help="long above this probability")
     ap.add_argument("--lower", type=float, default=0.5, help="short below this probability")
@@ -111,23 +130,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     model = Path(args.model)
     card = json.loads(model.with_suffix(".json").read_text())
-    symbol = args.symbol or card["symbols"][0]
+    symbols = [args.symbol] if args.symbol else list(card["symbols"])
     interval = args.interval or card["interval"]
-    x, y, nxt = _held_out_windows(card, symbol, interval)
-    p = ort_probabilities(model, x)
-    rep = classification_report(y, p).as_dict()
-    bt, _ = backtest(p, nxt, args.upper, args.lower)
-    out = {"model": str(model), "symbol": symbol, "interval": interval, "metrics": rep}
-    out["backtest"] = bt.as_dict()
+    status = 0
+    results = []
+    for symbol in symbols:
+        x, y, nxt = _held_out_windows(card, symbol, interval)
+        probs = ort_head_probabilities(model, x)
+        rep = head_reports(y, probs)
+        bt, _ = backtest(probs["direction"], nxt, args.upper, args.lower)
+        results.append(
+            {
+                "model": str(model),
+                "symbol": symbol,
+                "interval": interval,
+                "metrics": rep,
+                "backtest": bt.as_dict(),
+            }
+        )
+        if not args.json:
+            print(f"{model} on {symbol} {interval}m, {len(y)} held-out bars")
+            for head, m in rep.items():
+                print("  " + head + ": " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+            print("  backtest: " + ", ".join(f"{k} {v:.4g}" for k, v in bt.as_dict().items()))
+        try:  # the alarm is for next-bar direction only: volatility has real signal
+            leakage_check(f"{model} ({symbol})", y[:, 0], probs["direction"])
+        except LeakageAlarm as exc:
+            print(f"WARNING: {exc}", file=sys.stderr)
+            status = 2
     if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        print(f"{model} on {symbol} {interval}m, {int(rep['n'])} held-out bars")
-        for k, v in {**rep, **{f"bt_{k}": v for k, v in bt.as_dict().items()}}.items():
-            print(f"  {k:28s} {v:.5g}")
-    try:
-        leakage_check(str(model), y, p)
-    except LeakageAlarm as exc:
-        print(f"WARNING: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    return status

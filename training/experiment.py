@@ -8,41 +8,55 @@ run use *other* targets than the teacher's own forward pass on the student's inp
 fitted logits, a uniform "teacher" (the label-smoothing control), a teacher fed a different
 timeframe (1-minute windows aligned to the 5-minute bar), or a channel subset.
 
-The step itself is helper code's :class:`training.distill.Distiller`, unchanged.
+The step itself is :class:`training.distill.Distiller`. Logits are (M, H, 2), one pair per
+head (direction, volatility); :func:`predict_proba` returns a dict of (M,) probabilities keyed
+by head, the same shape :class:`training.ensemble.Ensemble` answers with.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from service import features as fx
 from training.config import DistillConfig
-from training.data import Split, batch_indices
+from training.data import Pool, Split, batch_indices, make_split, norm_stats, symbol_codes
 from training.distill import Distiller
 from training.networks import NetSpec, build_network
-from training.train import lr_at, seed_everything
+from training.recipe import log_losses, lr_at_step, probabilities, seed_everything, selection_score
 from training.walkforward import Fold
 
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Optimiser and early-stopping settings of one training run."""
+    """Optimiser, schedule and early-stopping settings of one training run.
+
+    The recipe: AdamW (decoupled weight decay), a per-step learning rate with a linear
+    warm-up over ``warmup`` of all steps then cosine decay to 5 % (or constant), validation
+    every ``eval_every`` batches (0: once per epoch) on the validation log loss of
+    ``select_head`` ("sum": head-weighted sum over both heads), ``patience`` checks without
+    improvement stop the run, and the best check's weights are restored.
+    """
 
     epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 3  # epochs without validation improvement before stopping
+    patience: int = 3  # validation checks without improvement before stopping
     max_batches: int = 0  # per epoch; 0 = all
+    eval_every: int = 0  # batches between validation checks; 0 = once per epoch
+    warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up
+    lr_schedule: str = "cosine"  # "cosine" (per step, to 5 %) or "constant"
+    select_head: str = "sum"  # "sum", "direction" or "volatility"
+    balance: bool = True  # equal windows per symbol in every epoch (pooled data)
 
 
 @dataclass
@@ -50,14 +64,16 @@ class FitResult:
     """A trained network and its per-epoch history."""
 
     net: nn.Module
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per check
     best_epoch: int = 0
+    best_step: int = 0  # optimiser steps done at the best check
+    best_val: float = math.inf  # its selection score (validation log loss)
     seconds: float = 0.0
 
 
 @dataclass(frozen=True)
 class FoldData:
-    """One walk-forward fold's splits, with training-only normalisation statistics."""
+    """One fold's splits, with training-only normalisation statistics."""
 
     index: int
     train: Split
@@ -78,13 +94,14 @@ def make_fold_data(
     fold: Fold,
     window: int = fx.WINDOW,
 ) -> FoldData:
-    """Windows of a fold; mean/std over the feature rows the training windows see only."""
+    """Windows of a one-symbol fold (labels (N, H)); mean/std over the feature rows the
+    training windows see only."""
 
     def split(rows: NDArray[np.int64]) -> Split:
         idx = ends[rows]
         return Split(
             x=fx.make_windows(feats, idx, window),
-            y=labels[idx].astype(np.int64),
+            y=labels[idx].astype(np.int64).reshape(idx.shape[0], -1),
             pos=pos[idx],
             start_ms=start_ms[idx].astype(np.int64),
         )
@@ -104,6 +121,21 @@ def make_fold_data(
     )
 
 
+def pool_fold_data(pool: Pool, fold: Fold) -> FoldData:
+    """A fold of pool rows (e.g. from :func:`training.data.pooled_folds`) as FoldData:
+    windows of every symbol, normalisation from the training rows of all symbols."""
+    mean, std = norm_stats(pool, fold.train)
+    return FoldData(
+        fold.index,
+        make_split(pool, fold.train),
+        make_split(pool, fold.val),
+        make_split(pool, fold.test),
+        mean,
+        std,
+        pool.next_return(fold.test),
+    )
+
+
 # ------------------------------------------------------------------------------ teacher
 
 
@@ -111,7 +143,7 @@ def make_fold_data(
 def network_outputs(
     net: nn.Module, x: NDArray[np.float32], layers: Sequence[int] = (), batch: int = 1024
 ) -> tuple[Tensor, dict[int, Tensor]]:
-    """Logits (M, 2) and the requested layers' features for inputs x (M, F, T), eval mode."""
+    """Logits (M, H, 2) and the requested layers' features for inputs x (M, F, T), eval mode."""
     net.eval()
     logits: list[Tensor] = []
     feats: dict[int, list[Tensor]] = {k: [] for k in layers}
@@ -140,7 +172,7 @@ class CachedTeacher(nn.Module):
     ) -> None:
         super().__init__()
         self.teacher = teacher
-        self.logits = logits  # (N, 2)
+        self.logits = logits  # (N, H, 2)
         self.channels = channels or {}
         self.feats = {k: self._subset(k, v) for k, v in feats.items()}  # (N, C_k, T)
         self._rows: Tensor | None = None
@@ -173,16 +205,12 @@ class CachedTeacher(nn.Module):
 
 
 @torch.no_grad()
-def predict_proba(net: nn.Module, x: NDArray[np.float32], batch: int = 2048) -> NDArray[np.float64]:
-    """Up-probabilities (M,) of a network (eval mode) for windows x (M, F, T)."""
+def predict_proba(
+    net: nn.Module, x: NDArray[np.float32], batch: int = 2048
+) -> dict[str, NDArray[np.float64]]:
+    """P(up) and P(high volatility), each (M,), of a network (eval mode) for x (M, F, T)."""
     logits, _ = network_outputs(net, x, (), batch)
-    return F.softmax(logits, dim=1)[:, 1].double().numpy()
-
-
-def _val_log_loss(net: nn.Module, split: Split) -> float:
-    p = np.clip(predict_proba(net, split.x), 1e-7, 1 - 1e-7)
-    y = split.y
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return probabilities(logits)
 
 
 def fit(
@@ -191,13 +219,16 @@ def fit(
     cfg: DistillConfig,
     settings: FitSettings,
     seed: int,
-    teacher: CachedTeacher | None = None,
+    teacher: CachedTeacher | nn.Module | None = None,
     init: nn.Module | None = None,
 ) -> FitResult:
     """Train one network (teacher or student) with early stopping on validation log loss.
 
     `cfg.method == "scratch"` trains on the task loss alone (teachers are trained this way).
-    During a two-stage hint phase early stopping waits for the task phase.
+    Validation runs every ``settings.eval_every`` batches (or once per epoch); the best
+    check's weights are kept. During a two-stage hint phase early stopping waits for the
+    task phase. ``teacher`` is a :class:`CachedTeacher` (rows selected per batch) or any
+    module with ``forward_with_features`` (an :class:`~training.ensemble.Ensemble`), run live.
     """
     seed_everything(seed)
     net: nn.Module
@@ -222,21 +253,33 @@ def fit(
     x_all = torch.from_numpy(tr.x)
     y_all = torch.from_numpy(tr.y)
     p_all = torch.from_numpy(tr.pos)
+    groups = symbol_codes(tr) if settings.balance else None
+    cached = teacher if isinstance(teacher, CachedTeacher) else None
+    per_epoch = sum(1 for _ in batch_indices(len(tr), settings.batch_size, seed=seed, epoch=0,
+                                             groups=groups))  # fmt: skip
+    if settings.max_batches:
+        per_epoch = min(per_epoch, settings.max_batches)
+    total = max(per_epoch * settings.epochs, 1)
+    every = settings.eval_every if settings.eval_every > 0 else per_epoch
     result = FitResult(net)
-    best, best_state, waited = float("inf"), copy.deepcopy(net.state_dict()), 0
+    best, best_state, waited = math.inf, copy.deepcopy(net.state_dict()), 0
+    sums: dict[str, float] = {}
+    n_sum, step, stop = 0, 0, False
     t0 = time.perf_counter()
     for epoch in range(settings.epochs):
-        for group in opt.param_groups:  # the same cosine decay as `python -m training distill`
-            group["lr"] = lr_at(settings.lr, epoch, settings.epochs)
         distiller.train()
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for idx in batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch):
-            if settings.max_batches and n_batches >= settings.max_batches:
+        batches = batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch,
+                                groups=groups)  # fmt: skip
+        for b, idx in enumerate(batches):
+            if settings.max_batches and b >= settings.max_batches:
                 break
+            for group in opt.param_groups:
+                group["lr"] = lr_at_step(
+                    settings.lr, step, total, settings.warmup, settings.lr_schedule
+                )
             rows = torch.from_numpy(idx)
-            if teacher is not None:
-                teacher.select(rows)
+            if cached is not None:
+                cached.select(rows)
             out = distiller(x_all[rows], y_all[rows], p_all[rows], epoch)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -244,28 +287,42 @@ def fit(
             for k, v in out.items():
                 if k != "logits":
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_batches += 1
-        if teacher is not None:
-            teacher.select(None)
-        val = _val_log_loss(net, data.val)
-        row = {k: v / max(1, n_batches) for k, v in sums.items()}
-        row.update(epoch=float(epoch), val_log_loss=val)
-        result.history.append(row)
-        in_hint = cfg.two_stage and cfg.method != "kd" and epoch < cfg.hint_epochs
-        if in_hint:
-            continue
-        if val < best - 1e-6:
-            best, best_state, waited, result.best_epoch = (
-                val,
-                copy.deepcopy(net.state_dict()),
-                0,
-                epoch,
+            n_sum += 1
+            step += 1
+            last_of_epoch = b + 1 == per_epoch
+            if step % every and not (settings.eval_every <= 0 and last_of_epoch):
+                continue
+            if cached is not None:
+                cached.select(None)
+            losses = log_losses(data.val.y, predict_proba(net, data.val.x))
+            score = selection_score(losses, settings.select_head, cfg.head_weights)
+            distiller.train()
+            row = {k: v / max(1, n_sum) for k, v in sums.items()}
+            row.update(
+                epoch=float(epoch),
+                step=float(step),
+                lr=float(opt.param_groups[0]["lr"]),
+                val_log_loss=score,
+                **{f"val_{name}": v for name, v in losses.items()},
             )
-        else:
-            waited += 1
-            if waited >= settings.patience:
-                break
+            result.history.append(row)
+            sums, n_sum = {}, 0
+            if cfg.two_stage and cfg.method != "kd" and epoch < cfg.hint_epochs:
+                continue  # the classifier is not trained yet: nothing to select on
+            if score < best - 1e-6:
+                best, best_state, waited = score, copy.deepcopy(net.state_dict()), 0
+                result.best_epoch, result.best_step = epoch, step
+            else:
+                waited += 1
+                if waited >= settings.patience:
+                    stop = True
+                    break
+        if cached is not None:
+            cached.select(None)
+        if stop:
+            break
     net.load_state_dict(best_state)
     net.eval()
+    result.best_val = best
     result.seconds = time.perf_counter() - t0
     return result

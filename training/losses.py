@@ -4,11 +4,16 @@ Conventions: ``s`` is the student, ``t`` the teacher. Conv features are (B, C, T
 channels, time), MLP features (B, C). Teacher tensors are detached inside every loss, so a
 caller that forgets ``torch.no_grad()`` still cannot push gradients into the teacher.
 Projections (student → teacher shape) are applied by the caller, never in here.
+
+Two-head networks give logits (B, H, 2), one (B, 2) pair per head (direction, volatility);
+:func:`head_task_losses` and :func:`head_kd_losses` return one term per head, which the
+caller weights and sums (DESIGN section 4: L_task and L_KD sum over the heads).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +27,11 @@ __all__ = [
     "fitnet_loss",
     "gram_loss",
     "gram_matrix",
+    "head_kd_losses",
+    "head_task_losses",
     "kd_loss",
     "pool_time",
+    "weighted_sum",
 ]
 
 
@@ -41,6 +49,37 @@ def kd_loss(s_logits: Tensor, t_logits: Tensor, T: float) -> Tensor:
     # KL(p_t ‖ p_s) = Σ p_t (log p_t − log p_s), summed over classes, averaged over the batch.
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # (B,)
     return kl.mean() * (T * T)
+
+
+def head_task_losses(logits: Tensor, y: Tensor) -> list[Tensor]:
+    """Cross-entropy per head: logits (B, H, 2), labels y (B, H) int64 → H scalars."""
+    if logits.dim() != 3 or y.shape != logits.shape[:2]:
+        raise ValueError(
+            f"head_task_losses: logits {tuple(logits.shape)} need (B, H, 2) and labels (B, H), "
+            f"got labels {tuple(y.shape)}"
+        )
+    return [F.cross_entropy(logits[:, h], y[:, h]) for h in range(logits.shape[1])]
+
+
+def head_kd_losses(s_logits: Tensor, t_logits: Tensor, T: float) -> list[Tensor]:
+    """:func:`kd_loss` per head on (B, H, 2) student and teacher logits → H scalars."""
+    if s_logits.dim() != 3:
+        raise ValueError(f"head_kd_losses: logits must be (B, H, 2), got {tuple(s_logits.shape)}")
+    if s_logits.shape != t_logits.shape:
+        raise ValueError(
+            f"kd_loss: logits shapes differ {tuple(s_logits.shape)} vs {tuple(t_logits.shape)}"
+        )
+    return [kd_loss(s_logits[:, h], t_logits[:, h], T) for h in range(s_logits.shape[1])]
+
+
+def weighted_sum(terms: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ_h w_h · term_h (one weight per head)."""
+    if len(terms) != len(weights):
+        raise ValueError(f"{len(terms)} head terms but {len(weights)} head weights")
+    total = terms[0] * weights[0]
+    for term, w in zip(terms[1:], weights[1:], strict=True):
+        total = total + term * w
+    return total
 
 
 def fitnet_loss(t_feat: Tensor, s_proj: Tensor) -> Tensor:

@@ -1,15 +1,19 @@
-"""Classification metrics for next-bar direction, pure numpy.
+"""Classification metrics per head (direction, volatility), pure numpy.
 
-All functions take `y` (N,) labels in {0, 1} and `p` (N,) predicted probabilities of class 1.
+The single-head functions take `y` (N,) labels in {0, 1} and `p` (N,) probabilities of
+class 1; :func:`head_reports` and :func:`per_symbol_reports` apply them per head.
 Probabilities are clipped to [1e-7, 1 - 1e-7] inside log loss only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from service.model_card import HEADS
 
 EPS = 1e-7
 
@@ -174,3 +178,53 @@ def classification_report(y: ArrayLike, p: ArrayLike) -> ClassificationReport:
         top10_coverage=top_cov,
         up_rate=float(np.mean(ya)),
     )
+
+
+# ------------------------------------------------------------------------- two heads
+
+
+def head_reports(
+    y: ArrayLike,
+    probs: Mapping[str, ArrayLike],
+    teacher_probs: Mapping[str, ArrayLike] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every metric per head: labels y (N, H) in head order, probabilities keyed by head.
+
+    With ``teacher_probs``, each head also gets ``agreement_with_teacher`` (same side of 0.5)
+    and ``mean_abs_diff_teacher`` (mean |p − p_teacher|).
+    """
+    ya = np.asarray(y)
+    if ya.ndim != 2 or ya.shape[1] != len(HEADS):
+        raise ValueError(f"head_reports needs labels (N, {len(HEADS)}), got {ya.shape}")
+    out: dict[str, dict[str, float]] = {}
+    for h, name in enumerate(HEADS):
+        rep = classification_report(ya[:, h], probs[name]).as_dict()
+        if teacher_probs is not None:
+            p = np.asarray(probs[name], dtype=np.float64)
+            t = np.asarray(teacher_probs[name], dtype=np.float64)
+            rep["agreement_with_teacher"] = agreement(p, t)
+            rep["mean_abs_diff_teacher"] = float(np.mean(np.abs(p - t)))
+        out[name] = rep
+    return out
+
+
+def per_symbol_reports(
+    y: ArrayLike,
+    probs: Mapping[str, ArrayLike],
+    symbols: ArrayLike,
+    teacher_probs: Mapping[str, ArrayLike] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`head_reports` for each symbol's rows: {symbol: {head: metrics}}."""
+    sym = np.asarray(symbols)
+    ya = np.asarray(y)
+    out = {}
+    for s in sorted(set(sym.tolist())):
+        m = sym == s
+        sub = {k: np.asarray(v)[m] for k, v in probs.items()}
+        tsub = (
+            None
+            if teacher_probs is None
+            else {k: np.asarray(v)[m] for k, v in teacher_probs.items()}
+        )
+        out[str(s)] = head_reports(ya[m], sub, tsub)
+    return out

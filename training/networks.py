@@ -2,8 +2,10 @@
 
 Every network takes raw features (B, F, T), normalises them with per-feature statistics of the
 training split (a layer, so it travels into ONNX) and exposes
-``forward_with_features(x) -> (logits (B, 2), [f_1 ... f_L])`` with one feature per block:
-(B, C, T) for `tcn`, (B, C) for `mlp`.
+``forward_with_features(x) -> (logits (B, H, 2), [f_1 ... f_L])`` with one feature per block:
+(B, C, T) for `tcn`, (B, C) for `mlp`. The logits hold one (B, 2) pair per head, in the order
+of ``HEADS`` (direction, volatility): ``logits[:, h]`` is head h's (down/low, up/high) pair.
+Both heads read the same trunk summary through one linear layer (B, H·2) viewed as (B, H, 2).
 
 TCN padding is causal (left-only): the feature at time τ then depends on bars ≤ τ only, so a
 time step means "the state after bar τ" in teacher and student alike (attention maps over
@@ -23,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-N_CLASSES = 2  # down / up
+from service.model_card import HEADS
+
+N_CLASSES = 2  # per head: down / up, low / high volatility
+N_HEADS = len(HEADS)  # direction, volatility
 Stats = Sequence[float] | Tensor | npt.NDArray[np.float64]
 
 
@@ -120,17 +125,18 @@ class TCN(nn.Module):
             blocks.append(CausalConvBlock(c_in, c, spec.kernel_size, d, spec.dropout))
             c_in = c
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(2 * c_in, N_CLASSES)
+        self.drop = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(2 * c_in, N_HEADS * N_CLASSES)
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(B, F, T) → logits (B, 2) and each block's output (B, C_l, T)."""
+        """(B, F, T) → logits (B, H, 2) and each block's output (B, C_l, T)."""
         h = self.norm(x)
         feats: list[Tensor] = []
         for block in self.blocks:
             h = block(h)
             feats.append(h)
         summary = torch.cat([h[:, :, -1], h.mean(dim=2)], dim=1)  # (B, 2C)
-        return self.head(summary), feats
+        return _heads(self.head(self.drop(summary))), feats
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_features(x)[0]
@@ -150,23 +156,28 @@ class MLP(nn.Module):
             width = c
         self.layers = nn.ModuleList(layers)
         self.drop = nn.Dropout(spec.dropout)
-        self.head = nn.Linear(width, N_CLASSES)
+        self.head = nn.Linear(width, N_HEADS * N_CLASSES)
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """(B, F, T) → logits (B, 2) and each hidden activation (B, C_l)."""
+        """(B, F, T) → logits (B, H, 2) and each hidden activation (B, C_l)."""
         h = self.norm(x).flatten(1)  # (B, F·T)
         feats: list[Tensor] = []
         for layer in self.layers:
             h = F.relu(layer(h))
             feats.append(h)
             h = self.drop(h)
-        return self.head(h), feats
+        return _heads(self.head(h)), feats
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_features(x)[0]
 
 
 Network = TCN | MLP
+
+
+def _heads(flat: Tensor) -> Tensor:
+    """(B, H·2) head output → (B, H, 2) logits, one pair per head."""
+    return flat.reshape(flat.shape[0], N_HEADS, N_CLASSES)
 
 
 def build_network(spec: NetSpec) -> Network:

@@ -1,9 +1,12 @@
 """The training loop, top to bottom: config, data, model, optimiser, loop (nanoGPT style).
 
 One loop trains teachers (method ``scratch`` on a teacher architecture) and students (any
-method). It is seeded (same config → same weights), stops early on the validation task loss,
-keeps the best epoch, runs under torchrun/DDP, and writes a checkpoint that embeds the
-resolved config, the architecture, the data span and the per-epoch history.
+method), both heads (direction, volatility) at once. It is seeded (same config → same
+weights), uses the recipe of :mod:`training.recipe` (per-step warm-up + cosine learning rate,
+validation every ``train.eval_every`` batches, early stopping on the validation log loss of
+``train.select_head``, the best check kept), balances pooled symbols per epoch, runs under
+torchrun/DDP, and writes a checkpoint that embeds the resolved config, the architecture, the
+data span and the per-check history. The teacher is a checkpoint or an ensemble directory.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,16 +22,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH
+from service.model_card import HEADS
 from training import ddp
 from training.config import ExperimentConfig
-from training.data import Dataset, Split, batch_indices, load_dataset
+from training.data import Dataset, Split, batch_indices, load_dataset, symbol_codes
 from training.distill import Distiller
 from training.networks import NetSpec, Network, build_network, count_parameters, default_spec
+from training.recipe import (
+    log_losses,
+    lr_at_step,
+    probabilities,
+    seed_everything,
+    selection_score,
+)
+
+__all__ = ["RunResult", "load_checkpoint", "model_from_checkpoint", "run", "seed_everything"]
 
 CHECKPOINT_FORMAT = "apprentice-checkpoint/1"
 
@@ -74,17 +85,43 @@ def resolve_spec(cfg: ExperimentConfig, role: str, n_features: int) -> NetSpec:
     )
 
 
-def _load_teacher(cfg: ExperimentConfig, ds: Dataset) -> tuple[Network | None, dict[str, Any]]:
+def load_teacher_path(path: str | Path) -> nn.Module:
+    """A teacher checkpoint, or an ensemble directory (:mod:`training.ensemble`), eval mode."""
+    from training.ensemble import is_ensemble_dir, load_ensemble
+
+    if is_ensemble_dir(path):
+        return load_ensemble(Path(path))
+    return model_from_checkpoint(path)
+
+
+def _load_teacher(cfg: ExperimentConfig, ds: Dataset) -> tuple[nn.Module | None, dict[str, Any]]:
     if cfg.distill.method == "scratch":
         return None, {}
-    ckpt = load_checkpoint(cfg.distill.teacher)
+    from training.ensemble import Ensemble, is_ensemble_dir
+
+    path = cfg.distill.teacher
+    if is_ensemble_dir(path):
+        ens = load_teacher_path(path)
+        assert isinstance(ens, Ensemble)
+        if any(s.window != ds.window for s in ens.specs):
+            raise ValueError(f"ensemble {path} was trained on another window")
+        info = {
+            "path": path,
+            "ensemble": True,
+            "specs": [s.to_dict() for s in ens.specs],
+            "feature_member": ens.feature_member,
+            "params": ens.param_count(),
+            "member_params": ens.member_param_count(),
+        }
+        return ens, info
+    ckpt = load_checkpoint(path)
     if ckpt["feature_spec_hash"] != FEATURE_SPEC_HASH or ckpt["window"] != ds.window:
         raise ValueError(
-            f"teacher {cfg.distill.teacher} was trained on other features or window; "
+            f"teacher {path} was trained on other features or window; "
             "retrain it with this code (python -m training teacher ...)"
         )
     info = {
-        "path": cfg.distill.teacher,
+        "path": path,
         "spec": ckpt["spec"],
         "params": ckpt["params"],
         "val": ckpt["metrics"].get("val", {}),
@@ -97,25 +134,28 @@ def _load_teacher(cfg: ExperimentConfig, ds: Dataset) -> tuple[Network | None, d
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 2048) -> Tensor:
-    """Logits (M, 2) of a network in eval mode over raw windows (M, F, T)."""
+    """Logits (M, H, 2) of a network in eval mode over raw windows (M, F, T)."""
     was = model.training
     model.eval()
     out = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, 2)
+    return torch.cat(out) if out else torch.zeros(0, 2, 2)
 
 
-def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
-    """Task loss (cross-entropy), accuracy and share of "up" predictions on a split."""
+def evaluate(model: nn.Module, split: Split) -> dict[str, Any]:
+    """Per head: log loss, accuracy and share of class-1 predictions on a split."""
     logits = predict_logits(model, split.x)
-    y = torch.from_numpy(split.y)
-    pred = logits.argmax(dim=1)
-    return {
-        "loss": float(F.cross_entropy(logits, y)),
-        "accuracy": float((pred == y).double().mean()),
-        "up_share": float(pred.double().mean()),
-        "n": float(len(split)),
-    }
+    probs = probabilities(logits)
+    losses = log_losses(split.y, probs)
+    out: dict[str, Any] = {"n": float(len(split))}
+    for h, name in enumerate(HEADS):
+        pred = probs[name] > 0.5
+        out[name] = {
+            "loss": losses[name],
+            "accuracy": float(np.mean(pred == (split.y[:, h] == 1))),
+            "positive_share": float(np.mean(pred)),
+        }
+    return out
 
 
 @torch.no_grad()
@@ -137,6 +177,7 @@ def evaluate_terms(distiller: Distiller, split: Split, epoch: int) -> dict[str, 
 
 
 def _batch(split: Split, idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, F, T), y (B, H), pos (B,) of the rows ``idx``."""
     return (
         torch.from_numpy(split.x[idx]),
         torch.from_numpy(split.y[idx]),
@@ -145,19 +186,6 @@ def _batch(split: Split, idx: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------------ loop
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU kernels used here are deterministic)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def lr_at(base: float, epoch: int, epochs: int) -> float:
-    """Cosine decay from ``base`` to 5 % of it over the run."""
-    frac = epoch / max(epochs - 1, 1)
-    return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = None) -> RunResult:
@@ -187,16 +215,9 @@ def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = 
     # optimiser: student and distillation heads (the teacher is not in the module tree)
     opt = torch.optim.AdamW(distiller.parameters(), lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "state": None, "heads": None}
-    stale = 0
-    for epoch in range(t_cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(t_cfg.lr, epoch, t_cfg.epochs)
-        distiller.train()
-        t0 = time.perf_counter()
-        sums: dict[str, float] = defaultdict(float)
-        steps = 0
+    groups = symbol_codes(ds.train) if t_cfg.balance else None
+
+    def epoch_batches(epoch: int) -> list[np.ndarray]:
         batches = list(
             batch_indices(
                 len(ds.train),
@@ -205,10 +226,23 @@ def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = 
                 epoch=epoch,
                 rank=ctx.rank,
                 world=ctx.world,
+                groups=groups,
             )
         )
-        if t_cfg.max_batches > 0:
-            batches = batches[: t_cfg.max_batches]
+        return batches[: t_cfg.max_batches] if t_cfg.max_batches > 0 else batches
+
+    per_epoch = len(epoch_batches(0))
+    total = max(per_epoch * t_cfg.epochs, 1)
+    every = t_cfg.eval_every if t_cfg.eval_every > 0 else per_epoch
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"loss": math.inf, "epoch": -1, "step": 0, "state": None, "heads": None}
+    stale, step, stop = 0, 0, False
+    sums: dict[str, float] = defaultdict(float)
+    n_sum = 0
+    t0 = time.perf_counter()
+    for epoch in range(t_cfg.epochs):
+        distiller.train()
+        batches = epoch_batches(epoch)
         bar = tqdm(
             batches,
             desc=f"{cfg.run.name} {epoch + 1}/{t_cfg.epochs}",
@@ -216,54 +250,73 @@ def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = 
             leave=False,
             dynamic_ncols=True,
         )
-        for idx in bar:
+        for b, idx in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr_at_step(t_cfg.lr, step, total, t_cfg.warmup, t_cfg.lr_schedule)
             out = model(*_batch(ds.train, idx), epoch=epoch)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            steps += 1
+            step += 1
+            n_sum += 1
             for k, v in out.items():
                 if k != "logits":
                     sums[k] += float(v.detach())
-            bar.set_postfix({k: f"{v / steps:.4f}" for k, v in sums.items()}, refresh=False)
-        bar.close()
-        ddp.sync_buffers(distiller, ctx)
-        seconds = time.perf_counter() - t0
-        train_terms = {k: ddp.all_reduce_mean(v / max(steps, 1), ctx) for k, v in sums.items()}
-        val_terms = evaluate_terms(distiller, ds.val, epoch)
-        val = evaluate(net, ds.val)
-        stage = distiller.weights(epoch).stage
-        history.append(
-            {
-                "epoch": epoch,
-                "stage": stage,
-                "seconds": seconds,
-                "lr": opt.param_groups[0]["lr"],
-                "train": train_terms,
-                "val": {**val_terms, "accuracy": val["accuracy"]},
-            }
-        )
-        if ctx.is_main:
-            terms = " ".join(f"{k}={v:.4f}" for k, v in train_terms.items())
-            print(
-                f"[{cfg.run.name}] epoch {epoch + 1}/{t_cfg.epochs} {stage} {seconds:.1f}s "
-                f"train {terms} | val task={val['loss']:.4f} acc={val['accuracy']:.4f}",
-                flush=True,
+            bar.set_postfix({k: f"{v / n_sum:.4f}" for k, v in sums.items()}, refresh=False)
+            if step % every and not (t_cfg.eval_every <= 0 and b + 1 == len(batches)):
+                continue
+            ddp.sync_buffers(distiller, ctx)
+            seconds = time.perf_counter() - t0
+            train_terms = {k: ddp.all_reduce_mean(v / max(n_sum, 1), ctx) for k, v in sums.items()}
+            sums, n_sum = defaultdict(float), 0
+            val_terms = evaluate_terms(distiller, ds.val, epoch)
+            val = evaluate(net, ds.val)
+            losses = {h: val[h]["loss"] for h in HEADS}
+            score = selection_score(losses, t_cfg.select_head, cfg.distill.head_weights)
+            distiller.train()
+            stage = distiller.weights(epoch).stage
+            history.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "stage": stage,
+                    "seconds": seconds,
+                    "lr": opt.param_groups[0]["lr"],
+                    "train": train_terms,
+                    "val": {
+                        **val_terms,
+                        "select": score,
+                        **{f"accuracy_{h}": val[h]["accuracy"] for h in HEADS},
+                    },
+                }
             )
-        if stage == "hint":
-            continue  # the classifier is not trained yet: nothing to select on
-        if val["loss"] < best["loss"] - 1e-6:
-            best = {
-                "loss": val["loss"],
-                "epoch": epoch,
-                "state": copy.deepcopy(net.state_dict()),
-                "heads": copy.deepcopy(distiller.state_dict()),
-            }
-            stale = 0
-        else:
-            stale += 1
-            if stale >= t_cfg.patience:
-                break
+            if ctx.is_main:
+                terms = " ".join(f"{k}={v:.4f}" for k, v in train_terms.items())
+                heads = " ".join(f"{h}={losses[h]:.4f}" for h in HEADS)
+                print(
+                    f"[{cfg.run.name}] epoch {epoch + 1}/{t_cfg.epochs} step {step} {stage} "
+                    f"{seconds:.1f}s train {terms} | val log loss {heads} select={score:.4f}",
+                    flush=True,
+                )
+            if stage == "hint":
+                continue  # the classifier is not trained yet: nothing to select on
+            if score < best["loss"] - 1e-6:
+                best = {
+                    "loss": score,
+                    "epoch": epoch,
+                    "step": step,
+                    "state": copy.deepcopy(net.state_dict()),
+                    "heads": copy.deepcopy(distiller.state_dict()),
+                }
+                stale = 0
+            else:
+                stale += 1
+                if stale >= t_cfg.patience:
+                    stop = True
+                    break
+        bar.close()
+        if stop:
+            break
 
     if best["state"] is not None:
         net.load_state_dict(best["state"])
@@ -284,12 +337,14 @@ def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = 
         "feature_spec_hash": FEATURE_SPEC_HASH,
         "window": ds.window,
         "symbol": ds.symbol,
+        "symbols": list(ds.symbols),
         "interval": ds.interval,
         "data_span": ds.span(),
         "norm": {"mean": ds.mean.tolist(), "std": ds.std.tolist()},
         "teacher": teacher_info,
         "pairs": [list(p) for p in distiller.pairs],
         "best_epoch": best["epoch"],
+        "best_step": best["step"],
         "history": history,
         "metrics": metrics,
         "world_size": ctx.world,

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, WINDOW
-from service.model_card import ModelCard, sha256_file, verify_model
+from service.model_card import HEAD_OUTPUTS, HEADS, ModelCard, sha256_file, verify_model
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "student_btcusdt_5m.onnx"
+MODEL = ROOT / "models" / "student_pooled_5m.onnx"
 CARD = MODEL.with_suffix(".json")
 FIXTURE = ROOT / "tests" / "fixtures" / "student_parity.npz"
 
@@ -35,10 +35,21 @@ def test_card_matches_the_committed_file() -> None:
     assert card.feature_spec_hash == FEATURE_SPEC_HASH
     assert card.feature_names == list(FEATURE_NAMES)
     assert card.window == WINDOW and card.onnx_file == MODEL.name
+    assert [o.name for o in card.outputs[:2]] == [HEAD_OUTPUTS[h] for h in HEADS]
     assert card.inputs[0].name == "features" and card.outputs[0].name == "prob_up"
     verify_model(MODEL, card, FEATURE_SPEC_HASH)
-    for key in ("accuracy", "log_loss", "auc", "agreement_with_teacher", "cka"):
-        assert key in card.metrics, key
+    assert card.symbols == ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT"]
+    for head in HEADS:  # per-head test metrics (DESIGN section 5)
+        for key in ("accuracy", "log_loss", "brier", "auc"):
+            assert key in card.metrics[head], (head, key)
+        if card.teacher.params > 0:  # a distilled student also carries its teacher's view
+            assert "agreement_with_teacher" in card.metrics[head]
+            assert head in card.metrics["teacher_test"]
+    if card.teacher.params > 0:
+        assert card.metrics["cka"]
+    ref = card.feature_reference
+    assert ref is not None and list(ref.values) == list(FEATURE_NAMES)
+    assert all(len(v) == len(ref.quantiles) for v in ref.values.values())
     assert not MODEL.with_name(MODEL.name + ".data").exists()  # one self-contained file
 
 
@@ -47,9 +58,9 @@ def test_onnx_parity_with_the_stored_torch_outputs() -> None:
     assert str(fx["sha256"]) == sha256_file(MODEL), "fixture was made for another export"
     x = fx["x"]
     assert x.dtype == np.float32 and x.shape[1:] == (len(FEATURE_NAMES), WINDOW)
-    p, logits = _session().run(["prob_up", "logits"], {"features": x})
-    np.testing.assert_allclose(p, fx["prob_up"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(logits, fx["logits"], atol=1e-5, rtol=0)
+    names = ["prob_up", "prob_high_vol", "logits"]
+    for name, got in zip(names, _session().run(names, {"features": x}), strict=True):
+        np.testing.assert_allclose(got, fx[name], atol=1e-5, rtol=0, err_msg=name)
 
 
 def test_dynamic_batch_and_probability_range() -> None:

@@ -19,7 +19,9 @@ from service.features import (
     IncrementalFeatures,
     batch_features,
     feature_spec_hash,
+    make_head_labels,
     make_labels,
+    make_vol_labels,
     make_windows,
     window_ends,
 )
@@ -162,6 +164,33 @@ def test_labels_and_windows() -> None:
     assert x.shape == (len(ends), len(FEATURE_NAMES), WINDOW) and x.dtype == np.float32
     np.testing.assert_allclose(x[3, :, -1], f[ends[3]], rtol=1e-6)
     np.testing.assert_allclose(x[3, :, 0], f[ends[3] - WINDOW + 1], rtol=1e-6)
+
+
+def test_vol_labels_by_hand() -> None:
+    # close 1 everywhere, so the range (h - l)/c is h - l. Bars 0..47 have ranges 1..48
+    # (median over t-47..t = 24.5 at t = 47); then a range of 30, 10, 30.
+    n = 51
+    c = np.ones(n)
+    lo = np.zeros(n)
+    h = np.r_[np.arange(1.0, 49.0), 30.0, 10.0, 30.0]
+    y = make_vol_labels(h, lo, c)
+    assert np.isnan(y[:47]).all()  # fewer than 48 ranges up to bar t
+    assert y[47] == 1.0  # next range 30 > median(1..48) = 24.5
+    # t = 48: ranges 2..48 and 30 -> sorted middle pair 25, 26 -> median 25.5; next is 10
+    assert y[48] == 0.0
+    # t = 49: ranges 3..48, 30, 10 -> middle pair 25, 26 again -> 25.5; next is 30
+    assert y[49] == 1.0
+    assert np.isnan(y[50])  # the last bar has no next candle
+    # equal to the median is not above it
+    flat = make_vol_labels(np.ones(50), np.zeros(50), np.ones(50))
+    assert flat[47] == 0.0 and flat[48] == 0.0
+    both = make_head_labels(np.zeros(n), h, lo, c)
+    assert both.shape == (n, 2)
+    np.testing.assert_array_equal(both[:, 1], y)
+    np.testing.assert_array_equal(both[:, 0], make_labels(np.zeros(n), c))
+    # a window is usable only where every head's label exists
+    f = np.zeros((n, 3))
+    assert window_ends(f, both, window=4).tolist() == [47, 48, 49]
 
 
 def test_feature_window_matches_batch_windows() -> None:

@@ -273,10 +273,6 @@ async def test_feed_is_cancellable_mid_stream() -> None:
         while out.qsize() < 310:
             await asyncio.sleep(0.01)
         assert feed.connected and feed.last_received_ns("BTCUSDT") is not None
-        # the newest frame's (exchange ts, receive time), for the keep-warm GridClock
-        assert feed.last_frame is not None
-        assert feed.last_frame[1] == feed.last_received_ns("BTCUSDT")
-        assert abs(ex.now_ms() - feed.last_frame[0]) < 3_600_000  # the exchange clock
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -49,7 +49,7 @@ def _batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return (
         torch.randn(n, F_, T_, generator=g),
-        torch.randint(0, 2, (n,), generator=g),
+        torch.randint(0, 2, (n, 2), generator=g),  # (B, H): direction, volatility
         torch.arange(n) * 40,
     )
 
@@ -98,16 +98,18 @@ def test_two_stage_fitnet() -> None:
     )
 
 
+KD = {"kd", "kd_direction", "kd_volatility"}
 EXPECTED_TERMS = {
     "scratch": set(),
-    "kd": {"kd"},
-    "fitnet": {"kd", "fitnet_0", "fitnet_1"},
-    "attention": {"kd", "attention_0", "attention_1"},
-    "activation": {"kd", "activation_0", "activation_1"},
-    "gram": {"kd", "gram_0", "gram_1"},
-    "crd": {"kd", "crd_0", "crd_1"},
-    "combined": {"kd", "fitnet_0", "fitnet_1", "attention_0", "attention_1", "gram_0", "gram_1"},
+    "kd": KD,
+    "fitnet": KD | {"fitnet_0", "fitnet_1"},
+    "attention": KD | {"attention_0", "attention_1"},
+    "activation": KD | {"activation_0", "activation_1"},
+    "gram": KD | {"gram_0", "gram_1"},
+    "crd": KD | {"crd_0", "crd_1"},
+    "combined": KD | {"fitnet_0", "fitnet_1", "attention_0", "attention_1", "gram_0", "gram_1"},
 }
+TASK = {"task", "task_direction", "task_volatility"}
 
 
 @pytest.mark.parametrize("family", ["tcn", "mlp"])
@@ -116,12 +118,19 @@ def test_every_method_returns_named_terms_and_their_weighted_sum(family: str, me
     d = _distiller(family, method)
     x, y, pos = _batch()
     out = d(x, y, pos)
-    assert set(out) == {"loss", "logits", "task"} | EXPECTED_TERMS[method]
+    assert set(out) == {"loss", "logits"} | TASK | EXPECTED_TERMS[method]
+    assert out["logits"].shape == (16, 2, 2)
+    assert out["task"].item() == pytest.approx(
+        (out["task_direction"] + out["task_volatility"]).item(), rel=1e-6
+    )
     if method == "scratch":
         expected = out["task"]
     else:
         feats = sum((v for k, v in out.items() if k[-1].isdigit()), torch.tensor(0.0))
         expected = 0.3 * out["task"] + 0.3 * out["kd"] + 0.2 * feats
+        assert out["kd"].item() == pytest.approx(
+            (out["kd_direction"] + out["kd_volatility"]).item(), rel=1e-6
+        )
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert all(torch.isfinite(v).all() for v in out.values())
 
@@ -149,6 +158,25 @@ def test_gradients_reach_student_and_heads_only(family: str, method: str) -> Non
         assert heads and all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads)
     for k, v in teacher.state_dict().items():  # BatchNorm running stats untouched
         torch.testing.assert_close(v, before[k])
+
+
+@pytest.mark.parametrize("family", ["tcn", "mlp"])
+def test_per_head_weights(family: str) -> None:
+    d = _distiller(family, "kd", head_weights=(0.25, 2.0), kd_head_weights=(0.0, 1.0))
+    x, y, pos = _batch()
+    out = d(x, y, pos)
+    s_logits = out["logits"]
+    t_logits = d.teacher(x)  # type: ignore[misc]
+    ce = [torch.nn.functional.cross_entropy(s_logits[:, h], y[:, h]) for h in (0, 1)]
+    kd = [L.kd_loss(s_logits[:, h], t_logits[:, h], 4.0) for h in (0, 1)]
+    assert out["task"].item() == pytest.approx((0.25 * ce[0] + 2.0 * ce[1]).item(), rel=1e-5)
+    assert out["kd"].item() == pytest.approx(kd[1].item(), rel=1e-5)  # direction KD off
+    assert out["kd_direction"].item() == pytest.approx(kd[0].item(), rel=1e-5)  # still logged
+    # a head weighted 0 in both sends no gradient into its own output row
+    d0 = _distiller(family, "kd", head_weights=(0.0, 1.0), kd_head_weights=(0.0, 1.0))
+    d0(x, y, pos)["loss"].backward()
+    w = d0.student.head.weight.grad  # (H·2, C): rows 0-1 direction, 2-3 volatility
+    assert w[:2].abs().sum() == 0 and w[2:].abs().sum() > 0
 
 
 def test_attention_on_tcn_uses_raw_features() -> None:

@@ -61,6 +61,7 @@ def test_single_self_contained_file_with_contract(exported: Exported) -> None:
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == [INPUT_NAME]
     assert [o.name for o in model.graph.output] == list(OUTPUT_NAMES)
+    assert list(OUTPUT_NAMES[:2]) == ["prob_up", "prob_high_vol"]
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [F, WINDOW]
@@ -70,12 +71,16 @@ def test_ort_matches_torch_on_other_batch_sizes(exported: Exported) -> None:
     net, path, _ = exported
     for n in (1, 7):
         x = np.random.default_rng(n).normal(0, 3, (n, F, WINDOW)).astype(np.float32)
-        p, logits = ort_outputs(path, x)
+        out = ort_outputs(path, x)
         with torch.no_grad():
-            ref = net(torch.from_numpy(x))
-        assert p.shape == (n,)
-        np.testing.assert_allclose(logits, ref.numpy(), atol=1e-5)
-        np.testing.assert_allclose(p, torch.softmax(ref, 1)[:, 1].numpy(), atol=1e-5)
+            ref = net(torch.from_numpy(x))  # (n, 2 heads, 2)
+        assert out["prob_up"].shape == (n,) and out["prob_high_vol"].shape == (n,)
+        assert out["prob_up"].dtype == np.float32 and out["prob_high_vol"].dtype == np.float32
+        np.testing.assert_allclose(out["logits"], ref.numpy(), atol=1e-5)
+        probs = torch.softmax(ref, -1)[..., 1].numpy()
+        np.testing.assert_allclose(out["prob_up"], probs[:, 0], atol=1e-5)
+        np.testing.assert_allclose(out["prob_high_vol"], probs[:, 1], atol=1e-5)
+        assert not np.allclose(out["prob_up"], out["prob_high_vol"])
 
 
 def test_normalisation_is_inside_the_graph(exported: Exported) -> None:
@@ -88,7 +93,7 @@ def test_normalisation_is_inside_the_graph(exported: Exported) -> None:
     bare.norm.set_stats(np.zeros(F), np.ones(F))  # identity normalisation
     with torch.no_grad():
         pre_normalised = bare(torch.from_numpy((x - mean) / std))
-    _, logits = ort_outputs(path, x)  # the graph gets raw features
+    logits = ort_outputs(path, x)["logits"]  # the graph gets raw features
     np.testing.assert_allclose(logits, pre_normalised.numpy(), atol=1e-5)
 
 
@@ -101,7 +106,24 @@ def test_card_written_beside_the_model(exported: Exported) -> None:
     assert loaded.opset == 18 and loaded.window == WINDOW
     assert loaded.inputs[0].shape == ["batch", F, WINDOW]
     assert "ort_single_row_us" in loaded.metrics and "onnx_parity_max_abs" in loaded.metrics
+    assert [o.name for o in loaded.outputs] == ["prob_up", "prob_high_vol", "logits"]
+    assert loaded.outputs[1].shape == ["batch"]
     verify_model(path, loaded, FEATURE_SPEC_HASH)
+
+
+def test_parity_check_fails_on_a_different_model(exported: Exported) -> None:
+    import copy
+
+    from training.export import parity
+
+    net, path, _ = exported
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other.head.bias[3] += 0.5  # the volatility head only
+    x = np.random.default_rng(9).normal(0, 1, (4, F, WINDOW)).astype(np.float32)
+    assert parity(net, path, x) <= 1e-5
+    with pytest.raises(AssertionError, match="prob_high_vol"):
+        parity(other, path, x)
 
 
 def test_export_cli_from_a_distill_checkpoint(tmp_path: Path) -> None:
@@ -111,6 +133,7 @@ def test_export_cli_from_a_distill_checkpoint(tmp_path: Path) -> None:
 
     base = ExperimentConfig().replace(
         **{
+            "data.symbols": ["BTCUSDT", "XRPUSDT"],
             "data.last_bars": 1500,
             "train.epochs": 1,
             "train.max_batches": 2,
@@ -129,6 +152,16 @@ def test_export_cli_from_a_distill_checkpoint(tmp_path: Path) -> None:
     card = ModelCard.load(out.with_suffix(".json"))
     verify_model(out, card, FEATURE_SPEC_HASH)
     assert card.teacher.params > card.student.params
-    assert 0.0 <= card.metrics["agreement_with_teacher"] <= 1.0
+    assert card.symbols == ["BTCUSDT", "XRPUSDT"]
+    for head in ("direction", "volatility"):
+        m = card.metrics[head]
+        assert 0.0 <= m["agreement_with_teacher"] <= 1.0
+        assert {"accuracy", "log_loss", "brier", "auc"} <= set(m)
+        assert set(card.metrics["teacher_test"][head]) >= {"accuracy", "auc"}
+        assert set(card.metrics["per_symbol"]["XRPUSDT"][head]) >= {"auc", "n"}
     assert set(card.metrics["cka"]) and card.metrics["cka_n"] > 0
     assert card.data_span["test_first_ms"] > 0
+    ref = card.feature_reference
+    assert ref is not None and ref.quantiles[0] == 0.0 and ref.quantiles[-1] == 1.0
+    assert len(ref.quantiles) == 11 and list(ref.values) == list(FEATURE_NAMES)
+    assert all(np.all(np.diff(v) >= 0) for v in ref.values.values()) and ref.rows > 0

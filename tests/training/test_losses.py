@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training import losses as L
 
@@ -178,3 +179,22 @@ def test_teacher_tensors_never_get_gradients() -> None:
     total.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_head_losses_are_per_head_and_weighted() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(10, 2, 2, generator=g)
+    t = torch.randn(10, 2, 2, generator=g)
+    y = torch.randint(0, 2, (10, 2), generator=g)
+    task = L.head_task_losses(s, y)
+    kd = L.head_kd_losses(s, t, 2.0)
+    for h in (0, 1):
+        assert task[h].item() == pytest.approx(F.cross_entropy(s[:, h], y[:, h]).item())
+        assert kd[h].item() == pytest.approx(L.kd_loss(s[:, h], t[:, h], 2.0).item())
+    assert L.weighted_sum(task, (0.5, 2.0)).item() == pytest.approx(
+        (0.5 * task[0] + 2.0 * task[1]).item()
+    )
+    with pytest.raises(ValueError, match="head weights"):
+        L.weighted_sum(task, (1.0,))
+    with pytest.raises(ValueError, match="labels"):
+        L.head_task_losses(s, y[:, 0])

@@ -23,13 +23,27 @@ def test_forward_with_features_shapes(family: str) -> None:
         spec = default_spec(family, role, F_, T_)
         net = build_network(spec).eval()
         logits, feats = net.forward_with_features(torch.randn(5, F_, T_))
-        assert logits.shape == (5, 2)
+        assert logits.shape == (5, 2, 2)  # (B, heads: direction + volatility, classes)
         assert len(feats) == len(spec.channels)
         for f, c in zip(feats, spec.channels, strict=True):
             assert f.shape == ((5, c, T_) if family == "tcn" else (5, c))
         torch.testing.assert_close(
             net(torch.zeros(2, F_, T_)), net.forward_with_features(torch.zeros(2, F_, T_))[0]
         )
+
+
+@pytest.mark.parametrize("family", ["tcn", "mlp"])
+def test_two_heads_share_the_trunk(family: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(default_spec(family, "student", F_, T_)).eval()
+    logits, _ = net.forward_with_features(torch.randn(7, F_, T_))
+    assert not torch.allclose(logits[:, 0], logits[:, 1])  # two different heads
+    # one trunk: a gradient from either head alone reaches the first layer
+    for h in (0, 1):
+        net.zero_grad()
+        net(torch.randn(4, F_, T_))[:, h].sum().backward()
+        first = next(p for n, p in net.named_parameters() if "head" not in n)
+        assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def test_default_sizes() -> None:

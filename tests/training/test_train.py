@@ -60,10 +60,14 @@ def test_teacher_loss_goes_down_and_checkpoint_is_complete(tmp_path: Path) -> No
     ckpt = load_checkpoint(result.checkpoint)
     losses = [h["train"]["task"] for h in ckpt["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    assert {"task_direction", "task_volatility"} <= set(ckpt["history"][0]["train"])
     assert from_dict(ckpt["config"]) == cfg  # the resolved config travels with the weights
     assert ckpt["spec"]["family"] == "tcn" and ckpt["params"] > 50_000
     assert ckpt["data_span"]["train"]["windows"] > 0 and len(ckpt["feature_names"]) == 12
-    assert 0.0 < result.metrics["val"]["loss"] < 2.0
+    for head in ("direction", "volatility"):
+        assert 0.0 < result.metrics["val"][head]["loss"] < 2.0
+        assert 0.0 < result.metrics["test"][head]["accuracy"] < 1.0
+    assert ckpt["symbols"] == ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT"]
     net = model_from_checkpoint(result.checkpoint)
     assert not net.training
     assert (result.checkpoint.parent / "metrics.json").exists()
