@@ -8,6 +8,7 @@ measured elsewhere stays torch-free.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,15 @@ def _spec(arch: dict[str, Any] | None, family: str, role: str) -> Any:
 
 
 def load_student(tmp: Path) -> Student:
-    """The committed student, or (until it lands) the default tcn student exported to ``tmp``."""
-    if STUDENT.exists():
-        card_path = STUDENT.with_suffix(".json")
+    """The student to benchmark: ``$APPRENTICE_MODEL`` when set (the variable the service
+    reads: any exported student, whatever its outputs), else the committed one, else (until
+    it lands) the default tcn student exported to ``tmp``."""
+    chosen = os.environ.get("APPRENTICE_MODEL")
+    path = Path(chosen) if chosen else STUDENT
+    if path.exists():
+        card_path = path.with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
-        return Student(STUDENT, card, "committed")
+        return Student(path, card, "committed" if path == STUDENT else f"$APPRENTICE_MODEL {path}")
     import torch
 
     from training.export import export_onnx
@@ -208,6 +213,15 @@ def quantize_int8(src: Path, dst: Path) -> Path:
     return dst
 
 
+def onnx_params(path: Path) -> int:
+    """Elements in an ONNX file's initialisers (weights, and constants such as the
+    normalisation's): the model's size whatever framework made it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer))
+
+
 def param_count(net: Any) -> int:
     """Trainable parameters of a torch module."""
     return int(sum(p.numel() for p in net.parameters() if p.requires_grad))
@@ -220,7 +234,7 @@ def service_predictor(student: Student) -> Any:
     from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
     from service.predictor import Predictor, session_options
 
-    if student.origin == "committed":
+    if not student.origin.startswith("STAND-IN"):  # the service's own load and checks
         return Predictor.load(student.path)
     card = ModelCard(
         name="standin",

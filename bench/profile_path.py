@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import models
+from bench import gc_freeze, models
 from bench.report import Section
-from bench.timing import Summary
-from service.bybit import KlineFrame, parse_frame
+from bench.timing import Summary, interleaved
+from service.bybit import KlineFrame, _parse_kline_checked, parse_frame, parse_kline
 from service.kline_io import load_bundled
 from service.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
@@ -165,6 +165,7 @@ def run(quick: bool = False) -> Section:
     prof_text = _profile(predictor, frames, quick)
     sec.add("pyinstrument (sampling every 50 µs) over a second pass, trimmed:", "", "```")
     sec.add(*prof_text, "```", "")
+    _keepers(sec, frames, quick)
     total = stages[-1]
     sec.add(
         f"In-process frame → signal (parse + process, hot): p50 {total.p50:.1f} µs, p99 "
@@ -219,3 +220,52 @@ def _profile(predictor: object, frames: list[str], quick: bool) -> list[str]:
     text = prof.output_text(unicode=True, color=False, show_all=False, short_mode=False)
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Profile at")]
     return lines[:60]
+
+
+def _keepers(sec: Section, frames: list[str], quick: bool) -> None:
+    """Do the lean kline parse and ``gc.freeze`` still pay for themselves?"""
+    import orjson
+
+    item = orjson.loads(frames[WARM])["data"][0]
+    runs = 2_000 if quick else 50_000
+    parse = interleaved(
+        {
+            "lean": lambda: parse_kline(item, SYMBOL, INTERVAL),
+            "checked": lambda: _parse_kline_checked(item, SYMBOL, INTERVAL),
+        },
+        {"lean": runs, "checked": runs},
+        warmup=200,
+        rounds=20 if quick else 200,
+        settle=2,
+    )
+    gcm = gc_freeze.measure()
+    lean, checked = parse["lean"], parse["checked"]
+    sec.add(
+        "### What stays only because it pays",
+        "",
+        f"Lean kline parse (`service.bybit.parse_kline`'s fast path) vs the checked path "
+        f"that accepts exactly the same elements, one real kline element, interleaved: p50 "
+        f"{lean.p50:.2f} vs {checked.p50:.2f} µs ({checked.p50 / lean.p50:.2f}×), p99 "
+        f"{lean.p99:.2f} vs {checked.p99:.2f} µs.",
+        "",
+        f"`gc.freeze()` of the start-up objects (`Runtime.start`), measured in a fresh "
+        f"interpreter holding the service's start-up heap ({gcm['objects']:,} tracked objects; "
+        "`python -m bench.gc_freeze`), µs per `gc.collect(gen)`, median / max of 15:",
+        "",
+    )
+    sec.table(
+        ("generation", "unfrozen", "frozen"),
+        [
+            [
+                g,
+                "{:,.1f} / {:,.1f}".format(*gcm["unfrozen"][g]),
+                "{:,.1f} / {:,.1f}".format(*gcm["frozen"][g]),
+            ]
+            for g in ("0", "1", "2")
+        ],
+    )
+    sec.add(
+        "A generation-2 pass comes rarely, but without the freeze it walks every start-up "
+        "object, and a candle that meets it waits that long.",
+        "",
+    )

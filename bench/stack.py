@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +41,13 @@ def running(
     paper: bool = True,
     symbols: tuple[str, ...] = (SYMBOL,),
     pin: bool = True,
+    prefill: Callable[[Path], object] | None = None,
 ) -> Iterator[Stack]:
     """Start ``python -m service.replay`` then ``python -m service`` against it; wait for /ready.
 
     ``pin``: like ``make demo``, keep the replay (and this process, the client) on one CPU
     and the service on the others — a real exchange is not on the service's machine.
+    ``prefill(state_dir)`` runs before the service starts (e.g. a large paper journal).
     """
     rport, sport = procs.free_port(), procs.free_port()
     mine = os.sched_getaffinity(0) if pin and hasattr(os, "sched_getaffinity") else None
@@ -75,7 +77,9 @@ def running(
             pin_to(replay.popen.pid, plan[1])
             pin_to(0, plan[1])
         procs.wait_port(rport, replay)
-        service = start_service(tmp, rport, sport, model, paper=paper, symbols=symbols)
+        service = start_service(
+            tmp, rport, sport, model, paper=paper, symbols=symbols, prefill=prefill
+        )
         if plan:
             pin_to(service.popen.pid, plan[0])
         procs.wait_http(sport, "/ready", service, timeout=120.0)
@@ -97,10 +101,13 @@ def start_service(
     paper: bool = True,
     argv: tuple[str, ...] = ("-m", "service"),
     symbols: tuple[str, ...] = (SYMBOL,),
+    prefill: Callable[[Path], object] | None = None,
 ) -> procs.Proc:
     """``python -m service`` (or ``argv``) against the replay on ``replay_port``."""
     state = tmp / f"state-{port}"
     state.mkdir(parents=True, exist_ok=True)
+    if prefill is not None:
+        prefill(state)
     env = {
         "APPRENTICE_SYMBOLS": ",".join(symbols),
         "APPRENTICE_INTERVAL": INTERVAL,

@@ -36,7 +36,6 @@ from service.schemas import (
     SignalOut,
     SignalsOut,
     SymbolReadiness,
-    TradeOut,
     TradesOut,
     WarmingOut,
 )
@@ -221,19 +220,15 @@ async def get_trades(
     rt: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
-) -> TradesOut:
-    """The current account's fills from the journal, newest first."""
+) -> Response:
+    """The current account's fills from the journal, newest first; ``total`` counts the
+    fills that match the same filter. Built as JSON on the journal's reader thread
+    (``Journal.trades_json``), so a large page never holds the event loop or the GIL long."""
     trader = _paper(rt)
     journal = trader.journal
-    epoch = trader.account.terms.epoch
     sym = symbol.upper() if symbol else None
-    fills = await journal.call(journal.fills_page, epoch, sym, limit)
-    total = await journal.call(journal.count_fills, epoch)
-    return TradesOut(
-        account=epoch,
-        total=total,
-        trades=[TradeOut.model_validate(f, from_attributes=True) for f in fills],
-    )
+    body = await journal.read(journal.trades_json, trader.account.terms.epoch, sym, limit)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

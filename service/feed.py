@@ -54,6 +54,7 @@ from service.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.rest import Backoff, ConfigError, RestKlines
 from service.settings import Settings
+from service.stamped_ws import StampedConnection, arrival_ns
 
 __all__ = ["Backoff", "ConfigError", "KlineFeed"]
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class KlineFeed:
             # No permessage-deflate: kline frames are ~300 bytes, and inflating them cost
             # ~15-25 µs per frame before it could even be read (measured on loopback).
             compression=None,
+            create_connection=StampedConnection,  # frames stamped when read: arrival_ns
         ) as ws:
             pinger = asyncio.create_task(self._pinger(ws), name="feed-pinger")
             try:
@@ -291,7 +293,7 @@ class KlineFeed:
                 if self.recycle_after_s is not None and now >= opened + self.recycle_after_s:
                     raise _Reconnect("recycling a long-lived connection") from None
                 continue
-            received_ns = time.perf_counter_ns()
+            received_ns = arrival_ns(ws)  # when the loop read it, not when recv() resumed
             if await self._on_raw(ws, raw, received_ns):
                 last_data = loop.time()
             last_any = loop.time()  # after processing: a slow REST fill is not silence

@@ -5,8 +5,14 @@ so whatever the account shows survives kill -9 and power loss. ``UNIQUE(account,
 candle_start)`` makes "a candle never trades twice" a database rule, not a hope. A reset
 opens a new account (epoch); old accounts and their fills stay for the record.
 
-Every statement runs on one dedicated worker thread (:meth:`Journal.call`), so SQLite's
-fsync never blocks the event loop and the connection is only ever used by one thread.
+Every write runs on one dedicated worker thread (:meth:`Journal.call`), so SQLite's
+fsync never blocks the event loop and the connection is only ever used by one thread. The
+API's reads run on a second thread with its own query-only connection (:meth:`Journal.read`;
+WAL lets it read while a fill commits), so a heavy read never delays a fill. The trade
+list is served as JSON built on that thread (:meth:`Journal.trades_json`): SQLite releases
+the GIL while it steps, and the rows are encoded in chunks of :data:`JSON_CHUNK`, so no
+single C call holds the GIL for long (the candle thread needs it, ``service.candle_loop``).
+Both queries of a page run on indexes: ``(epoch, id)`` and ``(epoch, symbol, id)``.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 T = TypeVar("T")
 JOURNAL_FILE = "paper.sqlite3"
+JSON_CHUNK = 256  # fills per orjson call: ~0.1 ms of GIL each
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -50,6 +59,8 @@ CREATE TABLE IF NOT EXISTS fills (
     ts_ms INTEGER NOT NULL,
     UNIQUE (epoch, symbol, candle_start)
 );
+CREATE INDEX IF NOT EXISTS fills_by_account ON fills (epoch, id);
+CREATE INDEX IF NOT EXISTS fills_by_symbol ON fills (epoch, symbol, id);
 """
 
 
@@ -102,6 +113,8 @@ class Journal:
         self.path = Path(state_dir) / JOURNAL_FILE
         self._db: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None  # made on first use: no thread yet
+        self._reader: sqlite3.Connection | None = None  # used on the reader thread only
+        self._read_executor: ThreadPoolExecutor | None = None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -114,8 +127,20 @@ class Journal:
         """Run ``fn(*args)`` on the journal's thread and await it."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the reader thread (its own connection) and await it."""
+        if self._read_executor is None:
+            self._read_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="journal-read"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
+
     async def aclose(self) -> None:
-        """Close on the journal thread (after any in-flight write), then stop the thread."""
+        """Close on the journal threads (after any in-flight write), then stop them."""
+        if self._read_executor is not None:
+            reader, self._read_executor = self._read_executor, None
+            await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
+            await asyncio.to_thread(reader.shutdown, True)
         if self._executor is None:
             return
         await self.call(self._close_db)
@@ -142,6 +167,10 @@ class Journal:
 
     def close(self) -> None:
         """Blocking close for scripts; not from the journal thread or a running event loop."""
+        if self._read_executor is not None:
+            reader, self._read_executor = self._read_executor, None
+            reader.submit(self._close_reader).result()
+            reader.shutdown(wait=True)
         if self._executor is None:
             self._close_db()
             return
@@ -153,6 +182,23 @@ class Journal:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The query-only connection of the reader thread (opened on first use)."""
+        if self._reader is None:
+            if self._db is None:
+                raise JournalError(f"journal {self.path} is not open")
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA query_only=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._reader = db
+        return self._reader
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -229,7 +275,39 @@ class Journal:
         """The newest ``limit`` fills of one account (optionally one symbol), newest first."""
         return self.fills(epoch, symbol=symbol, limit=limit, newest_first=True)
 
-    def count_fills(self, epoch: int) -> int:
-        """Number of fills in one account."""
-        row = self.db.execute("SELECT COUNT(*) FROM fills WHERE epoch = ?", (epoch,)).fetchone()
-        return int(row[0])
+    def count_fills(self, epoch: int, symbol: str | None = None) -> int:
+        """Number of fills in one account (optionally one symbol)."""
+        return _count(self.db, epoch, symbol)
+
+    def trades_json(self, epoch: int, symbol: str | None, limit: int) -> bytes:
+        """``{"account", "total", "trades"}`` as JSON (the API's ``TradesOut``): the newest
+        ``limit`` fills of one account (optionally one symbol), newest first, and how many
+        match the same filter, read in one snapshot. Reader thread only."""
+        db = self.reader
+        sql = f"SELECT {', '.join(_FILL_COLUMNS)} FROM fills WHERE epoch = ?"
+        args: list[Any] = [epoch]
+        if symbol is not None:
+            sql += " AND symbol = ?"
+            args.append(symbol)
+        db.execute("BEGIN")  # the count and the page from one snapshot
+        try:
+            total = _count(db, epoch, symbol)
+            rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        chunks = [
+            orjson.dumps([Fill(*r) for r in rows[i : i + JSON_CHUNK]])[1:-1]
+            for i in range(0, len(rows), JSON_CHUNK)
+        ]
+        head = b'{"account":%d,"total":%d,"trades":[' % (epoch, total)
+        return head + b",".join(chunks) + b"]}"
+
+
+def _count(db: sqlite3.Connection, epoch: int, symbol: str | None) -> int:
+    if symbol is None:
+        row = db.execute("SELECT COUNT(*) FROM fills WHERE epoch = ?", (epoch,)).fetchone()
+    else:
+        row = db.execute(
+            "SELECT COUNT(*) FROM fills WHERE epoch = ? AND symbol = ?", (epoch, symbol)
+        ).fetchone()
+    return int(row[0])

@@ -72,7 +72,10 @@ class Metrics:
         )
         self.signal_latency_seconds = Histogram(
             "signal_latency_seconds",
-            "Frame received to signal stored",
+            "Live closed candle: from the moment the feed's event loop read the websocket "
+            "frame's last bytes off the socket to its signal stored (includes any wait for "
+            "the feed's loop and the parse; not the kernel's queueing before that read, "
+            "nor serving it over HTTP)",
             namespace=ns,
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -3,8 +3,11 @@
 ``Runtime(settings)`` only builds plain objects (no I/O, no event loop needed), so
 ``create_app`` stays cheap and testable. :meth:`Runtime.start` (from the lifespan) loads and
 verifies the model, opens the paper journal and resumes the account, then starts the
-feed, pipeline and paper tasks; :meth:`Runtime.stop` cancels them and awaits them with a
-timeout. Readiness, staleness and model reloads are answered here for the API.
+feed and pipeline tasks on the candle thread (:mod:`service.candle_loop`: closed candles
+never wait behind HTTP requests) and the paper task on the API's loop; :meth:`Runtime.stop`
+cancels them and awaits them with a timeout, then stops the candle thread. Live signals
+reach the paper trader through ``call_soon_threadsafe`` into its bounded queue. Readiness,
+staleness and model reloads are answered here for the API.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from service.candle_loop import CandleLoop
 from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
@@ -101,7 +105,8 @@ class Runtime:
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
         self.queue: asyncio.Queue[KlineEvent] | None = None
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.candles = CandleLoop()  # the feed's and pipeline's thread and loop
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # paper: this loop; the rest: candles
         self.started_at = time.time()
         self._reload_lock: asyncio.Lock | None = None
 
@@ -131,7 +136,8 @@ class Runtime:
             fills = await journal.call(journal.fills, terms.epoch)
             account: PaperAccount = replay_fills(terms, fills)
             self.trader = PaperTrader(journal, account, self.metrics)
-            self.pipeline.sink = self.trader.offer
+            # the pipeline runs on the candle thread; the trader lives on this loop
+            self.pipeline.sink = _on_loop(asyncio.get_running_loop(), self.trader.offer)
             log.info(
                 "paper account %d resumed from %s: %d fills, equity %.2f USDT",
                 terms.epoch,
@@ -149,10 +155,12 @@ class Runtime:
         gc.freeze()
         if self.trader is not None:
             self._spawn("paper", self.trader.run())
-        self._spawn("pipeline", self.pipeline.run(self.queue))
-        self._spawn("feed", self.feed.run())
+        self.candles.start()
+        for name, coro in (("pipeline", self.pipeline.run(self.queue)), ("feed", self.feed.run())):
+            self.tasks[name] = await self.candles.spawn(name, coro, self._on_task_done)
 
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """A task on this (the API's) loop."""
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
         self.tasks[name] = task
@@ -168,7 +176,8 @@ class Runtime:
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Cancel the tasks (feed first, the journal writer last) and await them."""
-        for name in ("feed", "pipeline", "paper"):
+        await self.candles.stop(order=("feed", "pipeline"), timeout_s=timeout_s)
+        for name in ("paper",):
             task = self.tasks.get(name)
             if task is None:
                 continue
@@ -281,3 +290,14 @@ class Runtime:
         self.readiness()
         if self.trader is not None:
             self.trader.update_gauges()
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[Signal], None]
+) -> Callable[[Signal], None]:
+    """``fn`` called from any thread, run on ``loop`` (the paper trader's hand-off)."""
+
+    def call(signal: Signal) -> None:
+        loop.call_soon_threadsafe(fn, signal)
+
+    return call

@@ -4,7 +4,9 @@ A signal is made once per closed candle per symbol: direction from the probabili
 (``up`` when p ≥ 0.5), confidence |2p − 1|, and the trading action from the configured
 thresholds (``long`` when p ≥ long_threshold, ``short`` when p ≤ short_threshold, else
 ``flat``). The store keeps each symbol's latest signal and a bounded probability history for
-the dashboard; it is only touched from the event loop, so it needs no lock.
+the dashboard. The candle thread is its only writer (``service.candle_loop``); the API
+thread reads it in steps that are atomic under the GIL (a dict lookup of an immutable
+:class:`Signal`, ``list(deque)``), so it needs no lock.
 """
 
 from __future__ import annotations

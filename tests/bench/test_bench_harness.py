@@ -5,6 +5,7 @@ No timing is asserted anywhere (speed belongs to BENCHMARKS.md, not to tests).
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -159,3 +160,69 @@ def test_python_load_generator_on_a_real_loopback_server() -> None:
     assert ok.requests > 0 and ok.non_2xx == 0 and ok.rps > 0
     assert ok.p50 <= ok.p90 <= ok.p99
     assert missing.requests > 0 and missing.non_2xx == missing.requests
+
+
+def test_proc_stat_fields_after_a_name_with_spaces_and_parentheses() -> None:
+    from bench.probe import cpu_seconds, parse_proc_stat
+
+    # proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+    # cmajflt utime stime ...
+    line = "4242 (uvicorn (w) 1) S 1 4242 4242 0 -1 4194560 900 0 3 0 1234 567 0 0 20 0 5"
+    assert parse_proc_stat(line) == (1234, 567)
+    import os
+
+    assert cpu_seconds(os.getpid()) > 0.0  # this process's own, from the real /proc
+
+
+def test_probe_reads_the_newest_confirmed_start_of_its_topic_only() -> None:
+    from bench.probe import ProbeResult, confirmed_start
+
+    topic = "kline.5.BTCUSDT"
+    push = {
+        "topic": topic,
+        "data": [
+            {"start": 300_000, "confirm": True},
+            {"start": 600_000, "confirm": False},
+        ],
+    }
+    assert confirmed_start(json.dumps(push), topic) == 300_000
+    push["data"][1]["confirm"] = True
+    assert confirmed_start(json.dumps(push), topic) == 600_000
+    assert confirmed_start(json.dumps({**push, "topic": "kline.5.ETHUSDT"}), topic) is None
+    assert confirmed_start(json.dumps({"op": "subscribe", "success": True}), topic) is None
+    assert confirmed_start(json.dumps({"topic": topic, "data": [{"confirm": "1"}]}), topic) is None
+    res = ProbeResult(served_ns=[2_000, 1_000, 3_000], rtt_ns=[500, 700])
+    served, rtt = res.served(), res.rtt()
+    assert served is not None and served.runs == 3 and served.p50 == 2.0  # µs
+    assert rtt is not None and rtt.runs == 2
+    assert ProbeResult().served() is None and ProbeResult().rtt() is None
+
+
+def test_filled_journal_resumes_as_a_flat_account(tmp_path: Path) -> None:
+    from bench.probe import fill_journal
+    from service.journal import Journal
+    from service.paper import replay_fills
+
+    epoch = fill_journal(tmp_path, 1_000, symbols=("BTCUSDT", "ETHUSDT"))
+    j = Journal(tmp_path)
+    j.open()
+    try:
+        terms = j.current_account(1.0, 1.0, 0.0, 0.0)
+        assert terms.epoch == epoch
+        assert j.count_fills(epoch) == 1_000 and j.count_fills(epoch, "ETHUSDT") == 500
+        account = replay_fills(terms, j.fills(epoch))
+        assert all(p.qty == 0.0 for p in account.positions.values())  # round trips only
+    finally:
+        j.close()
+
+
+def test_operator_profile_of_a_real_graph(tmp_path: Path) -> None:
+    from bench.inference import op_profile
+    from bench.models import identity_onnx, onnx_params
+
+    path = identity_onnx(tmp_path / "identity.onnx")
+    x = np.zeros((1, 12, 32), dtype=np.float32)
+    rows = op_profile(path, x, 20)
+    assert [r[0] for r in rows] == ["Identity"] and rows[0][1] == 1
+    assert onnx_params(path) == 0
+    assert not list(tmp_path.glob("ort-profile*"))  # the trace file is removed

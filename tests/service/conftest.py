@@ -177,7 +177,9 @@ def events_from(
 class ScriptedFeed:
     """A feed double: pushes a REST-style backfill on start, then idles until cancelled.
 
-    Tests push live events with :meth:`push` (on the app's loop, e.g. via ``client.portal``).
+    Tests push live events with :meth:`push` (from the app's loop, e.g. via
+    ``client.portal``); the feed runs on the service's candle thread, so the events are
+    queued there, on the loop that runs :meth:`run`.
     """
 
     def __init__(
@@ -191,8 +193,10 @@ class ScriptedFeed:
         self.backfill = backfill
         self.connected = connected
         self.cancelled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
         try:
             for ev in self.backfill:
                 await self.queue.put(ev)
@@ -203,6 +207,10 @@ class ScriptedFeed:
 
     async def push(self, events: list[KlineEvent]) -> None:
         """Queue live events and wait until the pipeline has taken them all."""
+        if self.loop is not None and self.loop is not asyncio.get_running_loop():
+            done = asyncio.run_coroutine_threadsafe(self.push(events), self.loop)
+            await asyncio.wrap_future(done)
+            return
         for ev in events:
             await self.queue.put(ev)
         while not self.queue.empty():
