@@ -8,19 +8,15 @@ the cached logits are T·ln(mean_k softmax(z_k / T)), so the Distiller's softmax
 gives back exactly that average. Feature targets come from one member (`feature_member`,
 recorded in the report): averaging members' features would mix unrelated channel bases.
 
-`fit` follows the teacher recipe of `python -m training train`: AdamW, a linear warm-up then
-a per-step cosine decay to 5 % of the learning rate, dropout from the network spec, and
-early stopping on validation log loss (the head-weighted sum) checked every `eval_every`
-batches, the best check's weights kept.
+`fit` is the project's one training recipe (:func:`training.experiment.fit`), fed the
+report's settings; dropout comes from the network spec.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -31,11 +27,11 @@ from torch import nn
 
 from service.model_card import HEADS
 from training.config import DistillConfig
-from training.data import Split, batch_indices
-from training.distill import Distiller
-from training.experiment import CachedTeacher, network_outputs
-from training.networks import NetSpec, build_network
-from training.train import seed_everything
+from training.data import Split
+from training.experiment import CachedTeacher, FitResult, FoldData, network_outputs
+from training.experiment import FitSettings as RecipeSettings
+from training.experiment import fit as experiment_fit
+from training.networks import NetSpec
 
 P = NDArray[np.float64]
 Preds = dict[str, P]  # head name -> (M,) probability of class 1 (up / high volatility)
@@ -69,25 +65,6 @@ class FitSettings:
     min_steps: int = 0  # small data: at least this many optimiser steps (more epochs)
 
 
-@dataclass
-class Fitted:
-    """A trained network and its validation history."""
-
-    net: nn.Module
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_check: int = 0
-    seconds: float = 0.0
-
-
-def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` share of steps, then cosine to 5 %."""
-    n_warm = max(1, int(total * warmup)) if warmup > 0 else 0
-    if step < n_warm:
-        return (step + 1) / n_warm
-    frac = (step - n_warm) / max(1, total - n_warm - 1)
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-
-
 @torch.no_grad()
 def predict(net: nn.Module, x: NDArray[np.float32], batch: int = 2048) -> Preds:
     """Per-head class-1 probabilities (M,) of a two-head network for windows x (M, F, T)."""
@@ -99,16 +76,6 @@ def predict(net: nn.Module, x: NDArray[np.float32], batch: int = 2048) -> Preds:
 def average(preds: Sequence[Preds]) -> Preds:
     """Mean of several models' per-head probabilities (an ensemble's output)."""
     return {h: np.mean([p[h] for p in preds], axis=0) for h in preds[0]}
-
-
-def val_log_loss(preds: Preds, y: NDArray[np.int64], weights: Sequence[float]) -> float:
-    """Σ_h w_h · log loss of head h (y (M, H))."""
-    total = 0.0
-    for i, h in enumerate(HEADS):
-        p = np.clip(preds[h], 1e-7, 1 - 1e-7)
-        yy = y[:, i]
-        total += weights[i] * float(-np.mean(yy * np.log(p) + (1 - yy) * np.log(1 - p)))
-    return total
 
 
 def ensemble_targets(
@@ -144,81 +111,31 @@ def fit(
     settings: FitSettings,
     seed: int,
     teacher: CachedTeacher | None = None,
-) -> Fitted:
-    """Train one two-head network (teacher or student) with early stopping on validation.
+) -> FitResult:
+    """Train one two-head network (teacher or student) with the project's recipe
+    (:func:`training.experiment.fit`: AdamW, warm-up + cosine, early stopping on the
+    head-weighted validation log loss every `eval_every` batches, best check kept).
 
     `cfg.method == "scratch"` trains on the task losses alone (teachers are trained so).
-    During a two-stage hint phase early stopping waits for the task phase.
+    `settings.min_steps` raises the epoch count of a small training set so it still gets
+    that many optimiser steps (early stopping still guards against overfitting).
     """
-    seed_everything(seed)
-    net = build_network(spec)
-    net.norm.set_stats(data.mean, data.std)
-    tr = data.train
-    x_all, y_all, p_all = (torch.from_numpy(a) for a in (tr.x, tr.y, tr.pos))
-    per_epoch = math.ceil(len(tr) / settings.batch_size)
+    per_epoch = math.ceil(len(data.train) / settings.batch_size)
     if settings.max_batches:
         per_epoch = min(per_epoch, settings.max_batches)
-    # a slice of a few thousand windows gets as many steps as the budget says, not fewer
-    # because it is small (early stopping still guards against overfitting)
     epochs = max(settings.epochs, math.ceil(settings.min_steps / max(1, per_epoch)))
-    total = per_epoch * epochs
-    distiller = Distiller(
-        net,
-        teacher if cfg.method != "scratch" else None,
-        cfg,
+    recipe = RecipeSettings(
         epochs=epochs,
-        input_shape=(spec.n_features, spec.window),
-        window=spec.window,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        patience=settings.patience,
+        max_batches=settings.max_batches,
+        eval_every=settings.eval_every,
+        warmup=settings.warmup,
+        lr_schedule="cosine",
+        select_head="sum",
+        balance=False,  # the report's splits hold equal windows per symbol already
     )
-    opt = torch.optim.AdamW(
-        distiller.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-    )
-    every = settings.eval_every or per_epoch
-    weights = tuple(getattr(cfg, "head_weights", (1.0, 1.0)))
-    out = Fitted(net)
-    best, best_state, waited, step = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
-    t0 = time.perf_counter()
-    stop = False
-    for epoch in range(epochs):
-        distiller.train()
-        for n_b, idx in enumerate(
-            batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch)
-        ):
-            if n_b >= per_epoch:
-                break
-            for group in opt.param_groups:
-                group["lr"] = settings.lr * lr_factor(step, total, settings.warmup)
-            rows = torch.from_numpy(idx)
-            if teacher is not None:
-                teacher.select(rows)
-            loss = distiller(x_all[rows], y_all[rows], p_all[rows], epoch)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            last_of_epoch = n_b == per_epoch - 1
-            if step % every and not last_of_epoch:
-                continue
-            if teacher is not None:
-                teacher.select(None)
-            val = val_log_loss(predict(net, data.val.x), data.val.y, weights)
-            distiller.train()
-            out.history.append({"epoch": epoch + (n_b + 1) / per_epoch, "val_log_loss": val})
-            if cfg.two_stage and cfg.method != "kd" and epoch < cfg.hint_epochs:
-                continue  # the hint stage does not train the heads: do not stop on it
-            if val < best - 1e-6:
-                best, best_state, waited = val, copy.deepcopy(net.state_dict()), 0
-                out.best_check = len(out.history) - 1
-            else:
-                waited += 1
-                if waited >= settings.patience:
-                    stop = True
-                    break
-        if stop:
-            break
-    if teacher is not None:
-        teacher.select(None)
-    net.load_state_dict(best_state)
-    net.eval()
-    out.seconds = time.perf_counter() - t0
-    return out
+    fold = FoldData(0, data.train, data.val, data.val, data.mean, data.std, np.zeros(0))
+    return experiment_fit(spec, fold, cfg, recipe, seed, teacher)
