@@ -19,15 +19,24 @@ from service.model_card import FeatureReference, NetworkSpec
 from training.exp_common import Env
 from training.exp_pooled import PooledOutcome
 from training.exp_select import Selection
+from training.export import REFERENCE_QUANTILES
 from training.networks import NetSpec, build_network, count_parameters
 
-QUANTILES = tuple(round(0.1 * k, 1) for k in range(11))  # deciles 0 .. 1
+PARITY_FIXTURE = Path("tests/fixtures/student_parity.npz")
+QUANTILES = REFERENCE_QUANTILES  # deciles 0 .. 1, as `python -m training export` writes
 
 
 def feature_reference(a: PooledOutcome) -> FeatureReference:
-    """Per-feature quantiles of the last fold's training feature rows (all pooled symbols)."""
-    x = a.last.train.x  # (N, F, T); each window's last step is its own bar's feature row
-    rows = x[:, :, -1].astype(np.float64)
+    """Per-feature quantiles of the feature rows the last fold's training windows read
+    (all pooled symbols, each bar once)."""
+    tr = a.last.train
+    t = tr.x.shape[2]
+    # bar position of every (window, time step): column k is bar pos − (T − 1 − k); symbols
+    # are apart by POS_STRIDE, so a position names one (symbol, bar)
+    bar = tr.pos[:, None] - np.arange(t - 1, -1, -1)[None, :]  # (N, T)
+    values = np.moveaxis(tr.x, 1, -1).reshape(-1, tr.x.shape[1])  # (N·T, F)
+    _, first = np.unique(bar.ravel(), return_index=True)
+    rows = values[first].astype(np.float64)
     q = np.quantile(rows, np.asarray(QUANTILES), axis=0)  # (Q, F)
     return FeatureReference(
         quantiles=list(QUANTILES),
@@ -113,6 +122,11 @@ def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, An
             "feature_reference": feature_reference(a),
         },
     )
+    if Path(cfg.models_dir).resolve() == (Path.cwd() / "models").resolve():
+        from training.export import write_parity_fixture
+
+        # the committed model's parity fixture (tests/service/test_committed_model.py, no torch)
+        write_parity_fixture(sel.net, card, parity_x, PARITY_FIXTURE)
     env.log(f"exported {onnx_path}")
     return {"path": str(onnx_path), "card": card.model_dump(), **measured}
 

@@ -69,3 +69,22 @@ def test_fit_is_deterministic_for_a_seed() -> None:
     # a small training set gets at least min_steps steps (more epochs), still early-stopped
     longer = fit(spec, pf, DistillConfig(), replace(settings, min_steps=30, patience=50), 3)
     assert len(longer.history) == 10  # 6 batches per epoch, 5 epochs, a check every 3
+
+
+def test_feature_reference_reads_each_bar_once() -> None:
+    from types import SimpleNamespace
+
+    from training.data import Split
+    from training.report_export import feature_reference
+
+    rng = np.random.default_rng(0)
+    n_bars, t = 200, fx.WINDOW
+    feats = rng.normal(size=(n_bars, fx.N_FEATURES)).astype(np.float32)
+    ends = np.arange(t - 1, n_bars, 3)  # overlapping windows, every 3rd bar
+    x = fx.make_windows(feats.astype(np.float64), ends)
+    split = Split(x, np.zeros((len(ends), 2), np.int64), ends.astype(np.int64), ends * 300_000)
+    ref = feature_reference(SimpleNamespace(last=SimpleNamespace(train=split)))  # type: ignore[arg-type]
+    seen = feats[: ends[-1] + 1]  # bars 0 .. last end, each once
+    assert ref.rows == seen.shape[0]
+    name = fx.FEATURE_NAMES[3]
+    np.testing.assert_allclose(ref.values[name], np.quantile(seen[:, 3], ref.quantiles), rtol=1e-6)
