@@ -1,8 +1,8 @@
 """The numbers of the report, computed once from each setting's predictions (pure).
 
-Per setting and head: every model's metrics per seed; the pre-registered comparisons
-(seed-averaged probabilities, paired day-block bootstrap of ΔAUC and Δlog loss, McNemar on
-accuracy) with Holm–Bonferroni adjusted AUC p-values over the setting's family for that
+Per setting and head: every model's metrics per seed; the pre-registered comparisons (each
+model scored as its mean single model over seeds, paired day-block bootstrap of ΔAUC and
+Δlog loss) with Holm–Bonferroni adjusted AUC p-values over the setting's family for that
 head; the gap recovered with its paired bootstrap CI; a per-symbol AUC breakdown. The
 tables and the written answers both read these objects, so the text cannot drift from the
 tables.
@@ -17,11 +17,47 @@ from numpy.typing import NDArray
 
 from service.model_card import HEADS
 from training.metrics_eval import roc_auc
-from training.report_render import Paired, paired, seed_metrics
+from training.report_render import seed_metrics
 from training.results import SettingResult
-from training.stats import GapResult, day_blocks, gap_recovered, holm
+from training.stats import GapResult, day_blocks, gap_recovered, holm, runs_bootstrap
 
 P = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Model A against B on the same bars, each scored as its mean single model over seeds."""
+
+    a: str
+    b: str
+    d_auc: float
+    auc_ci: tuple[float, float]
+    p_auc: float
+    d_logloss: float
+    p_logloss: float
+    d_acc: float  # mean-over-seeds accuracy difference (not tested)
+
+
+def paired_runs(
+    y: NDArray[np.int64],
+    blocks: NDArray[np.int64],
+    a: str,
+    runs_a: list[P],
+    b: str,
+    runs_b: list[P],
+    n_boot: int,
+) -> Paired:
+    """Day-block bootstraps of ΔAUC and Δlog loss (A − B) on mean-over-seeds metrics."""
+    ra = runs_bootstrap(y, runs_a, runs_b, blocks, "auc", n_boot)
+    rl = runs_bootstrap(y, runs_a, runs_b, blocks, "log_loss", n_boot)
+
+    def acc(runs: list[P]) -> float:
+        return float(np.mean([np.mean((r > 0.5) == y) for r in runs]))
+
+    return Paired(
+        a, b, ra.diff, (ra.ci_low, ra.ci_high), ra.p_value, rl.diff, rl.p_value,
+        acc(runs_a) - acc(runs_b),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,22 +117,27 @@ def analyse(res: SettingResult, n_boot: int) -> SettingAnalysis:
         out.metrics[head] = {
             n: seed_metrics(y, [r[head] for r in runs], None) for n, runs in res.preds.items()
         }
-        ens = {n: seed_mean(runs, head) for n, runs in res.preds.items()}
+        # every model scored as its mean single model over seeds (a seed average would be
+        # an ensemble of students); the per-symbol breakdown below does the same
+        runs = {n: [r[head] for r in rs] for n, rs in res.preds.items()}
         tests = [
-            paired(y, blocks, a, ens[a], b, ens[b], n_boot)
+            paired_runs(y, blocks, a, runs[a], b, runs[b], n_boot)
             for a, b in res.comparisons
-            if a in ens and b in ens
+            if a in runs and b in runs
         ]
         adj = holm([t.p_auc for t in tests])
         out.comparisons += [Comparison(head, t, q) for t, q in zip(tests, adj, strict=True)]
         for s, c, t in res.gaps:
-            if s in ens and c in ens and t in ens:
-                g = gap_recovered(y, ens[s], ens[c], ens[t], blocks, n_boot)
+            if s in runs and c in runs and t in runs:
+                g = gap_recovered(y, runs[s], runs[c], runs[t], blocks, n_boot)
                 out.gaps.append(Gap(head, s, c, t, g))
         if res.groups is not None:
             groups = list(dict.fromkeys(res.groups.tolist()))
             out.per_group[head] = {
-                n: {g: roc_auc(y[res.groups == g], p[res.groups == g]) for g in groups}
-                for n, p in ens.items()
+                n: {
+                    g: float(np.mean([roc_auc(y[res.groups == g], r[res.groups == g]) for r in rs]))
+                    for g in groups
+                }
+                for n, rs in runs.items()
             }
     return out

@@ -224,8 +224,10 @@ def _selection(sel: dict[str, Any], exported: dict[str, Any] | None) -> str:
     )
     if exported:
         m = exported["card"]["metrics"]
+        auc = m["volatility"]["auc"]
         out += (
-            f"; on the last fold's pooled test bars volatility AUC "
-            f"{m['volatility']['auc']:.4f}, direction AUC {m['direction']['auc']:.4f}"
+            f"; on the last fold's pooled test bars volatility AUC {auc:.4f} (the issue's bar "
+            f"of 0.70: {'met' if auc >= 0.70 else 'not met'}), direction AUC "
+            f"{m['direction']['auc']:.4f}"
         )
     return out + "."

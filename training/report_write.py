@@ -42,9 +42,8 @@ def metrics_table(a: SettingAnalysis, head: str) -> str:
 
 def comparisons_table(a: SettingAnalysis, head: str) -> str:
     lines = [
-        "| A | B | ΔAUC [95 % CI] | p (AUC) | Holm p | Δlog loss | p (log loss) | Δacc "
-        "| McNemar p |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| A | B | ΔAUC [95 % CI] | p (AUC) | Holm p | Δlog loss | p (log loss) | Δacc |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in a.comparisons:
         if c.head != head:
@@ -53,7 +52,7 @@ def comparisons_table(a: SettingAnalysis, head: str) -> str:
         lines.append(
             f"| {t.a} | {t.b} | {t.d_auc:+.4f} [{t.auc_ci[0]:+.4f}, {t.auc_ci[1]:+.4f}] "
             f"| {fmt_p(t.p_auc)} | **{fmt_p(c.p_holm)}** | {t.d_logloss:+.5f} "
-            f"| {fmt_p(t.p_logloss)} | {t.d_acc:+.4f} | {fmt_p(t.p_mcnemar)} |"
+            f"| {fmt_p(t.p_logloss)} | {t.d_acc:+.4f} |"
         )
     return "\n".join(lines)
 
@@ -160,9 +159,11 @@ def write_report(
         "Every network has both heads on one trunk and is trained on both losses."
     )
     w(
-        "- Tests: each model's probabilities are averaged over its seeds; ΔAUC and Δlog loss "
-        f"by a paired day-block bootstrap ({cfg_dict['bootstrap']} resamples of whole UTC days), "
-        "accuracy by McNemar. **Holm p** is the Holm–Bonferroni adjusted AUC p over the "
+        "- Tests: every model is scored as its mean single model over its seeds (the tables' "
+        "means; averaging students' probabilities would make an ensemble of students); ΔAUC "
+        f"and Δlog loss by a paired day-block bootstrap ({cfg_dict['bootstrap']} resamples of "
+        "whole UTC days, the same days for both models), Δacc untested. **Holm p** is the "
+        "Holm–Bonferroni adjusted AUC p over the "
         "setting's pre-registered family of comparisons on that head (the family is listed in "
         "each table)."
     )
@@ -189,7 +190,7 @@ def write_report(
                 w(gaps_table(a, head) + "\n")
             pg = per_group_table(a, head)
             if pg:
-                w(f"Per-symbol AUC ({head}, seed-averaged):\n\n" + pg + "\n")
+                w(f"Per-symbol AUC ({head}, mean over seeds):\n\n" + pg + "\n")
         fig = plot_auc(a, out / f"auc_{_slug(r.key)}.png")
         w(f"![AUC {r.key}]({fig.name})\n")
         if r.key == "A":
