@@ -89,7 +89,9 @@ def run(quick: bool = False) -> Section:
     ref = float(s_student.run(["prob_up"], {"features": x1})[0][0])
     p_service = predictor.predict(view)
     with torch.inference_mode():
-        tp = torch.softmax(t_student(torch.from_numpy(xs[-256:])), dim=1)[:, 1].numpy()
+        tp = torch.softmax(t_student(torch.from_numpy(xs[-256:])), dim=-1)[
+            :, 0, 1
+        ].numpy()  # direction
     op = s_student.run(["prob_up"], {"features": xs[-256:]})[0]
     torch_parity = float(np.abs(tp - op).max())
 

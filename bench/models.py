@@ -173,6 +173,12 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
 
     t = student.card.get("teacher", {})
     family = t.get("family", "tcn")
+    arch = t.get("arch")
+    if family == "ensemble":  # one member stands for the ensemble (the card lists them all)
+        arch = (arch or {}).get("members", [{}])[0]
+        family = arch.get("family", "tcn")
+    elif family not in ("tcn", "mlp"):  # no teacher (a scratch student): the family default
+        family, arch = student.card.get("student", {}).get("family", "tcn"), None
     for ckpt in sorted((ROOT / "runs").glob(f"{family}-teacher*/checkpoint.pt")):
         try:
             from training.train import model_from_checkpoint
@@ -181,7 +187,7 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
         except (OSError, ValueError, KeyError, RuntimeError):
             continue
     torch.manual_seed(0)
-    net = build_network(_spec(t.get("arch"), family, "teacher")).eval()
+    net = build_network(_spec(arch, family, "teacher")).eval()
     return net, "card architecture, random weights (no teacher checkpoint under runs/)"
 
 

@@ -1,11 +1,11 @@
 """Section 5: training wall time for the teacher and every distillation method.
 
 Each method trains one full epoch through helper-1's real loop (``training.train.run``) on
-the bundled BTCUSDT 5m data with one torch thread; the students distil from the teacher
-trained here (its quality does not matter for timing). A second, short table runs the
-teacher and the scratch student for a few steps with the configured thread count
-(``configs/common.toml``) beside one thread, because on a shared 2-core machine torch's
-intra-op pool oversubscribes the cores.
+the pooled training set of configs/common.toml (five 5m symbols) with one torch thread; the
+students distil from the teacher trained here (its quality does not matter for timing). A
+second, short table runs the teacher and the scratch student for a few steps with the
+configured thread count (``configs/common.toml``) beside one thread, because on a shared
+2-core machine torch's intra-op pool oversubscribes the cores.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def run(quick: bool = False) -> Section:
     base: dict[str, Any] = {
         "train.epochs": 1,
         "train.max_batches": 4 if quick else 0,
+        "train.eval_every": 0,  # one validation check per epoch: history[0] is epoch 1
         "train.progress": False,
         "run.out_dir": str(out),
         "run.threads": 1,
@@ -96,7 +97,7 @@ def run(quick: bool = False) -> Section:
                 thread_rows.append([name, threads, THREAD_STEPS, s / THREAD_STEPS * 1e3])
 
     sec.add(
-        f"Bundled BTCUSDT 5m, {len(ds.train):,} training windows → {per_epoch} steps per epoch "
+        f"Bundled {ds.symbol} 5m, {len(ds.train):,} training windows → {per_epoch} steps per epoch "
         f"at batch {batch}; dataset built once in {t_data:.1f} s. Family tcn "
         "(configs/tcn/*.toml), one torch thread, "
         + ("4 steps per method (quick mode)." if quick else "one full epoch per method."),

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.connection_limits import uvicorn_options
 
     uvicorn.run(
         create_app(settings),
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # request metrics live in Prometheus; keep the log for events
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),  # header timeout, connection cap, keep-alive
     )
     return 0
 

@@ -6,19 +6,25 @@ state the event loop owns, and a sync handler would run in a worker thread (raci
 pipeline and contending for the GIL); the journal is read on its own thread.
 
 Admin routes (model reload, paper reset) need ``Authorization: Bearer <token>`` compared in
-constant time, and are disabled (403) when no ``APPRENTICE_ADMIN_TOKEN`` is set.
+constant time, checked before the body is read (:class:`AdminRoute`), and are disabled (403)
+when no ``APPRENTICE_ADMIN_TOKEN`` is set. Bad input is a 4xx, never a 500: bodies are
+size-limited and a repeated query parameter refused (``service.request_limits``), query
+integers are digits only, admin inputs are range-checked.
 """
 
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
+import re
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 
 from service.model_card import ModelCard, ModelCardError
 from service.paper import PaperTrader
@@ -52,9 +58,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "warming up (see Retry-After)"},
 }
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body is not parsable JSON"},
     401: {"model": ErrorOut, "description": "missing or wrong bearer token"},
     403: {"model": ErrorOut, "description": "admin routes disabled (no APPRENTICE_ADMIN_TOKEN)"},
+    413: {"model": ErrorOut, "description": "request body too large"},
 }
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def _whole_number(value: object) -> object:
+    """Query integers are decimal digits: ``1.0`` or ``1e2`` is not an integer here."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number written in digits, e.g. 5")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_whole_number)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -70,9 +89,9 @@ async def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
-async def require_admin(request: Request, rt: RuntimeDep) -> None:
+def require_admin(request: Request) -> None:
     """Bearer-token check in constant time; 403 when admin routes are disabled."""
-    token = rt.settings.admin_token
+    token = _runtime(request).settings.admin_token
     if token is None or not token.get_secret_value():
         raise HTTPException(
             403, "admin routes are disabled: set APPRENTICE_ADMIN_TOKEN to enable them"
@@ -87,7 +106,21 @@ async def require_admin(request: Request, rt: RuntimeDep) -> None:
         )
 
 
-AdminDep = Depends(require_admin)
+class AdminRoute(APIRoute):
+    """A route that changes state: the token is checked before anything reads the body, so
+    an unauthenticated request costs no body (and a malformed one without a token is 401)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            require_admin(request)
+            return await handler(request)
+
+        return checked
+
+
+admin_router = APIRouter(route_class=AdminRoute)
 
 
 def _signal_out(rt: Runtime, symbol: str) -> SignalOut | None:
@@ -127,7 +160,7 @@ async def get_signal(symbol: Symbol, request: Request) -> SignalOut:
 @router.get("/signals", response_model=SignalsOut, summary="Every configured symbol's signal")
 async def get_signals(
     rt: RuntimeDep,
-    history: Annotated[int, Query(ge=0, le=500, description="probability points")] = 0,
+    history: Annotated[QueryInt, Query(ge=0, le=500, description="probability points")] = 0,
 ) -> SignalsOut:
     """Latest signals; symbols still warming up are listed with their progress."""
     signals, warming = [], []
@@ -144,8 +177,9 @@ async def get_signals(
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
 async def get_health(rt: RuntimeDep) -> Any:
-    """Liveness: 200 while the event loop answers and no service task has died."""
-    problems = rt.task_problems()
+    """Liveness: 200 while the event loop answers, no service task has died and the paper
+    account books its signals (503 with the problems otherwise)."""
+    problems = rt.health_problems()
     body = HealthOut(
         status="failing" if problems else "ok",
         uptime_seconds=round(rt.uptime_s(), 3),
@@ -218,7 +252,7 @@ async def get_paper(rt: RuntimeDep) -> PaperOut:
 @router.get("/paper/trades", response_model=TradesOut, responses={404: {"model": ErrorOut}})
 async def get_trades(
     rt: RuntimeDep,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    limit: Annotated[QueryInt, Query(ge=1, le=10_000)] = 100,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
 ) -> Response:
     """The current account's fills from the journal, newest first; ``total`` counts the
@@ -231,26 +265,31 @@ async def get_trades(
     return Response(body, media_type="application/json")
 
 
-@router.post(
+@admin_router.post(
     "/admin/reload",
     response_model=ReloadOut,
-    responses={**_ADMIN_ERRORS, 400: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-    dependencies=[AdminDep],
+    responses={
+        **_ADMIN_ERRORS,
+        422: {"model": ErrorOut, "description": "bad model name, or the model was rejected"},
+    },
 )
 async def post_reload(rt: RuntimeDep, body: Annotated[ReloadIn | None, Body()] = None) -> ReloadOut:
     """Validate a model (sha256, feature spec, graph, trial run) and swap it in atomically."""
     path = rt.settings.model
     if body is not None and body.model:
-        candidate = (rt.settings.model.parent / body.model).resolve()
-        if candidate.parent != rt.settings.model.parent.resolve() or candidate.suffix != ".onnx":
-            raise HTTPException(
-                400, f"model must be an .onnx file name in {rt.settings.model.parent}"
-            )
-        path = Path(candidate)
+        folder = rt.settings.model.parent.resolve()
+        candidate = folder / body.model  # ReloadIn allows a plain file name only
+        if candidate.parent != folder or candidate.suffix != ".onnx":
+            raise HTTPException(422, f"model must be an .onnx file name in {folder}")
+        path = candidate
     try:
         predictor = await rt.reload_model(path)
     except ModelCardError as exc:
         raise HTTPException(422, f"model rejected, the previous one keeps serving: {exc}") from None
+    except (OSError, ValueError) as exc:  # a name the file system refuses: still the client's
+        raise HTTPException(
+            422, f"model {body.model if body else path} cannot be read: {exc}"
+        ) from None
     return ReloadOut(
         reloaded=True,
         model=ModelRef(name=predictor.card.name, version=predictor.card.version),
@@ -259,11 +298,14 @@ async def post_reload(rt: RuntimeDep, body: Annotated[ReloadIn | None, Body()] =
     )
 
 
-@router.post(
+@admin_router.post(
     "/paper/reset",
     response_model=PaperOut,
-    responses={**_ADMIN_ERRORS, 404: {"model": ErrorOut}},
-    dependencies=[AdminDep],
+    responses={
+        **_ADMIN_ERRORS,
+        404: {"model": ErrorOut, "description": "paper trading disabled"},
+        422: {"model": ErrorOut, "description": "terms out of range"},
+    },
 )
 async def post_paper_reset(
     rt: RuntimeDep, body: Annotated[ResetIn | None, Body()] = None
@@ -273,5 +315,8 @@ async def post_paper_reset(
     s = rt.settings
     initial = body.initial_usdt if body and body.initial_usdt else s.paper_initial_usdt
     notional = body.notional_usdt if body and body.notional_usdt else s.paper_notional_usdt
-    account = await trader.reset(initial, notional)
+    try:
+        account = await trader.reset(initial, notional)
+    except ValueError as exc:  # terms no account can trade with: nothing was changed
+        raise HTTPException(422, str(exc)) from None
     return PaperOut(enabled=True, **account.snapshot())

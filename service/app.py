@@ -10,6 +10,7 @@ an unexpected exception is logged here and answered with a 500 that carries no t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import api
+from service.request_limits import MAX_BODY_BYTES, RequestLimits
 from service.runtime import FeedFactory, Runtime
 from service.settings import Settings
 
@@ -76,11 +80,13 @@ def create_app(
     feed_factory: FeedFactory | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The service as an ASGI app; nothing is loaded or connected until the lifespan runs.
 
     ``feed_factory`` replaces the Bybit feed (tests push klines themselves); ``registry``
-    and ``clock`` let tests read metrics and move time.
+    and ``clock`` let tests read metrics and move time; request bodies are limited to
+    ``max_body_bytes`` (413).
     """
     rt = Runtime(settings, feed_factory=feed_factory, registry=registry, clock=clock)
 
@@ -111,7 +117,10 @@ def create_app(
     )
     app.state.runtime = rt
     app.include_router(api.router)
+    app.include_router(api.admin_router)
+    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # inside the timer
     app.add_middleware(RequestTimer, histogram=rt.metrics.http_request_duration_seconds)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -121,6 +130,30 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float spelt as text and long strings cut: a request
+    can put ``1e400`` (inf) into its body, and FastAPI echoes the input back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + "…"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 (``{"detail": [{"type", "loc", "msg", "input"}]}``), always encodable:
+    the default handler answered 500 when the input held an infinity."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [
+        {k: v for k, v in _json_safe(jsonable_encoder(e)).items() if k != "ctx"} for e in errors
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -31,6 +31,15 @@ class FrameError(ValueError):
         self.reason = reason
 
 
+def short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: messages and logs never carry a whole
+    hostile payload (a 10 MB string in a frame stays out of the log and out of memory)."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        value = value[:limit]  # cut before repr: repr of a huge string is a huge copy
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 @dataclass(frozen=True, slots=True)
 class KlineFrame:
     """A ``kline.{interval}.{symbol}`` push; ``klines`` keeps the order of ``data``."""
@@ -113,20 +122,20 @@ def is_already_subscribed(ret_msg: str) -> bool:
 def _int_field(obj: dict[str, Any], key: str) -> int:
     v = obj.get(key)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise FrameError("bad_value", f"{key} must be an integer (ms), got {v!r}")
+        raise FrameError("bad_value", f"{key} must be an integer (ms), got {short(v)}")
     return v
 
 
 def _num_field(obj: dict[str, Any], key: str, *, positive: bool) -> float:
     v = obj.get(key)
     if not isinstance(v, str):
-        raise FrameError("bad_value", f"{key} must be a decimal string, got {v!r}")
+        raise FrameError("bad_value", f"{key} must be a decimal string, got {short(v)}")
     try:
         x = float(v)
     except ValueError:
-        raise FrameError("bad_value", f"{key} is not a number: {v!r}") from None
+        raise FrameError("bad_value", f"{key} is not a number: {short(v)}") from None
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
-        raise FrameError("bad_value", f"{key} out of range: {v!r}")
+        raise FrameError("bad_price", f"{key} is not finite and positive: {short(v)}")
     return x
 
 
@@ -174,14 +183,16 @@ def _parse_kline_checked(obj: Any, symbol: str, interval: str) -> Kline:
     if not isinstance(obj, dict):
         raise FrameError("bad_shape", "data element is not an object")
     if obj.get("interval") != interval:
-        raise FrameError("bad_value", f"interval {obj.get('interval')!r} != topic's {interval!r}")
+        raise FrameError(
+            "bad_value", f"interval {short(obj.get('interval'))} != topic's {interval}"
+        )
     start = _int_field(obj, "start")
     step = interval_ms(interval)
     if start % step != 0 and interval != "W":  # weeks start on Monday, not at epoch
-        raise FrameError("bad_value", f"start {start} is not on the {interval} grid")
+        raise FrameError("off_grid", f"start {start} is not on the {interval} grid")
     confirm = obj.get("confirm")
     if not isinstance(confirm, bool):
-        raise FrameError("bad_value", f"confirm must be a boolean, got {confirm!r}")
+        raise FrameError("bad_value", f"confirm must be a boolean, got {short(confirm)}")
     o = _num_field(obj, "open", positive=True)
     h = _num_field(obj, "high", positive=True)
     lo = _num_field(obj, "low", positive=True)
@@ -189,7 +200,7 @@ def _parse_kline_checked(obj: Any, symbol: str, interval: str) -> Kline:
     v = _num_field(obj, "volume", positive=False)
     turnover = _num_field(obj, "turnover", positive=False) if "turnover" in obj else None
     if h < max(o, c, lo) or lo > min(o, c):
-        raise FrameError("bad_value", f"inconsistent OHLC o={o} h={h} l={lo} c={c}")
+        raise FrameError("bad_ohlc", f"inconsistent OHLC o={o} h={h} l={lo} c={c}")
     return Kline(symbol, interval, start, o, h, lo, c, v, turnover, confirm)
 
 
@@ -229,7 +240,7 @@ def parse_frame(raw: str | bytes) -> Frame:
         raise FrameError("bad_shape", "topic is not a string")
     parsed = parse_topic(topic)
     if parsed is None:
-        raise FrameError("unknown_topic", f"unexpected topic {topic!r}")
+        raise FrameError("unknown_topic", f"unexpected topic {short(topic)}")
     interval, symbol = parsed
     data = msg.get("data")
     if not isinstance(data, list) or not data:

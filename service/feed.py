@@ -1,12 +1,23 @@
 """The Bybit kline feed: one websocket that never loses a closed candle.
 
-``KlineFeed.run()`` backfills ``backfill_bars`` closed candles per symbol by REST, then keeps
-one websocket open for good: subscribe in small batches (acks matched by ``req_id``; a topic
+``KlineFeed.run()`` opens the websocket at once and, beside it, backfills ``backfill_bars``
+closed candles per symbol by REST (a symbol's websocket confirms wait, bounded, until its
+history is in; a failing REST never keeps the socket closed). It keeps one websocket open
+for good: subscribe in small batches (acks matched by ``req_id``; a topic
 the exchange does not know is dropped and the rest of its batch resubscribed), JSON ping
 every ``ping_interval_s``, a watchdog on both "anything received" and "kline data received",
 reconnect with exponential backoff and jitter after any close or error (minutes after an
 HTTP 403), and REST for every closed candle the socket did not deliver (a gap before a
 confirm, a confirm that never came, the bars missed while disconnected).
+
+Bad input (DESIGN section 10): every frame is checked against its symbol's clock (the
+newest exchange time it has shown) before it is used — a ``ts`` or candle start more than
+``ahead_intervals`` ahead is refused and counted (``future``), and REST is asked for the
+exchange's time in case the world really moved on; a websocket confirm stamped before its
+candle's end (``early_confirm``), contradicting the candle's own updates
+(``inconsistent_confirm``) or far from them (``implausible_price``) is refused and its
+candle taken from REST after the grace period; exchange notices are counted and logged cut
+short.
 
 Hand-off contract (``out``): every closed candle exactly once, in order per symbol, REST
 backfill first with ``source="rest"``. Overflow policy: closed candles use blocking
@@ -32,6 +43,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,15 +61,17 @@ from service.bybit import (
     kline_topic,
     parse_frame,
     ping_message,
+    short,
 )
 from service.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.rest import Backoff, ConfigError, RestKlines
+from service.rest import Backoff, ConfigError, RestError, RestKlines
 from service.settings import Settings
 from service.stamped_ws import StampedConnection, arrival_ns
 
 __all__ = ["Backoff", "ConfigError", "KlineFeed"]
 log = logging.getLogger(__name__)
+NOTICE_LOG_CHARS = 200  # exchange text in a log line is cut to this
 
 
 class _Reconnect(Exception):
@@ -91,6 +105,10 @@ class KlineFeed:
         recycle_after_s: float | None = 24 * 3600.0,
         emit_interim: bool = True,
         direct: Callable[[KlineEvent], object] | None = None,
+        warmup_backoff: Backoff | None = None,
+        ahead_intervals: int = 3,
+        max_jump: float = 0.2,
+        probe_every_s: float = 5.0,
     ) -> None:
         self.symbols = list(symbols)
         self.interval = interval
@@ -118,15 +136,37 @@ class KlineFeed:
         self.rejected_topics = self.subs.rejected  # the same set, for callers and tests
         self.reconnects = 0
         self.stats: dict[str, int] = {}
-        self._seq = {s: CandleSequencer(s, interval, grace_ms=grace_ms) for s in self.symbols}
+        self.probe_every_s = probe_every_s
+        history = backfill_bars or 1000  # what the service keeps: no fill asks for more
+        self._seq = {
+            s: CandleSequencer(
+                s,
+                interval,
+                grace_ms=grace_ms,
+                history_bars=history,
+                ahead_intervals=ahead_intervals,
+                max_jump=max_jump,
+            )
+            for s in self.symbols
+        }
+        # while a symbol's REST warm-up is pending its websocket confirms wait here (bounded:
+        # older ones are in the history the warm-up fetches), then go through in order
+        self._warming: set[str] = set()
+        self._held: dict[str, deque[tuple[Kline, int, int]]] = {
+            s: deque(maxlen=history) for s in self.symbols
+        }
+        self._probes: set[asyncio.Task[None]] = set()
+        self._probe_at: dict[str, float] = {}
         self._last_rx: dict[str, int] = {}
         self._connected = False
+        if rest.on_reject is None:
+            rest.on_reject = self._reject  # refused REST rows count like refused frames
         self.backfill = Backfiller(
             rest=rest,
             interval=interval,
             out=out,
             metrics=metrics,
-            backoff=self.backoff,
+            backoff=warmup_backoff or Backoff(),
             stats=self.stats,
             fill_retry_ms=fill_retry_ms,
             forbidden_backoff_s=forbidden_backoff_s,
@@ -178,22 +218,64 @@ class KlineFeed:
         """Start of the newest closed candle delivered for ``symbol``."""
         return self._seq[symbol].last_start
 
+    def problems(self) -> list[str]:
+        """Why symbols cannot get candles yet, for /ready (e.g. a REST warm-up that fails)."""
+        out = []
+        for s in self.symbols:
+            if s in self._warming:
+                why = self.backfill.problems.get(s)
+                out.append(f"{s}: {why}; retrying" if why else f"{s}: REST backfill in progress")
+        return out
+
     async def run(self) -> None:
-        """Backfill, then stream forever; returns only by cancellation or a ConfigError."""
+        """Stream forever, with each symbol's REST warm-up running beside the websocket (a
+        failing REST never keeps the socket closed); returns only by cancellation or a
+        ConfigError."""
         try:
-            if self.backfill_bars > 0:
-                for seq in self._seq.values():
-                    await self.backfill.warm_up(seq, self.backfill_bars)
-            first = True
-            while True:
-                if not first:
-                    self.reconnects += 1
-                    self.metrics.ws_reconnects.inc()
-                first = False
-                delay = await self._session_guarded()
-                await asyncio.sleep(delay)
+            async with asyncio.TaskGroup() as tg:
+                if self.backfill_bars > 0:
+                    for seq in self._seq.values():
+                        self._warming.add(seq.symbol)
+                        tg.create_task(self._warm_up(seq), name=f"warm-up-{seq.symbol}")
+                tg.create_task(self._stream(), name="feed-stream")
+        except BaseExceptionGroup as group:
+            config = [e for e in group.exceptions if isinstance(e, ConfigError)]
+            if config:
+                raise config[0] from None
+            raise
         finally:
+            for task in self._probes:
+                task.cancel()
+            await asyncio.gather(*self._probes, return_exceptions=True)
             self._set_connected(False)
+
+    async def _stream(self) -> None:
+        first = True
+        while True:
+            if not first:
+                self.reconnects += 1
+                self.metrics.ws_reconnects.inc()
+            first = False
+            delay = await self._session_guarded()
+            log.info("websocket: reconnecting in %.2f s", delay)  # the wait, as it is taken
+            await asyncio.sleep(delay)
+
+    async def _warm_up(self, seq: CandleSequencer) -> None:
+        """REST history first, then the confirms held meanwhile, in order (module docstring)."""
+        while True:
+            try:
+                await self.backfill.warm_up(seq, self.backfill_bars)
+                break
+            except (ConfigError, asyncio.CancelledError):
+                raise
+            except Exception:  # a bug must not end the warm-up for good: log, wait, retry
+                log.exception("warm-up of %s failed unexpectedly", seq.symbol)
+                await asyncio.sleep(self.backfill.backoff.next_delay())
+        held = self._held[seq.symbol]
+        while held:
+            k, ts, received_ns = held.popleft()
+            await self._closed(seq, k, ts, received_ns)
+        self._warming.discard(seq.symbol)  # no await since the emptiness check: order kept
 
     # internals: lifecycle -----------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
@@ -319,7 +401,9 @@ class KlineFeed:
             await self._on_ack(ws, frame)
             return False
         if isinstance(frame, Notice):
-            log.warning("exchange notice: %s", frame.payload)
+            # counted, and logged cut short: a notice's size is the exchange's choice
+            self.metrics.exchange_notices.labels("notice").inc()
+            log.warning("exchange notice (%d bytes): %s", len(raw), short(raw, NOTICE_LOG_CHARS))
             return False
         return await self._on_klines(frame, received_ns)
 
@@ -328,13 +412,22 @@ class KlineFeed:
         if symbol is None or frame.topic in self.rejected_topics:
             self._reject("unknown_topic")
             return False
+        seq = self._seq[symbol]
+        # the frame's time and candles against the symbol's clock before anything uses them:
+        # one frame never moves the clock (nor a fill range) far beyond what was shown
+        refused = seq.admit(frame.ts, frame.klines)
+        if refused is not None:
+            self._reject(refused)
+            self._probe(seq)
+            return False
         self._last_rx[symbol] = received_ns
         if not self._connected:
             self._set_connected(True)
-        seq = self._seq[symbol]
         # candles that ended more than grace_ms before this frame's ts without a confirm
         # (lost confirms, bars missed while disconnected) come from REST first
-        skip = {self.topics[t] for t in self.rejected_topics} if self.rejected_topics else ()
+        skip: set[str] | tuple[()] = ()
+        if self.rejected_topics or self._warming:
+            skip = {self.topics[t] for t in self.rejected_topics} | self._warming
         due = self.backfill.due(self._seq.values(), frame.ts, skip)
         if due:
             await self.backfill.fill_due(due, frame.ts)
@@ -346,14 +439,46 @@ class KlineFeed:
             if k.confirm:
                 await self._on_closed(seq, k, frame.ts, received_ns)
             elif seq.is_live(k):
+                implausible = seq.note_interim(k)
+                if implausible is not None:
+                    self._reject(implausible)
+                    continue
                 self._offer_interim(KlineEvent(k, frame.ts, received_ns, "ws"))
             self._m_klines[symbol, k.confirm].inc()  # counted after the hand-off
         return True
 
+    def _probe(self, seq: CandleSequencer) -> None:
+        """Ask REST for the exchange's time (at most every ``probe_every_s``, in the
+        background): a long disconnect really moves time on, and REST says so; a forged
+        frame gets no such support, so its symbol's clock stays put."""
+        now = asyncio.get_running_loop().time()
+        if now < self._probe_at.get(seq.symbol, -math.inf) + self.probe_every_s:
+            return
+        self._probe_at[seq.symbol] = now
+        task = asyncio.create_task(self._ask_time(seq), name=f"clock-probe-{seq.symbol}")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _ask_time(self, seq: CandleSequencer) -> None:
+        try:
+            seq.observe_time(await self.rest.exchange_time(seq.symbol, self.interval))
+        except RestError as e:
+            log.info("exchange time for %s unavailable (%s)", seq.symbol, e)
+
     async def _on_closed(self, seq: CandleSequencer, k: Kline, ts: int, received_ns: int) -> None:
+        if seq.symbol in self._warming:
+            self._held[seq.symbol].append((k, ts, received_ns))
+            return
+        await self._closed(seq, k, ts, received_ns)
+
+    async def _closed(self, seq: CandleSequencer, k: Kline, ts: int, received_ns: int) -> None:
         verdict = seq.classify(k)
         if verdict is Verdict.DUPLICATE:
             self._reject("duplicate")
+            return
+        untrusted = seq.check_confirm(k, ts)
+        if untrusted is not None:
+            self._reject(untrusted)  # the candle stays due: REST fetches it after the grace
             return
         if verdict is Verdict.GAP:
             gap = seq.gap_before(k)
@@ -384,7 +509,8 @@ class KlineFeed:
         outcome = self.subs.on_ack(ack, asyncio.get_running_loop().time())
         if outcome is None:
             if not ack.success:
-                log.warning("exchange error reply: %s", ack.ret_msg)
+                self.metrics.exchange_notices.labels("error_reply").inc()
+                log.warning("exchange error reply: %s", short(ack.ret_msg, NOTICE_LOG_CHARS))
             return
         if outcome.subscribed:
             log.info("subscribed %s (conn_id %s)", ",".join(outcome.subscribed), ack.conn_id)
@@ -392,7 +518,9 @@ class KlineFeed:
         if outcome.rejected is not None:
             # a permanent refusal voids its batch: the book re-requests the rest of it
             log.error(
-                "exchange rejected %s (%s); continuing without it", outcome.rejected, ack.ret_msg
+                "exchange rejected %s (%s); continuing without it",
+                short(outcome.rejected, NOTICE_LOG_CHARS),
+                short(ack.ret_msg, NOTICE_LOG_CHARS),
             )
             self._count("rejected_topics")
             self.metrics.klines_rejected.labels("subscribe_rejected").inc()
@@ -403,8 +531,8 @@ class KlineFeed:
         elif not outcome.subscribed:
             self._count("subscribe_retries")
             if outcome.give_up:
-                raise _Reconnect(f"subscribe keeps failing: {ack.ret_msg}")
-            log.warning("subscribe failed (%s); retrying", ack.ret_msg)
+                raise _Reconnect(f"subscribe keeps failing: {short(ack.ret_msg)}")
+            log.warning("subscribe failed (%s); retrying", short(ack.ret_msg, NOTICE_LOG_CHARS))
         for request in outcome.resend:
             await ws.send(request)
 

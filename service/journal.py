@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS fills (
 );
 CREATE INDEX IF NOT EXISTS fills_by_account ON fills (epoch, id);
 CREATE INDEX IF NOT EXISTS fills_by_symbol ON fills (epoch, symbol, id);
+CREATE TABLE IF NOT EXISTS equity_points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch INTEGER NOT NULL REFERENCES accounts(epoch),
+    symbol TEXT NOT NULL,
+    candle_start INTEGER NOT NULL,
+    close REAL NOT NULL,
+    equity REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS equity_points_epoch ON equity_points (epoch, id);
 """
 
 
@@ -92,6 +101,26 @@ class JournalError(RuntimeError):
 
 class DuplicateFill(JournalError):
     """This (account, symbol, candle_start) already has a fill."""
+
+
+@dataclass(frozen=True, slots=True)
+class EquityPoint:
+    """The account's equity after one live candle of ``symbol`` closed at ``close``."""
+
+    symbol: str
+    candle_start: int
+    close: float
+    equity: float
+
+
+@dataclass(frozen=True, slots=True)
+class CurveState:
+    """What a restart needs beyond the fills: the newest equity points (oldest first), the
+    peak equity over all of them, and each symbol's latest close (its mark)."""
+
+    points: list[EquityPoint]
+    peak: float | None
+    marks: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +299,34 @@ class Journal:
             sql += " LIMIT ?"
             args.append(limit)
         return [Fill(*row) for row in self.db.execute(sql, args)]
+
+    def insert_point(self, epoch: int, point: EquityPoint) -> None:
+        """Journal one equity point (autocommit): the curve survives a restart."""
+        self.db.execute(
+            "INSERT INTO equity_points (epoch, symbol, candle_start, close, equity) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (epoch, point.symbol, point.candle_start, point.close, point.equity),
+        )
+
+    def curve_state(self, epoch: int, limit: int) -> CurveState:
+        """The newest ``limit`` points of an account, its peak and its symbols' last closes."""
+        rows = self.db.execute(
+            "SELECT symbol, candle_start, close, equity FROM equity_points WHERE epoch = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (epoch, limit),
+        ).fetchall()
+        (peak,) = self.db.execute(
+            "SELECT MAX(equity) FROM equity_points WHERE epoch = ?", (epoch,)
+        ).fetchone()
+        marks = dict(
+            self.db.execute(
+                "SELECT symbol, close FROM equity_points WHERE id IN "
+                "(SELECT MAX(id) FROM equity_points WHERE epoch = ? GROUP BY symbol)",
+                (epoch,),
+            ).fetchall()
+        )
+        points = [EquityPoint(*r) for r in reversed(rows)]
+        return CurveState(points, None if peak is None else float(peak), marks)
 
     def fills_page(self, epoch: int, symbol: str | None, limit: int) -> list[Fill]:
         """The newest ``limit`` fills of one account (optionally one symbol), newest first."""

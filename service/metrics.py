@@ -40,12 +40,21 @@ REJECT_REASONS = (
     "malformed_json",
     "bad_shape",
     "bad_value",
+    "bad_price",  # a price not finite and positive
+    "bad_ohlc",  # high < low, or open/close outside [low, high]
+    "off_grid",  # start not on the interval grid
+    "future",  # start or ts more than a few intervals ahead of the symbol's clock
+    "early_confirm",  # confirm=true stamped before its candle's window ended
+    "inconsistent_confirm",  # a confirm that contradicts the candle's own updates
+    "implausible_price",  # a confirm far from the candle's own updates (REST fetches it)
     "unknown_topic",
     "out_of_order",
     "duplicate",
     "queue_overflow",
     "subscribe_rejected",
 )
+PAPER_ERROR_REASONS = ("journal", "invalid_amount", "queue_full")
+NOTICE_KINDS = ("notice", "error_reply")
 
 
 class Metrics:
@@ -170,3 +179,21 @@ class Metrics:
         self.paper_trades = Counter(
             "paper_trades", "Paper fills", ["symbol", "side"], namespace=ns, registry=r
         )
+        self.paper_errors = Counter(
+            "paper_errors",
+            "Paper signals not booked, by reason (journal, invalid_amount, queue_full)",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.exchange_notices = Counter(
+            "exchange_notices",
+            "Exchange frames that are neither data nor an expected reply (logged truncated)",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
+        for reason in PAPER_ERROR_REASONS:  # exported as 0 from the start: alerts see them
+            self.paper_errors.labels(reason)
+        for kind in NOTICE_KINDS:
+            self.exchange_notices.labels(kind)

@@ -107,7 +107,13 @@ def sha256_file(path: str | Path) -> str:
 
 
 def verify_model(onnx_path: str | Path, card: ModelCard, feature_spec_hash: str) -> None:
-    """Refuse a model whose bytes or feature spec disagree with its card."""
+    """Refuse a model whose bytes or feature spec disagree with its card.
+
+    Integrity, not authenticity: the card's sha256 catches a corrupted, swapped or
+    half-copied ONNX file, but the card is not signed, so whoever can write the model
+    directory can write a matching card (re-hash a changed file) and it loads. The models
+    directory is trusted; ``/admin/reload`` only loads plain file names from it.
+    """
     digest = sha256_file(onnx_path)
     if digest != card.sha256:
         raise ModelCardError(

@@ -22,11 +22,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.journal import AccountTerms, DuplicateFill, Fill, Journal
+from service.journal import AccountTerms, CurveState, DuplicateFill, EquityPoint, Fill, Journal
 from service.metrics import Metrics
 from service.signals import TARGET, Signal
 
 log = logging.getLogger(__name__)
+# Terms an account may be opened with (a reset outside them is a 422; DESIGN section 10):
+# amounts from 1 USDT to 1e12 USDT keep every fill, fee and PnL of any real price far from
+# float under- and overflow; fees and slippage are at most 10 %.
+MIN_USDT = 1.0
+MAX_USDT = 1e12
+MAX_BPS = 1_000.0
 QUEUE_SIZE = 10_000  # signals waiting for the trader (backfill delivers a few hundred)
 SETTLE_S = 0.005  # wait after a signal before journaling: a burst of closes is scored first
 EQUITY_POINTS = 1000  # equity curve points kept in memory (the dashboard's chart)
@@ -48,6 +54,28 @@ class Position:
         if self.qty == 0.0 or math.isnan(self.mark):
             return 0.0
         return self.qty * (self.mark - self.avg_entry)
+
+
+class PaperError(ValueError):
+    """A fill or mark the account refuses; ``reason`` is a ``paper_errors_total`` label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_terms(initial_usdt: float, notional_usdt: float, fee_bps: float, slip_bps: float) -> None:
+    """Raise ValueError unless an account with these terms can trade (see ``MIN_USDT``)."""
+    for name, x in (("initial_usdt", initial_usdt), ("notional_usdt", notional_usdt)):
+        if not MIN_USDT <= x <= MAX_USDT:  # also False for NaN
+            raise ValueError(f"{name} must be within [{MIN_USDT:g}, {MAX_USDT:g}] USDT, got {x}")
+    for name, x in (("fee_bps", fee_bps), ("slippage_bps", slip_bps)):
+        if not 0.0 <= x <= MAX_BPS:
+            raise ValueError(f"{name} must be within [0, {MAX_BPS:g}], got {x}")
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 def fill_price(close: float, side: str, slippage_bps: float) -> float:
@@ -96,7 +124,11 @@ class PaperAccount:
         return max(0.0, (peak - self.equity) / peak) if peak > 0 else 0.0
 
     def plan(self, signal: Signal, ts_ms: int) -> Fill | None:
-        """The fill that moves ``signal.symbol`` to its target, or None if already there."""
+        """The fill that moves ``signal.symbol`` to its target, or None if already there.
+
+        Raises :class:`PaperError` for a fill the account could not hold: a price that is not
+        finite and positive, an amount that is not, or one that would leave any figure of
+        the account non-finite (the account never holds a non-finite value)."""
         target_sign = TARGET[signal.action]
         pos = self.position(signal.symbol)
         current = pos.qty
@@ -104,6 +136,8 @@ class PaperAccount:
         if target_sign == current_sign:
             return None  # hold: the position is not resized while the side is unchanged
         close = signal.close
+        if not (math.isfinite(close) and close > 0.0):
+            raise PaperError("invalid_amount", f"{signal.symbol}: close {close} is not a price")
         target = target_sign * self.terms.notional_usdt / close  # base units
         delta = target - current
         side = BUY if delta > 0.0 else SELL
@@ -115,6 +149,22 @@ class PaperAccount:
             closed = min(abs(current), qty)
             realized = closed * (price - pos.avg_entry) * current_sign
         avg_after = price if target_sign != 0 else 0.0
+        if not (_finite(target, qty, price, fee, realized) and qty > 0.0 and price > 0.0):
+            raise PaperError(
+                "invalid_amount",
+                f"{signal.symbol}: a fill of {qty} at {price} (fee {fee}) cannot be booked",
+            )
+        # the equity after booking it, marked at the close: must stay finite too
+        others = math.fsum(p.unrealized for s, p in self.positions.items() if s != signal.symbol)
+        after = (
+            self.terms.initial_usdt
+            + (self.realized_pnl + realized)
+            - (self.fees + fee)
+            + others
+            + target * (close - avg_after)
+        )
+        if not math.isfinite(after):
+            raise PaperError("invalid_amount", f"{signal.symbol}: the fill would overflow equity")
         return Fill(
             symbol=signal.symbol,
             candle_start=signal.candle_start,
@@ -143,8 +193,15 @@ class PaperAccount:
         self.record(fill.candle_start)
 
     def mark(self, symbol: str, close: float) -> None:
-        """Revalue ``symbol`` at a new close."""
-        self.position(symbol).mark = close
+        """Revalue ``symbol`` at a new close; :class:`PaperError` (and the old mark kept) for
+        a close that is not a price or would make the equity non-finite."""
+        pos = self.position(symbol)
+        if not (math.isfinite(close) and close > 0.0):
+            raise PaperError("invalid_amount", f"{symbol}: close {close} is not a price")
+        old, pos.mark = pos.mark, close
+        if not math.isfinite(self.equity):
+            pos.mark = old
+            raise PaperError("invalid_amount", f"{symbol}: marking at {close} overflows equity")
 
     def record(self, at_ms: int) -> None:
         """Append an equity point (exchange time of the candle) and track the peak."""
@@ -183,11 +240,33 @@ class PaperAccount:
         }
 
 
-def replay_fills(terms: AccountTerms, fills: list[Fill]) -> PaperAccount:
-    """Rebuild an account from its journal (restart): every fill applied in order."""
+def replay_fills(
+    terms: AccountTerms, fills: list[Fill], curve: CurveState | None = None
+) -> PaperAccount:
+    """Rebuild an account from its journal (restart): every fill applied in order, then the
+    journaled equity curve, peak and marks (so the curve and drawdown continue unchanged).
+
+    A journaled fill that is not finite (written before fills were checked) is skipped and
+    logged, so an old poisoned journal cannot poison the account again."""
     account = PaperAccount(terms)
     for f in fills:
+        if not _finite(f.qty, f.price, f.close, f.fee, f.realized_pnl, f.position_after):
+            log.error(
+                "paper: journaled fill %s %d is not finite; skipped", f.symbol, f.candle_start
+            )
+            continue
         account.apply(f)
+        if not math.isfinite(account.equity):  # pragma: no cover - only an old journal
+            log.error("paper: journaled fill %s %d overflows equity", f.symbol, f.candle_start)
+    if curve is not None and curve.points:
+        finite = [p for p in curve.points if math.isfinite(p.equity)]
+        account.curve.clear()
+        account.curve.extend((p.candle_start, p.equity) for p in finite)
+        if curve.peak is not None and math.isfinite(curve.peak):
+            account.peak_equity = max(account.peak_equity, curve.peak)
+        for symbol, close in curve.marks.items():
+            if symbol in account.positions and math.isfinite(close) and close > 0:
+                account.positions[symbol].mark = close
     return account
 
 
@@ -211,6 +290,8 @@ class PaperTrader:
         self.duplicates = 0
         self.dropped = 0
         self.errors = 0
+        self.failing: str | None = None  # why a signal was not booked since the last fill
+        self.failures = 0  # signals not booked since the last booked fill
         self.update_gauges()
 
     def offer(self, signal: Signal) -> None:
@@ -219,8 +300,8 @@ class PaperTrader:
             self.queue.put_nowait(signal)
         except asyncio.QueueFull:
             self.dropped += 1  # the trader is stuck (journal?); health shows the errors
-            if self.dropped == 1:
-                log.error("paper trader backed up: dropping signals")
+            self.metrics.paper_errors.labels("queue_full").inc()
+            self._failed("queue_full", "paper trader backed up: dropping signals")
 
     async def run(self) -> None:
         """Trade each queued live signal; mark-to-market on backfilled ones.
@@ -244,10 +325,39 @@ class PaperTrader:
     async def _trade(self, signal: Signal) -> None:
         async with self.lock:
             try:
-                await self.on_signal(signal)
-            except Exception:
+                fill = await self.on_signal(signal)
+            except Exception as exc:
                 self.errors += 1
-                log.exception("paper: signal %s %s not traded", signal.symbol, signal.candle_start)
+                reason = exc.reason if isinstance(exc, PaperError) else "journal"
+                self.metrics.paper_errors.labels(reason).inc()
+                what = f"signal {signal.symbol} {signal.candle_start} not traded"
+                self._failed(reason, f"{what}: {type(exc).__name__}: {exc}", exc)
+            else:  # a booked fill proves the account works again (a hold proves nothing)
+                if fill is not None and self.failing is not None:
+                    log.info("paper: trading again after %d failed signals", self.failures)
+                    self.failing, self.failures = None, 0
+
+    def _failed(self, reason: str, message: str, exc: BaseException | None = None) -> None:
+        """One signal not booked: the first since the last fill is logged in full, then one
+        line in a hundred (a journal that keeps failing does not flood the log)."""
+        self.failures += 1
+        self.failing = f"{reason}: {message}"[:300]
+        if self.failures == 1:
+            log.error("paper: %s", message, exc_info=exc)
+        elif self.failures % 100 == 0:
+            log.error(
+                "paper: %d signals not booked since the last fill; latest: %s",
+                self.failures,
+                message,
+            )
+
+    def problems(self) -> list[str]:
+        """Why the account is not trading, for /health (empty while it books)."""
+        if self.failing is None:
+            return []
+        return [
+            f"paper account failing: {self.failures} signal(s) in a row not booked ({self.failing})"
+        ]
 
     async def on_signal(self, signal: Signal) -> Fill | None:
         """Mark, plan, journal, then book. Returns the booked fill, if any."""
@@ -264,13 +374,20 @@ class PaperTrader:
             else:
                 account.apply(fill)
                 self.metrics.paper_trades.labels(symbol=fill.symbol, side=fill.side).inc()
-        if signal.live and fill is None:
-            account.record(signal.candle_start)
+        if signal.live:
+            if fill is None:
+                account.record(signal.candle_start)
+            at_ms, equity = account.curve[-1]
+            point = EquityPoint(signal.symbol, at_ms, signal.close, equity)
+            await self.journal.call(self.journal.insert_point, account.terms.epoch, point)
         self.update_gauges()
         return fill
 
     async def reset(self, initial_usdt: float, notional_usdt: float) -> PaperAccount:
-        """Open a fresh account (new journal epoch); the old fills stay in the journal."""
+        """Open a fresh account (new journal epoch); the old fills stay in the journal.
+        ValueError (nothing changed) for terms an account cannot trade with."""
+        terms_now = self.account.terms
+        check_terms(initial_usdt, notional_usdt, terms_now.fee_bps, terms_now.slippage_bps)
         async with self.lock:
             terms = await self.journal.call(
                 self.journal.new_account,
@@ -280,6 +397,7 @@ class PaperTrader:
                 self.account.terms.slippage_bps,
             )
             self.account = PaperAccount(terms)
+            self.failing, self.failures = None, 0
             self.metrics.paper_position.clear()
             self.update_gauges()
             log.info("paper account reset: account %d, %.2f USDT", terms.epoch, initial_usdt)

@@ -27,7 +27,7 @@ from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.paper import PaperAccount, PaperTrader, replay_fills
+from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, check_terms, replay_fills
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.rest import RestKlines
@@ -133,8 +133,22 @@ class Runtime:
                 s.paper_fee_bps,
                 s.paper_slippage_bps,
             )
+            try:  # an account opened before terms were checked may be one that cannot trade
+                check_terms(
+                    terms.initial_usdt, terms.notional_usdt, terms.fee_bps, terms.slippage_bps
+                )
+            except ValueError as exc:
+                log.error("paper account %d cannot trade (%s): opening a new one", terms.epoch, exc)
+                terms = await journal.call(
+                    journal.new_account,
+                    s.paper_initial_usdt,
+                    s.paper_notional_usdt,
+                    s.paper_fee_bps,
+                    s.paper_slippage_bps,
+                )
             fills = await journal.call(journal.fills, terms.epoch)
-            account: PaperAccount = replay_fills(terms, fills)
+            curve = await journal.call(journal.curve_state, terms.epoch, EQUITY_POINTS)
+            account: PaperAccount = replay_fills(terms, fills, curve)
             self.trader = PaperTrader(journal, account, self.metrics)
             # the pipeline runs on the candle thread; the trader lives on this loop
             self.pipeline.sink = _on_loop(asyncio.get_running_loop(), self.trader.offer)
@@ -252,6 +266,13 @@ class Runtime:
                 out.append(f"{name} task stopped: {exc!r}" if exc else f"{name} task returned")
         return out
 
+    def health_problems(self) -> list[str]:
+        """What /health reports: dead tasks, and a paper account that keeps failing."""
+        problems = self.task_problems()
+        if self.trader is not None:
+            problems += self.trader.problems()
+        return problems
+
     def readiness(self) -> list[str]:
         """Reasons the service is not ready; empty when it is. Updates the ready gauge."""
         reasons = list(self.task_problems())
@@ -259,6 +280,10 @@ class Runtime:
             reasons.append("model not loaded")
         if self.feed is None or not self.feed.connected:
             reasons.append("feed not connected to the exchange websocket")
+        # the feed's own account of what it waits for (a REST warm-up that fails, ...)
+        feed_problems = getattr(self.feed, "problems", None)
+        if callable(feed_problems):
+            reasons += feed_problems()
         for symbol in self.settings.symbols:
             st = self.pipeline.states[symbol]
             if not st.warm:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from service.paper import MAX_USDT, MIN_USDT
 from service.signals import Signal
 
 
@@ -177,10 +178,21 @@ class TradesOut(BaseModel):
     trades: list[TradeOut]
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,122}\.onnx$"
+
+
 class ReloadIn(BaseModel):
     """Optional: a model file in the configured model's directory (default: the same file)."""
 
-    model: str | None = Field(None, examples=["student_pooled_5m.onnx"])
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a default
+
+    model: str | None = Field(
+        None,
+        max_length=128,
+        pattern=MODEL_NAME_PATTERN,
+        description="a plain .onnx file name in the configured model's directory",
+        examples=["student_pooled_5m.onnx"],
+    )
 
 
 class ReloadOut(BaseModel):
@@ -195,8 +207,10 @@ class ReloadOut(BaseModel):
 class ResetIn(BaseModel):
     """Optional new terms for the fresh account (default: the configured ones)."""
 
-    initial_usdt: float | None = Field(None, gt=0)
-    notional_usdt: float | None = Field(None, gt=0)
+    model_config = ConfigDict(extra="forbid")
+
+    initial_usdt: float | None = Field(None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False)
+    notional_usdt: float | None = Field(None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False)
 
 
 def iso(epoch_s: float) -> str:

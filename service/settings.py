@@ -7,13 +7,16 @@ and what to put there (:func:`load_settings`).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
+from service.bybit import short
 from service.klines import VALID_INTERVALS
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
@@ -54,10 +57,20 @@ class Settings(BaseSettings):
     long_threshold: float = Field(0.55, gt=0, lt=1)
     short_threshold: float = Field(0.45, gt=0, lt=1)
     paper_enabled: bool = True
-    paper_initial_usdt: float = Field(10_000.0, gt=0)
-    paper_notional_usdt: float = Field(1_000.0, gt=0)
-    paper_fee_bps: float = Field(5.5, ge=0)
-    paper_slippage_bps: float = Field(1.0, ge=0)
+    # the bounds of service.paper.check_terms: an account outside them could not trade
+    paper_initial_usdt: float = Field(10_000.0, ge=1.0, le=1e12)
+    paper_notional_usdt: float = Field(1_000.0, ge=1.0, le=1e12)
+    paper_fee_bps: float = Field(5.5, ge=0, le=1000)
+    paper_slippage_bps: float = Field(1.0, ge=0, le=1000)
+
+    # HTTP server limits (service.connection_limits): idle sockets cannot exhaust descriptors
+    http_max_connections: int = Field(
+        512, ge=8, le=100_000, description="open connections at most (fewer if ulimit -n is low)"
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="close a connection whose request headers take longer"
+    )
+    http_keep_alive_s: float = Field(5.0, gt=0, le=600, description="idle keep-alive timeout")
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -111,15 +124,45 @@ class Settings(BaseSettings):
         return self.model.with_suffix(".json")
 
 
+SECRET_FIELDS = frozenset({"admin_token"})  # never echoed, whatever goes wrong
+_MIN_REDACTED = 6  # shorter "secrets" would garble the message more than they would leak
+
+
+def _secrets(overrides: dict[str, object]) -> list[str]:
+    """The secret values given (overrides or environment), to scrub from any message."""
+    found: list[str] = []
+    for name in SECRET_FIELDS:
+        var = f"APPRENTICE_{name}".upper()
+        values = [overrides.get(name)] + [v for k, v in os.environ.items() if k.upper() == var]
+        for v in values:
+            text = v.get_secret_value() if isinstance(v, SecretStr) else v
+            if isinstance(text, str) and len(text) >= _MIN_REDACTED:
+                found.append(text)
+    return found
+
+
+def _describe(err: Any) -> str:
+    loc = err.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    var = f"APPRENTICE_{field.upper()}" if field else "APPRENTICE_*"
+    # the value is echoed only for a plain field that is not a secret: a model-level error's
+    # input is every setting at once (the admin token included)
+    if field and field not in SECRET_FIELDS and "input" in err:
+        return f"  {var}={short(err['input'])}: {err['msg']}"
+    return f"  {var}: {err['msg']}"
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Parse the environment once; turn validation errors into a message that says what to fix."""
+    """Parse the environment once; turn validation errors into a message that says what to
+    fix and never contains a secret value (the admin token)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = ["refusing to start: bad configuration"]
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "settings"
-            var = f"APPRENTICE_{field.upper()}" if field != "settings" else "APPRENTICE_*"
-            given = err.get("input")
-            lines.append(f"  {var}={given!r}: {err['msg']}")
-        raise SettingsError("\n".join(lines)) from None
+        lines += [_describe(err) for err in exc.errors(include_url=False, include_context=False)]
+        message = "\n".join(lines)
+    except PydanticSettingsError as exc:  # e.g. a value the environment source cannot decode
+        message = f"refusing to start: bad configuration: {short(str(exc), 300)}"
+    for secret in _secrets(overrides):  # belt and braces: a token pasted into another variable
+        message = message.replace(secret, "***")
+    raise SettingsError(message) from None

@@ -185,8 +185,10 @@ def load_series(
     symbol: str, interval: str = "5", last_bars: int = 0, window: int = fx.WINDOW, path: str = ""
 ) -> Series:
     """A bundled file (or a CSV ``path``), optionally its last N bars, as a :class:`Series`."""
-    table = load_klines(Path(path), drop_last_unconfirmed=True) if path else None
-    table = table if table is not None else load_bundled(symbol, interval)
+    if path:
+        table = load_klines(Path(path), drop_last_unconfirmed=True)
+    else:
+        table = load_bundled(symbol, interval)
     return series_from_table(_last(table, last_bars), window)
 
 
@@ -286,8 +288,8 @@ def pooled_folds(
     embargo as there).
     """
     ut = pool.unique_times()
-    tf = walk_forward_folds(ut, interval_ms(pool.interval), n_folds, horizon, embargo,
-                            test_frac, val_frac)  # fmt: skip
+    step = interval_ms(pool.interval)
+    tf = walk_forward_folds(ut, step, n_folds, horizon, embargo, test_frac, val_frac)
     at = np.searchsorted(ut, pool.times)  # (R,) index of each row's time in ut
     out: list[Fold] = []
     for f in tf:

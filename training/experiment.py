@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,6 +201,15 @@ class CachedTeacher(nn.Module):
         return self.forward_with_features(x)[0]
 
 
+def cache_teacher(
+    teacher: nn.Module, train: Split, layers: Sequence[int], batch: int = 1024
+) -> CachedTeacher:
+    """A :class:`CachedTeacher` over a fold's training windows: the teacher's (or an
+    ensemble's) logits (N, H, 2) and the features of ``layers``, computed once."""
+    logits, feats = network_outputs(teacher, train.x, layers, batch)
+    return CachedTeacher(teacher, logits, feats)
+
+
 # ---------------------------------------------------------------------------------- fit
 
 
@@ -255,8 +264,11 @@ def fit(
     p_all = torch.from_numpy(tr.pos)
     groups = symbol_codes(tr) if settings.balance else None
     cached = teacher if isinstance(teacher, CachedTeacher) else None
-    per_epoch = sum(1 for _ in batch_indices(len(tr), settings.batch_size, seed=seed, epoch=0,
-                                             groups=groups))  # fmt: skip
+
+    def epoch_batches(epoch: int) -> Iterator[NDArray[np.int64]]:
+        return batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch, groups=groups)
+
+    per_epoch = sum(1 for _ in epoch_batches(0))
     if settings.max_batches:
         per_epoch = min(per_epoch, settings.max_batches)
     total = max(per_epoch * settings.epochs, 1)
@@ -268,9 +280,7 @@ def fit(
     t0 = time.perf_counter()
     for epoch in range(settings.epochs):
         distiller.train()
-        batches = batch_indices(len(tr), settings.batch_size, seed=seed, epoch=epoch,
-                                groups=groups)  # fmt: skip
-        for b, idx in enumerate(batches):
+        for b, idx in enumerate(epoch_batches(epoch)):
             if settings.max_batches and b >= settings.max_batches:
                 break
             for group in opt.param_groups:
@@ -290,7 +300,8 @@ def fit(
             n_sum += 1
             step += 1
             last_of_epoch = b + 1 == per_epoch
-            if step % every and not (settings.eval_every <= 0 and last_of_epoch):
+            due = step % every == 0 or step == total  # the run's last step is always checked
+            if not due and not (settings.eval_every <= 0 and last_of_epoch):
                 continue
             if cached is not None:
                 cached.select(None)

@@ -154,6 +154,24 @@ def ort_latency_us(path: str | Path, x_row: NDArray[np.float32], n: int = 2000) 
     return float(np.median(times) / 1e3)
 
 
+@torch.no_grad()
+def torch_latency_us(net: nn.Module, x_row: NDArray[np.float32], n: int = 300) -> float:
+    """Median single-row torch latency in microseconds (eval mode, warmed up; for models
+    that are not exported, such as an ensemble teacher). Threads: the caller's setting."""
+    import time
+
+    net.eval()
+    x = torch.from_numpy(np.ascontiguousarray(x_row[:1], np.float32))
+    for _ in range(30):
+        net(x)
+    times = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        net(x)
+        times[i] = time.perf_counter_ns() - t0
+    return float(np.median(times) / 1e3)
+
+
 def git_commit() -> str:
     """HEAD's commit hash, or "unknown" outside a repository / before the first commit."""
     try:

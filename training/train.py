@@ -263,7 +263,8 @@ def run(cfg: ExperimentConfig, role: str = "student", dataset: Dataset | None = 
                 if k != "logits":
                     sums[k] += float(v.detach())
             bar.set_postfix({k: f"{v / n_sum:.4f}" for k, v in sums.items()}, refresh=False)
-            if step % every and not (t_cfg.eval_every <= 0 and b + 1 == len(batches)):
+            due = step % every == 0 or step == total  # the run's last step is always checked
+            if not due and not (t_cfg.eval_every <= 0 and b + 1 == len(batches)):
                 continue
             ddp.sync_buffers(distiller, ctx)
             seconds = time.perf_counter() - t0

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import random
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class ReplayExchange:
         if self.start_ms % self.step:
             raise ValueError(f"start_ms {self.start_ms} is not on the {cfg.interval} grid")
         self.stats: Counter[str] = Counter()
+        self.rest_times: list[float] = []  # time.monotonic() of each REST request, for tests
         # one generator per kind of decision, so that timing (how many sockets or requests
         # there happen to be) never shifts another kind's draws: same seed, same faults
         self._rng = random.Random(f"{cfg.seed}:candles")
@@ -159,6 +161,26 @@ class ReplayExchange:
     def now_ms(self) -> int:
         """The exchange's (virtual) time."""
         return self.clock.now_ms()
+
+    def open_candle(self, symbol: str) -> Kline | None:
+        """The candle open now (as its next interim push would carry it), if the tape has it."""
+        now = self.now_ms()
+        return self.tapes[symbol].partial(now - now % self.step, now)
+
+    async def inject(self, raw: str | bytes, topic: str | None = None) -> int:
+        """Send ``raw`` as it is to every socket subscribed to ``topic`` (every socket when
+        None): a hostile exchange's frames, for tests. Returns how many sockets got it."""
+        sent = 0
+        for conn in list(self._conns):
+            if topic is not None and topic not in conn.topics:
+                continue
+            try:
+                await conn.ws.send(raw)
+                sent += 1
+            except ConnectionClosed:
+                self._conns.discard(conn)
+        self.stats["injected"] += sent
+        return sent
 
     # push engine --------------------------------------------------------------------------
     async def _run_engine(self) -> None:
@@ -318,6 +340,7 @@ class ReplayExchange:
     def _rest(self, connection: ServerConnection, q: dict[str, list[str]]) -> Response:
         f = self.config.faults
         self.stats["rest_requests"] += 1
+        self.rest_times.append(time.monotonic())
         if f.http_error and self._rng_http.random() < f.http_error:
             status = 429 if self._rng_http.random() < 0.5 else 500
             self.stats[f"http_{status}"] += 1

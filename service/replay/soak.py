@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,12 +120,14 @@ async def soak(
     queue_size: int = 10_000,
     consumer_delay_s: float = 0.0,
     direct: bool = False,
+    script: Callable[[ReplayExchange], Coroutine[Any, Any, None]] | None = None,
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
 
     A consumer task records each event as it takes it from the queue. ``direct``: also the
     service's hand-off — closed candles that find the queue empty go to a callback instead
-    (``SoakResult.direct`` counts the callback's share).
+    (``SoakResult.direct`` counts the callback's share). ``script(exchange)`` runs beside the
+    feed (a hostile exchange's extra frames, via ``ReplayExchange.inject``).
     """
     cfg = ReplayConfig(
         symbols=symbols,
@@ -178,6 +181,9 @@ async def soak(
             feed.direct = direct_record
         consumer = asyncio.create_task(consume(), name="soak-consumer")
         task = asyncio.create_task(feed.run(), name="soak-feed")
+        helpers = [consumer]
+        if script is not None:
+            helpers.append(asyncio.create_task(script(ex), name="soak-script"))
 
         def finished() -> bool:
             return all(closed[s] and closed[s][-1].kline.start >= target for s in live)
@@ -195,7 +201,7 @@ async def soak(
         except TimeoutError:
             pass
         finally:
-            for t in (task, consumer):
+            for t in (task, *helpers):
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t

@@ -147,13 +147,16 @@ def _mutated(**changes: object) -> str:
         ('{"topic": "orderbook.50.BTCUSDT", "data": [{}], "ts": 1}', "unknown_topic"),
         ('{"topic": "kline.5.btcusdt", "data": [{}], "ts": 1}', "unknown_topic"),
         (_mutated(open=16649.5), "bad_value"),  # a float on the wire, not a string
-        (_mutated(close="-1"), "bad_value"),
-        (_mutated(volume="NaN"), "bad_value"),
+        (_mutated(close="-1"), "bad_price"),
+        (_mutated(volume="NaN"), "bad_price"),
+        (_mutated(low="1e400"), "bad_price"),  # overflows to inf
+        (_mutated(open="0"), "bad_price"),
         (_mutated(confirm="true"), "bad_value"),
         (_mutated(start="1672324800000"), "bad_value"),
-        (_mutated(start=1672324800001), "bad_value"),  # off the 5-minute grid
+        (_mutated(start=1672324800001), "off_grid"),  # off the 5-minute grid
         (_mutated(interval="1"), "bad_value"),  # disagrees with the topic
-        (_mutated(high="16000"), "bad_value"),  # high below open/close
+        (_mutated(high="16000"), "bad_ohlc"),  # high below open/close
+        (_mutated(low="16700"), "bad_ohlc"),  # low above open/close
     ],
 )
 def test_malformed_frames_raise_frame_error_with_a_bounded_reason(

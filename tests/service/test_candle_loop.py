@@ -25,7 +25,7 @@ import numpy as np
 from bench import probe, stack
 from service.candle_loop import SWITCH_INTERVAL_S, CandleLoop
 
-COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_btcusdt_5m.onnx"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "student_pooled_5m.onnx"
 
 
 async def test_tasks_run_on_their_own_thread_and_stop_in_order() -> None:

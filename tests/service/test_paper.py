@@ -205,3 +205,24 @@ async def test_a_failed_journal_write_books_nothing_and_trading_goes_on(
     assert [f.candle_start for f in fills] == [300_000]  # the retry on the next candle
     assert trader.account.trades == 1
     await j.aclose()
+
+
+async def test_a_restart_keeps_the_whole_equity_curve_peak_and_marks(tmp_path: Path) -> None:
+    from service.paper import EQUITY_POINTS
+
+    j = Journal(tmp_path)
+    await j.call(j.open)
+    terms = await j.call(j.current_account, 10_000.0, 1_000.0, 5.5, 1.0)
+    trader = PaperTrader(j, PaperAccount(terms), Metrics())
+    actions = ["long", "long", "flat", "short", "short", "long", "flat", "flat"]
+    for i in range(40):
+        for sym, base in (("BTCUSDT", 100.0), ("ETHUSDT", 10.0)):
+            close = base * (1 + 0.03 * ((i * 7) % 5 - 2))
+            await trader.on_signal(sig(sym, i * 300_000, close, actions[(i + len(sym)) % 8]))
+    before = trader.account.snapshot()
+    assert len(before["equity_curve"]) == 80 > before["trades"]  # a point per live candle
+    fills = await j.call(j.fills, terms.epoch)
+    curve = await j.call(j.curve_state, terms.epoch, EQUITY_POINTS)
+    after = replay_fills(terms, fills, curve).snapshot()  # what a restart builds
+    assert after == before  # curve, peak (drawdown), marks (unrealised PnL, equity): all of it
+    await j.aclose()

@@ -88,6 +88,7 @@ async def test_kill9_and_restart_loses_and_doubles_nothing(
             proc = start()
             try:
                 seen = await _until(lambda: trades(4), 60, "trades before the kill")
+                curve_seen = (await http.get("/paper")).json()["equity_curve"]
                 os.kill(proc.pid, signal.SIGKILL)  # mid-run: candles keep closing meanwhile
                 assert proc.wait(10) == -signal.SIGKILL
             finally:
@@ -108,6 +109,11 @@ async def test_kill9_and_restart_loses_and_doubles_nothing(
                 # replay the journal up to the account's own fill count (a fill is journaled
                 # before it counts, so the journal holds at least that many).
                 assert paper["trades"] >= len(before)
+                # the equity curve goes on from where it was, point for point (not only the
+                # fills'); the newest point seen may not have been journaled before the kill
+                kept = curve_seen[:-1]
+                assert len(kept) >= 2
+                assert paper["equity_curve"][: len(kept)] == kept
                 _, journal_now = _journal(state / "paper.sqlite3")
                 expected = replay_fills(terms, journal_now[: paper["trades"]])
                 assert paper["account"] == terms.epoch

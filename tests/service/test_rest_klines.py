@@ -34,10 +34,10 @@ def cfg(**kw: object) -> ReplayConfig:
 
 
 def test_windows_hold_at_most_limit_candles_and_cover_the_range() -> None:
-    w = windows(0, 2499 * STEP, STEP, 1000)
+    w = list(windows(0, 2499 * STEP, STEP, 1000))
     assert w == [(0, 999 * STEP), (1000 * STEP, 1999 * STEP), (2000 * STEP, 2499 * STEP)]
-    assert windows(1, STEP, STEP) == [(STEP, STEP)]  # rounded up onto the grid
-    assert windows(5 * STEP, 4 * STEP, STEP) == []
+    assert list(windows(1, STEP, STEP)) == [(STEP, STEP)]  # rounded up onto the grid
+    assert list(windows(5 * STEP, 4 * STEP, STEP)) == []
 
 
 def test_parse_page_reverses_and_drops_the_open_candle() -> None:
@@ -57,7 +57,9 @@ def test_parse_page_reverses_and_drops_the_open_candle() -> None:
     assert page.klines[1].high == 2.5 and page.klines[1].confirm
     assert page.oldest_start == 300_000 and page.server_time == 1_000_000
     with pytest.raises(RestError):
-        parse_kline_page("BTCUSDT", "5", {"result": {"list": [[1, 2]]}, "time": 5})
+        parse_kline_page("BTCUSDT", "5", {"result": {"list": []}, "time": "5"})
+    bad = parse_kline_page("BTCUSDT", "5", {"result": {"list": [[1, 2]]}, "time": 5})
+    assert bad.klines == [] and bad.rejected == ["bad_shape"]  # skipped and named
 
 
 async def test_fetch_range_paginates_and_matches_the_exchange() -> None:
@@ -155,3 +157,34 @@ def test_sync_helper_for_scripts() -> None:
             assert len(got) == 10
 
     asyncio.run(serve_and_fetch())
+
+
+def test_windows_are_lazy_and_ranges_bounded_before_any_allocation() -> None:
+    from service.rest import bounded
+
+    huge = windows(0, 2**63 - 1, STEP, 1000)  # a generator: nothing is built yet
+    assert next(huge) == (0, 999 * STEP)
+    lo, hi = bounded(0, 2**63 - 1, STEP, 300)
+    assert (hi - lo) // STEP < 300 and len(list(windows(lo, hi, STEP, 1000))) == 1
+
+
+def test_rest_rows_that_break_a_kline_rule_are_skipped_and_counted() -> None:
+    rows = [
+        ["1200000", "1", "1", "1", "1", "1", "1"],  # fine
+        ["900000", "1e400", "1e400", "1", "1", "1", "1"],  # overflows to inf
+        ["600000", "0", "1", "0", "1", "1", "1"],  # a zero price
+        ["300001", "1", "1", "1", "1", "1", "1"],  # off the grid
+        ["0", "1", "0.5", "0.8", "1", "1", "1"],  # high below low
+        ["99999999999999999999999", "1", "1", "1", "1", "1", "1"],  # an absurd start
+    ]
+    page = parse_kline_page("BTCUSDT", "5", {"result": {"list": rows}, "time": 10**9})
+    assert [k.start for k in page.klines] == [1_200_000]
+    assert page.rejected == ["bad_price", "bad_price", "off_grid", "bad_ohlc", "bad_value"]
+
+
+async def test_fetch_range_asks_only_for_the_history_kept() -> None:
+    async with ReplayExchange(cfg()) as ex:
+        rest = fast(ex.rest_url)
+        got = await rest.fetch_range("BTCUSDT", "5", 0, ex.start_ms - STEP, max_candles=300)
+        assert rest.requests_made == 1  # 300 bars, not the ~6e6 since 1970
+        assert len(got) == 300 and got[-1].start == ex.start_ms - STEP

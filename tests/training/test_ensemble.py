@@ -11,7 +11,13 @@ import torch
 from training.config import DistillConfig
 from training.distill import Distiller
 from training.ensemble import Ensemble, is_ensemble_dir, load_ensemble, train_ensemble
-from training.experiment import CachedTeacher, FitSettings, FoldData, network_outputs
+from training.experiment import (
+    CachedTeacher,
+    FitSettings,
+    FoldData,
+    cache_teacher,
+    network_outputs,
+)
 from training.networks import NetSpec, build_network, count_parameters
 
 F_, T_ = 12, 32
@@ -51,6 +57,9 @@ def test_outputs_are_the_averaged_member_probabilities_per_head() -> None:
     assert ens.param_count() == sum(count_parameters(m) for m in members)
     assert ens.member_param_count() == count_parameters(members[1])
     assert ens.member_param_count(2) == count_parameters(members[2])
+    from training.export import torch_latency_us
+
+    assert 0 < torch_latency_us(ens, x, n=5) < 1e7
 
 
 def test_feature_targets_come_from_the_configured_member() -> None:
@@ -88,8 +97,11 @@ def test_kd_from_an_ensemble_uses_the_average_and_member_features() -> None:
     student = build_network(NetSpec("tcn", F_, T_, (4, 4)))
     x = torch.from_numpy(_x(16))
     y = torch.randint(0, 2, (16, 2))
-    lg, fe = network_outputs(ens, x.numpy(), [0, 1])
-    cached = CachedTeacher(ens, lg, fe)
+    from training.data import Split
+
+    train = Split(x.numpy(), y.numpy(), np.arange(16) * 40, np.arange(16))
+    cached = cache_teacher(ens, train, [0, 1])
+    assert isinstance(cached, CachedTeacher)
     d = Distiller(
         student,
         cached,

@@ -54,13 +54,22 @@ def test_teacher_loss_goes_down_and_checkpoint_is_complete(tmp_path: Path) -> No
     cfg = _cfg(
         "configs/tcn/teacher.toml",
         tmp_path,
-        **{"train.epochs": 3, "train.patience": 9, "data.last_bars": 2000},
+        **{
+            "train.epochs": 3,
+            "train.patience": 9,
+            "train.eval_every": 0,  # one check per epoch
+            "data.last_bars": 2000,
+        },
     )
     result = run(cfg, role="teacher")
     ckpt = load_checkpoint(result.checkpoint)
     losses = [h["train"]["task"] for h in ckpt["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert {"task_direction", "task_volatility"} <= set(ckpt["history"][0]["train"])
+    assert ckpt["best_step"] == ckpt["history"][ckpt["best_epoch"]]["step"]
+    # the weights kept are the best check's: their validation score is the history's minimum
+    kept = sum(result.metrics["val"][h]["loss"] for h in ("direction", "volatility"))
+    assert kept == pytest.approx(min(h["val"]["select"] for h in ckpt["history"]), abs=1e-6)
     assert from_dict(ckpt["config"]) == cfg  # the resolved config travels with the weights
     assert ckpt["spec"]["family"] == "tcn" and ckpt["params"] > 50_000
     assert ckpt["data_span"]["train"]["windows"] > 0 and len(ckpt["feature_names"]) == 12
