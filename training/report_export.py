@@ -46,10 +46,15 @@ def feature_reference(a: PooledOutcome) -> FeatureReference:
 
 
 def _ensemble(env: Env, a: PooledOutcome) -> nn.Module:
+    import copy
+
     from training.ensemble import Ensemble
 
+    # a member that served as a distillation teacher was frozen (requires_grad off), and
+    # parameter counts only count trainable tensors: count (and save) unfrozen copies
+    members = [copy.deepcopy(m).requires_grad_(True).eval() for m in a.members]
     return Ensemble(
-        a.members,
+        members,
         feature_member=min(env.cfg.feature_member, len(a.members) - 1),
         seeds=env.cfg.members,
         info={"trained_on": list(env.cfg.pooled.symbols), "by": "python -m training report"},

@@ -116,6 +116,8 @@ def test_tiny_report_runs_end_to_end(tmp_path: Path) -> None:
 
     ens = load_ensemble(tmp_path / "teacher")
     assert len(ens) == len(cfg.members)
+    # the card counts every member (one of them was frozen as a distillation teacher)
+    assert card.teacher.params == ens.param_count() == len(cfg.members) * ens.member_param_count()
     assert (path.parent / "results.json").exists()
 
 
