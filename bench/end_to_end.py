@@ -247,7 +247,7 @@ def _write(
         "and nothing polled). Load average at the end of the section "
         f"{load_avg:.2f} on {os.cpu_count()} cores.",
     )
-    _targets(sec, results, sig99, demo_p99, idle_cpu, load_avg)
+    _targets(sec, results, sig99, demo_p99, idle_cpu, load_avg, demo_rows)
 
 
 def _p99(res: probe.ProbeResult | None) -> float:
@@ -266,6 +266,7 @@ def _targets(
     demo_p99: float,
     idle_cpu: float,
     load_avg: float,
+    demo_rows: list[list[object]],
 ) -> None:
     idle99 = _p99(results.get("idle"))
     for phase in ("c64", "heavy"):
@@ -317,6 +318,20 @@ def _targets(
             "< 1 ms",
             "n/a" if math.isnan(demo_p99) else f"{demo_p99:.0f} µs",
             None if math.isnan(demo_p99) else ok,
-            "" if ok or math.isnan(demo_p99) else f"load average {load_avg:.1f}",
+            "" if ok or math.isnan(demo_p99) else _demo_why(demo_rows, load_avg),
         )
+    )
+
+
+def _demo_why(rows: list[list[object]], load_avg: float) -> str:
+    """Where a slow ``make demo`` p99 goes, from the same run's stage histograms."""
+    p99 = {str(r[0]): r[4] for r in rows}
+    feat = p99.get("feature update (per closed kline)", math.nan)
+    inf = p99.get("inference (per signal)", math.nan)
+    return (
+        f"the stages inside it had p99 {feat:.0f} µs (features) and {inf:.0f} µs "
+        "(inference); the rest is websockets' frame parse and the wait for the CPU, both "
+        "slow on a cold, shared core: one 285-byte frame parses in ~8.5 µs back to back "
+        f"but took ~100 µs of the feed thread's CPU between candles in a probe run (load "
+        f"average {load_avg:.1f} on {os.cpu_count()} cores here)"
     )

@@ -26,8 +26,10 @@ one more interpreter. What a thread does not isolate is the GIL, so:
 Thread rules. Only this thread mutates the feed, the pipeline and the signal store. The
 API thread reads them in single steps that are atomic under the GIL (attribute reads,
 dict lookups, ``list(deque)``), never iterating a container the candle thread may grow.
-Live signals cross to the paper trader through ``call_soon_threadsafe`` into its bounded
-queue (the pipeline's ``sink``). The lifespan starts the thread (:meth:`CandleLoop.start`),
+Live signals cross to the paper trader once per burst (:class:`Handoff`: collected on the
+candle loop for :data:`HANDOFF_DELAY_S`, then one ``call_soon_threadsafe`` into the
+trader's bounded queue), so the API thread is not woken, and does not ask for the GIL,
+between the candles of one burst. The lifespan starts the thread (:meth:`CandleLoop.start`),
 spawns the tasks on it (:meth:`CandleLoop.spawn`) and :meth:`CandleLoop.stop` cancels and
 awaits them on their own loop, in order, then stops the loop and joins the thread.
 """
@@ -39,10 +41,13 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005  # CPython's default is 0.005
+HANDOFF_DELAY_S = 0.005  # candles of several symbols close together: one hand-off per burst
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -131,7 +136,12 @@ class CandleLoop:
         if loop is None or thread is None:
             return
         if thread.is_alive():
-            await self.call(self._cancel_all(order, timeout_s))
+            budget = timeout_s * (len(self._tasks) + 1)  # a loop that never answers: give up
+            try:
+                async with asyncio.timeout(budget):
+                    await self.call(self._cancel_all(order, timeout_s))
+            except TimeoutError:
+                log.warning("%s loop did not answer within %.1fs", self.name, budget)
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(thread.join, timeout_s)
             if thread.is_alive():
@@ -150,3 +160,61 @@ class CandleLoop:
             done, _ = await asyncio.wait({task}, timeout=timeout_s)
             if not done:
                 log.warning("%s task did not stop within %.1fs", name, timeout_s)
+
+
+class Handoff(Generic[T]):
+    """Items made on the candle loop, delivered to ``fn`` on ``target`` once per burst.
+
+    ``__call__`` (the pipeline's sink, on the candle thread) collects; the first item of a
+    burst arms one timer of ``delay_s`` on the candle loop, which passes the whole batch to
+    ``target`` in one ``call_soon_threadsafe``. ``fn`` must not block (the paper trader's
+    ``offer``: a bounded queue that drops and counts when full). Called with no running
+    loop (a test driving the pipeline by hand), an item is passed on at once.
+    """
+
+    def __init__(
+        self,
+        target: asyncio.AbstractEventLoop,
+        fn: Callable[[T], None],
+        delay_s: float = HANDOFF_DELAY_S,
+    ) -> None:
+        self.target = target
+        self.fn = fn
+        self.delay_s = delay_s
+        self._batch: list[T] = []
+        self._armed = False
+        self._made = 0  # written by the candle thread only
+        self._delivered = 0  # written by the target loop's thread only
+
+    @property
+    def pending(self) -> int:
+        """Items collected or on their way, not yet passed to ``fn``."""
+        return self._made - self._delivered
+
+    def __call__(self, item: T) -> None:
+        self._batch.append(item)
+        self._made += 1
+        if self._armed:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._armed = True
+        here.call_later(self.delay_s, self.flush)
+
+    def flush(self) -> None:
+        """Hand the collected items over now."""
+        batch, self._batch, self._armed = self._batch, [], False
+        if not batch:
+            return
+        if self.target.is_closed():
+            self._delivered += len(batch)  # nobody left to take them (shutdown)
+            return
+        self.target.call_soon_threadsafe(self._deliver, batch)
+
+    def _deliver(self, batch: list[T]) -> None:
+        for item in batch:
+            self.fn(item)
+        self._delivered += len(batch)

@@ -6,7 +6,8 @@ verifies the model, opens the paper journal and resumes the account, then starts
 feed and pipeline tasks on the candle thread (:mod:`service.candle_loop`: closed candles
 never wait behind HTTP requests) and the paper task on the API's loop; :meth:`Runtime.stop`
 cancels them and awaits them with a timeout, then stops the candle thread. Live signals
-reach the paper trader through ``call_soon_threadsafe`` into its bounded queue. Readiness,
+reach the paper trader once per burst (``candle_loop.Handoff``) into its bounded queue.
+Readiness,
 staleness and model reloads are answered here for the API.
 """
 
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from service.candle_loop import CandleLoop
+from service.candle_loop import CandleLoop, Handoff
 from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
@@ -151,7 +152,7 @@ class Runtime:
             account: PaperAccount = replay_fills(terms, fills, curve)
             self.trader = PaperTrader(journal, account, self.metrics)
             # the pipeline runs on the candle thread; the trader lives on this loop
-            self.pipeline.sink = _on_loop(asyncio.get_running_loop(), self.trader.offer)
+            self.pipeline.sink = Handoff(asyncio.get_running_loop(), self.trader.offer)
             log.info(
                 "paper account %d resumed from %s: %d fills, equity %.2f USDT",
                 terms.epoch,
@@ -315,14 +316,3 @@ class Runtime:
         self.readiness()
         if self.trader is not None:
             self.trader.update_gauges()
-
-
-def _on_loop(
-    loop: asyncio.AbstractEventLoop, fn: Callable[[Signal], None]
-) -> Callable[[Signal], None]:
-    """``fn`` called from any thread, run on ``loop`` (the paper trader's hand-off)."""
-
-    def call(signal: Signal) -> None:
-        loop.call_soon_threadsafe(fn, signal)
-
-    return call

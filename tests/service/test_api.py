@@ -81,7 +81,9 @@ def _settle(client: TestClient, rt: Runtime, n_events: int) -> None:
 
         deadline = time.monotonic() + 30  # generous: the test machine may be busy
         while time.monotonic() < deadline:
-            if total() >= n_events and (rt.trader is None or rt.trader.queue.empty()):
+            handing = getattr(rt.pipeline.sink, "pending", 0)  # signals on their way
+            idle = rt.trader is None or (rt.trader.queue.empty() and handing == 0)
+            if total() >= n_events and idle:
                 break
             await asyncio.sleep(0.001)
         if rt.trader is not None:

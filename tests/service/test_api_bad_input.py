@@ -49,7 +49,12 @@ def serve(
 def _settle(client: TestClient, rt: Runtime, done: Callable[[], bool]) -> None:
     async def wait() -> None:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (done() and rt.trader.queue.empty()):  # type: ignore[union-attr]
+
+        def idle() -> bool:  # nothing queued for the trader, nothing on its way to it
+            handing = getattr(rt.pipeline.sink, "pending", 0)
+            return rt.trader.queue.empty() and handing == 0  # type: ignore[union-attr]
+
+        while time.monotonic() < deadline and not (done() and idle()):
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.05)  # the trader's settle wait and journal write
         async with rt.trader.lock:  # type: ignore[union-attr]

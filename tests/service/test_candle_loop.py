@@ -117,3 +117,65 @@ def test_heavy_reads_do_not_delay_candles(tmp_path: Path) -> None:
     p90 = float(np.percentile(served_ms, 90))
     shown = [round(float(x), 1) for x in sorted(served_ms)]
     assert p90 < 30.0, f"frame -> served p90 {p90:.1f} ms under heavy reads (ms): {shown}"
+
+
+async def test_handoff_delivers_a_burst_once_in_order_on_the_target_loop() -> None:
+    from service.candle_loop import Handoff
+
+    here = asyncio.get_running_loop()
+    got: list[tuple[int, str]] = []
+    wakeups: list[int] = []
+
+    def take(item: int) -> None:
+        got.append((item, threading.current_thread().name))
+
+    handoff: Handoff[int] = Handoff(here, take, delay_s=0.02)
+    original = handoff._deliver
+
+    def counted(batch: list[int]) -> None:
+        wakeups.append(len(batch))
+        original(batch)
+
+    handoff._deliver = counted  # type: ignore[method-assign]
+    loops = CandleLoop()
+    loops.start()
+    try:
+
+        async def burst() -> None:
+            for i in range(5):
+                handoff(i)  # the pipeline's sink, called on the candle thread
+                await asyncio.sleep(0.001)
+
+        await loops.call(burst())
+        assert handoff.pending == 5 and not got  # held for the rest of the burst
+        deadline = time.monotonic() + 5
+        while handoff.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        me = threading.current_thread().name
+        assert got == [(i, me) for i in range(5)] and wakeups == [5]
+    finally:
+        await loops.stop()
+    plain = threading.Thread(target=handoff, args=(9,))  # no running loop there: at once
+    plain.start()
+    plain.join()
+    await asyncio.sleep(0.01)
+    assert got[-1] == (9, threading.current_thread().name) and handoff.pending == 0
+
+
+async def test_stop_gives_up_on_a_loop_that_never_answers() -> None:
+    loops = CandleLoop()
+    loops.start()
+    release = threading.Event()
+
+    async def stuck() -> None:
+        release.wait(10)  # a blocking call on the candle loop (a bug): nothing else runs
+
+    await loops.spawn("stuck", stuck())
+    stopper = asyncio.ensure_future(loops.stop(timeout_s=0.2))
+    deadline = time.monotonic() + 3.0
+    while not stopper.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    gave_up = stopper.done()  # while the loop is still blocked
+    release.set()  # let the thread end so the test leaves nothing behind
+    await stopper
+    assert gave_up and loops.loop is None
