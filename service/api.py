@@ -127,7 +127,12 @@ def _signal_out(rt: Runtime, symbol: str) -> SignalOut | None:
     signal = rt.store.latest(symbol)
     if signal is None:
         return None
-    return SignalOut.of(signal, rt.age_s(signal.received_ns), rt.is_stale(signal))
+    return SignalOut.of(
+        signal,
+        rt.age_s(signal.received_ns),
+        rt.is_stale(signal),
+        rt.settings.vol_regime_threshold,
+    )
 
 
 @router.get(

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import api
+from service import api, api_health
 from service.request_limits import MAX_BODY_BYTES, RequestLimits
 from service.runtime import FeedFactory, Runtime
 from service.settings import Settings
@@ -118,6 +118,7 @@ def create_app(
     app.state.runtime = rt
     app.include_router(api.router)
     app.include_router(api.admin_router)
+    app.include_router(api_health.router)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # inside the timer
     app.add_middleware(RequestTimer, histogram=rt.metrics.http_request_duration_seconds)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -25,9 +25,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.journal import Journal
 from service.settings import SettingsError, load_settings
+from service.signal_journal import JOURNAL_FILE as SIGNAL_JOURNAL_FILE
 
 DEMO_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
 STATUS_EVERY_S = 15.0
@@ -154,6 +156,8 @@ def status_line(base: str) -> str:
             text = r.read().decode()
         with urllib.request.urlopen(f"{base}/paper", timeout=2) as r:
             paper = json.loads(r.read())
+        with urllib.request.urlopen(f"{base}/model/health", timeout=2) as r:
+            health = json.loads(r.read())
     except (OSError, ValueError) as exc:
         return f"status: service unavailable ({exc})"
     lat = "apprentice_signal_latency_seconds"
@@ -164,8 +168,25 @@ def status_line(base: str) -> str:
         f"status: {_sample(text, 'apprentice_signals_total'):.0f} signals, "
         f"paper account {paper['account']}: {paper['trades']} trades, "
         f"equity {paper['equity']:.2f} USDT; "
-        f"frame→signal latency over {n:.0f} live candles: {us}"
+        f"frame→signal latency over {n:.0f} live candles: {us}; {live_scores(health)}"
     )
+
+
+def live_scores(health: dict[str, Any]) -> str:
+    """Per head, the live log loss against the no-skill one, averaged over the symbols."""
+    parts = []
+    for head in ("volatility", "direction"):
+        rows = [h[head] for h in health["symbols"].values() if h[head]["live"] is not None]
+        if not rows:
+            parts.append(f"{head}: not scored yet")
+            continue
+        live = sum(r["live"]["log_loss"] for r in rows) / len(rows)
+        base = sum(r["no_skill"]["log_loss"] for r in rows) / len(rows)
+        parts.append(
+            f"{head} log loss {live:.4f} vs no-skill {base:.4f} "
+            f"(last {min(r['n'] for r in rows)} candles of {len(rows)} symbols)"
+        )
+    return "live " + ", ".join(parts)
 
 
 def stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float = 15.0) -> None:
@@ -218,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"demo: fresh paper account {terms.epoch} in {journal.path} (--resume keeps the last)"
         )
+        # The replay starts from the first bundled candle again: a previous run's signal
+        # journal is ahead of it in candle time, so it would hold back the live scores.
+        for suffix in ("", "-wal", "-shm"):
+            (settings.state_dir / f"{SIGNAL_JOURNAL_FILE}{suffix}").unlink(missing_ok=True)
 
     stopping = False
 

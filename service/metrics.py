@@ -152,6 +152,52 @@ class Metrics:
             "model_reloads", "Model reload attempts", ["result"], namespace=ns, registry=r
         )
         self.ready = Gauge("ready", "1 when /ready answers 200", namespace=ns, registry=r)
+        self.signal_probability_high_vol = Gauge(
+            "signal_probability_high_vol",
+            "Latest probability of a high-volatility next candle",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        # is the model still working (DESIGN section 7): live scores and drift
+        self.live_log_loss = Gauge(
+            "live_log_loss",
+            "Log loss of the served probabilities over the last N scored candles (nats)",
+            ["symbol", "head"],
+            namespace=ns,
+            registry=r,
+        )
+        self.live_accuracy = Gauge(
+            "live_accuracy",
+            "Accuracy of the served signals over the last N scored candles",
+            ["symbol", "head"],
+            namespace=ns,
+            registry=r,
+        )
+        self.live_scored = Counter(
+            "live_scored",
+            "Signals scored against the candle that followed",
+            ["symbol", "head"],
+            namespace=ns,
+            registry=r,
+        )
+        self.feature_psi = Gauge(
+            "feature_psi",
+            "PSI of the last live feature values against the model card's training reference",
+            ["feature"],
+            namespace=ns,
+            registry=r,
+        )
+        self.journal_write_seconds = Histogram(
+            "journal_write_seconds",
+            "One committed batch of the signal journal (its own thread)",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.journal_errors = Counter(
+            "journal_errors", "Signal journal writes that failed", namespace=ns, registry=r
+        )
         # paper trading
         self.paper_equity_usdt = Gauge(
             "paper_equity_usdt", "Paper account equity", namespace=ns, registry=r

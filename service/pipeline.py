@@ -22,6 +22,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from service.features import WARMUP_BARS, WINDOW, FeatureWindow, IncrementalFeatures
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
@@ -29,6 +32,7 @@ from service.predictor import ModelSlot
 from service.signals import Signal, SignalStore, action_of, confidence_of, direction_of
 
 log = logging.getLogger(__name__)
+F64 = npt.NDArray[np.float64]
 BARS_TO_FIRST_SIGNAL = WARMUP_BARS + WINDOW - 1  # 48 bars for vol_z, then 31 more vectors
 _NS_PER_US = 1_000.0
 _NS_PER_S = 1e9
@@ -81,6 +85,7 @@ class Pipeline:
         long_threshold: float,
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
+        observer: Callable[[KlineEvent, F64 | None, Signal | None], None] | None = None,
     ) -> None:
         self.interval = interval
         self.step_ms = interval_ms(interval)
@@ -90,6 +95,9 @@ class Pipeline:
         self.long_threshold = long_threshold
         self.short_threshold = short_threshold
         self.sink = sink
+        # Sees every closed kline used, its feature vector and signal (the monitor: journal,
+        # live scores, drift); called after the signal is stored, and it defers its own work.
+        self.observer = observer
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.processed = 0
         self.errors = 0
@@ -98,6 +106,7 @@ class Pipeline:
         self._m_latency = metrics.signal_latency_seconds
         self._m_prob = {s: metrics.signal_probability_up.labels(symbol=s) for s in self.states}
         self._m_dir = {s: metrics.signal_direction.labels(symbol=s) for s in self.states}
+        self._m_vol = {s: metrics.signal_probability_high_vol.labels(symbol=s) for s in self.states}
         self._m_bad = metrics.klines_rejected.labels(reason="bad_value")
         self._m_old = metrics.klines_rejected.labels(reason="out_of_order")
 
@@ -123,11 +132,16 @@ class Pipeline:
         predictor = self.slot.current
         if not st.window.full or predictor is None:
             self._m_features.observe((t1 - t0) / _NS_PER_S)
+            if self.observer is not None:
+                self.observer(event, vec, None)
             return None
         p = predictor.predict(st.window.view())  # (F, T) view, oldest → newest
+        p_vol = predictor.high_vol  # both heads come from the same run
         t2 = time.perf_counter_ns()
-        if not math.isfinite(p):
+        if not (math.isfinite(p) and math.isfinite(p_vol)):
             self._m_bad.inc()
+            if self.observer is not None:
+                self.observer(event, vec, None)
             return None
         live = event.source == "ws"
         ident = predictor.identity
@@ -147,6 +161,8 @@ class Pipeline:
             received_ns=event.received_ns,
             generated_at=time.time(),
             live=live,
+            probability_high_vol=p_vol,
+            model_sha256=predictor.card.sha256,
         )
         self.store.put(signal)
         t3 = time.perf_counter_ns()
@@ -158,9 +174,12 @@ class Pipeline:
         (st.signals_up if p >= 0.5 else st.signals_down).inc()
         self._m_prob[k.symbol].set(p)
         self._m_dir[k.symbol].set(1.0 if p >= 0.5 else -1.0)
+        self._m_vol[k.symbol].set(p_vol)
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
+        if self.observer is not None:
+            self.observer(event, vec, signal)
         return signal
 
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:

@@ -8,9 +8,12 @@ preallocated output, so a prediction is a copy into the input buffer plus one ``
 Every close runs the plain full graph: no graph surgery, so any exported student with the
 card's input and outputs is served the same way.
 
-A model is served only after :func:`service.model_card.verify_model` agrees (sha256 and
-feature-spec hash), its graph matches the card (input name and shape, ``prob_up`` output) and
-a trial prediction is a probability. :class:`ModelSlot` holds the serving predictor; a reload
+Both heads are served: the graph must have the outputs DESIGN section 5 names
+(``HEAD_OUTPUTS``: ``prob_up`` for direction, ``prob_high_vol`` for volatility), each (batch,)
+or (batch, 1); both are bound and computed by the same ``run``. A model is served only after
+:func:`service.model_card.verify_model` agrees (sha256 and feature-spec hash), its graph
+matches the card (input name and shape, both outputs) and a trial prediction gives two
+probabilities. :class:`ModelSlot` holds the serving predictor; a reload
 builds and validates a new one off the event loop and swaps the reference in one assignment.
 """
 
@@ -26,9 +29,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES, WINDOW
-from service.model_card import ModelCard, ModelCardError, verify_model
+from service.model_card import HEAD_OUTPUTS, HEADS, ModelCard, ModelCardError, verify_model
 
-OUTPUT_NAME = "prob_up"
+OUTPUT_NAME = HEAD_OUTPUTS["direction"]  # "prob_up"
+VOL_OUTPUT_NAME = HEAD_OUTPUTS["volatility"]  # "prob_high_vol"
 F64 = npt.NDArray[np.float64]
 
 
@@ -92,26 +96,33 @@ class Predictor:
                 f"{onnx_path}: input shape {shape} is not (batch, {N_FEATURES}, {WINDOW})"
             )
         outputs = {o.name: o for o in session.get_outputs()}
-        if OUTPUT_NAME not in outputs:
+        missing = [HEAD_OUTPUTS[h] for h in HEADS if HEAD_OUTPUTS[h] not in outputs]
+        if missing:
             raise ModelCardError(
-                f"{onnx_path}: no {OUTPUT_NAME!r} output (outputs: {sorted(outputs)}); "
-                "export with training.export"
+                f"{onnx_path}: no {' or '.join(repr(m) for m in missing)} output "
+                f"(outputs: {sorted(outputs)}); the service serves both heads "
+                f"({', '.join(f'{h}: {HEAD_OUTPUTS[h]}' for h in HEADS)}): "
+                "export a two-head student with training.export"
             )
-        out_shape = outputs[OUTPUT_NAME].shape
-        if len(out_shape) not in (1, 2) or (len(out_shape) == 2 and out_shape[1] != 1):
-            raise ModelCardError(
-                f"{onnx_path}: {OUTPUT_NAME} shape {out_shape} is not (batch,) or (batch, 1)"
-            )
-        # Preallocated buffers, bound once: predict() copies into _x and reads _y.
+        buffers = {}
+        for name in HEAD_OUTPUTS.values():
+            out_shape = outputs[name].shape
+            if len(out_shape) not in (1, 2) or (len(out_shape) == 2 and out_shape[1] != 1):
+                raise ModelCardError(
+                    f"{onnx_path}: {name} shape {out_shape} is not (batch,) or (batch, 1)"
+                )
+            buffers[name] = np.zeros((1,) if len(out_shape) == 1 else (1, 1), dtype=np.float32)
+        # Preallocated buffers, bound once: predict() copies into _x and reads both outputs.
         self._x = np.zeros((1, N_FEATURES, WINDOW), dtype=np.float32)  # (1, F, T)
-        self._y = np.zeros((1,) if len(out_shape) == 1 else (1, 1), dtype=np.float32)
         self._binding = session.io_binding()
         self._binding.bind_ortvalue_input(
             self.input_name, ort.OrtValue.ortvalue_from_numpy(self._x)
         )
-        self._binding.bind_ortvalue_output(OUTPUT_NAME, ort.OrtValue.ortvalue_from_numpy(self._y))
+        for name, buf in buffers.items():
+            self._binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf))
+        self._y_flat = buffers[OUTPUT_NAME].reshape(-1)  # (1,) views of the bound outputs
+        self._v_flat = buffers[VOL_OUTPUT_NAME].reshape(-1)
         self._x0 = self._x[0]  # (F, T) view: the copy target
-        self._y_flat = self._y.reshape(-1)
 
     @classmethod
     def load(cls, onnx_path: str | Path, card_path: str | Path | None = None) -> Predictor:
@@ -137,10 +148,13 @@ class Predictor:
         return pred
 
     def self_test(self) -> None:
-        """A trial prediction on a neutral window must be a finite probability."""
+        """A trial prediction on a neutral window must give two finite probabilities."""
         p = self.predict(np.zeros((N_FEATURES, WINDOW), dtype=np.float64))
-        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ModelCardError(f"{self.path}: trial prediction {p} is not a probability")
+        for name, value in ((OUTPUT_NAME, p), (VOL_OUTPUT_NAME, self.high_vol)):
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ModelCardError(
+                    f"{self.path}: trial prediction {name}={value} is not a probability"
+                )
 
     def predict(self, window: F64) -> float:
         """Probability of an up candle for one (F, T) window (oldest → newest columns)."""
@@ -150,10 +164,23 @@ class Predictor:
         self._session.run_with_iobinding(self._binding)
         return float(self._y_flat[0])
 
+    @property
+    def high_vol(self) -> float:
+        """The volatility head's probability from the last :meth:`predict` (same run)."""
+        return float(self._v_flat[0])
+
     def predict_batch(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities for a batch (B, F, T) through the plain ``run`` path (tests, tools)."""
         out = self._session.run([OUTPUT_NAME], {self.input_name: windows})[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def predict_heads(self, windows: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        """Both heads for a batch (B, F, T): {"direction": (B,), "volatility": (B,)}."""
+        names = [HEAD_OUTPUTS[h] for h in HEADS]
+        outs = self._session.run(names, {self.input_name: windows})
+        return {
+            h: np.asarray(o, dtype=np.float32).reshape(-1) for h, o in zip(HEADS, outs, strict=True)
+        }
 
 
 class ModelSlot:

@@ -28,6 +28,7 @@ from service.feed import KlineFeed
 from service.journal import Journal
 from service.klines import KlineEvent, interval_ms
 from service.metrics import Metrics
+from service.monitor import ModelMonitor
 from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, check_terms, replay_fills
 from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
@@ -94,6 +95,15 @@ class Runtime:
         self.store = SignalStore(settings.symbols)
         self.journal = Journal(settings.state_dir) if settings.paper_enabled else None
         self.trader: PaperTrader | None = None
+        self.monitor = ModelMonitor(
+            symbols=settings.symbols,
+            interval=settings.interval,
+            state_dir=settings.state_dir,
+            metrics=self.metrics,
+            score_window=settings.score_window,
+            drift_window=settings.drift_window,
+            retention_days=settings.journal_retention_days,
+        )
         self.pipeline = Pipeline(
             symbols=settings.symbols,
             interval=settings.interval,
@@ -102,6 +112,7 @@ class Runtime:
             metrics=self.metrics,
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
+            observer=self.monitor.offer,
         )
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
@@ -124,6 +135,10 @@ class Runtime:
         predictor = await asyncio.to_thread(Predictor.load, s.model, s.model_card_path)
         self._install(predictor)
         self._warn_if_mismatched(predictor)
+        # scores, drift and chart rebuilt from the signal journal; the pipeline (candle thread)
+        # hands its rows to the monitor on this loop
+        await self.monitor.start()
+        self._spawn("signal-journal", self.monitor.run())
         if self.journal is not None:
             journal = self.journal
             await journal.call(journal.open)
@@ -200,6 +215,12 @@ class Runtime:
             done, _ = await asyncio.wait({task}, timeout=timeout_s)
             if not done:
                 log.warning("%s task did not stop within %.1fs", name, timeout_s)
+        task = self.tasks.get("signal-journal")
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=timeout_s)
+        # What the pipeline handed over is committed before the journal closes.
+        await self.monitor.aclose()
         if self.journal is not None:
             # Waits for an in-flight fill to commit; what is in the journal is the account.
             await self.journal.aclose()
@@ -314,5 +335,7 @@ class Runtime:
     def refresh_gauges(self) -> None:
         """Scrape-time gauges (the feed keeps queue depth and kline ages itself)."""
         self.readiness()
+        predictor = self.slot.current
+        self.monitor.update_gauges(predictor.card if predictor is not None else None)
         if self.trader is not None:
             self.trader.update_gauges()

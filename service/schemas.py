@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.paper import MAX_USDT, MIN_USDT
-from service.signals import Signal
+from service.signals import Signal, regime_of
 
 
 class ErrorOut(BaseModel):
@@ -34,6 +34,15 @@ class LatencyUs(BaseModel):
     inference: float
 
 
+class VolatilityOut(BaseModel):
+    """The volatility head: P(next candle's range above its 48-bar median) and the regime."""
+
+    probability_high: float = Field(ge=0, le=1)
+    regime: Literal["high", "normal"] = Field(
+        description="high when probability_high >= APPRENTICE_VOL_REGIME_THRESHOLD"
+    )
+
+
 class SignalOut(BaseModel):
     """The latest signal of one symbol."""
 
@@ -43,6 +52,7 @@ class SignalOut(BaseModel):
     probability_up: float = Field(ge=0, le=1)
     confidence: float = Field(ge=0, le=1, description="|2p - 1|")
     action: Literal["long", "short", "flat"]
+    volatility: VolatilityOut
     candle_start: int = Field(description="candle open time, ms since epoch UTC (exchange clock)")
     generated_at: str = Field(description="ISO-8601 UTC wall time the signal was made")
     age_seconds: float = Field(description="seconds since its candle was received (local clock)")
@@ -51,7 +61,9 @@ class SignalOut(BaseModel):
     latency_us: LatencyUs
 
     @classmethod
-    def of(cls, s: Signal, age_seconds: float, stale: bool) -> SignalOut:
+    def of(
+        cls, s: Signal, age_seconds: float, stale: bool, regime_threshold: float = 0.5
+    ) -> SignalOut:
         """From the pipeline's record plus the ages computed at request time."""
         return cls(
             symbol=s.symbol,
@@ -60,6 +72,10 @@ class SignalOut(BaseModel):
             probability_up=s.probability_up,
             confidence=s.confidence,
             action=s.action,  # type: ignore[arg-type]
+            volatility=VolatilityOut(
+                probability_high=s.probability_high_vol,
+                regime=regime_of(s.probability_high_vol, regime_threshold),  # type: ignore[arg-type]
+            ),
             candle_start=s.candle_start,
             generated_at=iso(s.generated_at),
             age_seconds=round(age_seconds, 6),

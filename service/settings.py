@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     )
     http_keep_alive_s: float = Field(5.0, gt=0, le=600, description="idle keep-alive timeout")
 
+    # is the model still working: volatility regime, live scoring, drift, signal journal
+    vol_regime_threshold: float = Field(
+        0.5, gt=0, lt=1, description="regime 'high' when P(high volatility) is at least this"
+    )
+    score_window: int = Field(
+        288, ge=1, le=100_000, description="live scores over the last N scored candles"
+    )
+    drift_window: int = Field(
+        288, ge=10, le=100_000, description="PSI over the last N live feature vectors per symbol"
+    )
+    journal_retention_days: float = Field(
+        30.0, gt=0, le=3650, description="signal journal keeps N days of candles (candle time)"
+    )
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: object) -> object:

@@ -11,6 +11,7 @@ thread reads it in steps that are atomic under the GIL (a dict lookup of an immu
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -39,6 +40,11 @@ def action_of(p: float, long_threshold: float, short_threshold: float) -> str:
     return FLAT
 
 
+def regime_of(p_high_vol: float, threshold: float) -> str:
+    """``high`` when the volatility head's probability is at least ``threshold``."""
+    return "high" if p_high_vol >= threshold else "normal"
+
+
 def confidence_of(p: float) -> float:
     """|2p − 1|: 0 at a coin flip, 1 at certainty."""
     return abs(2.0 * p - 1.0)
@@ -53,6 +59,8 @@ class Signal(NamedTuple):
     ``received_ns`` is the local receive clock (``perf_counter_ns``) of the kline's frame
     (ages and staleness are measured on it); ``generated_at`` is wall time (epoch s).
     ``live`` is False for signals made from REST backfill (they are never traded).
+    ``probability_high_vol`` is the volatility head's P(next range above its 48-bar median);
+    ``model_sha256`` identifies the exact ONNX file (the journal records it).
     """
 
     symbol: str
@@ -70,6 +78,8 @@ class Signal(NamedTuple):
     received_ns: int
     generated_at: float
     live: bool
+    probability_high_vol: float = math.nan
+    model_sha256: str = ""
 
 
 class SignalStore:

@@ -22,6 +22,14 @@ DELEGATED = {
     ),
     "report": ("training.report", "the evaluation report (tables + figures)"),
     "export": ("training.export", "export a student checkpoint to ONNX + model card"),
+    "journal": (
+        "training.journal_data",
+        "export the service's journaled klines (STATE_DIR/signals.sqlite3) as kline CSVs",
+    ),
+    "audit": (
+        "training.audit",
+        "re-score the journaled live signals with the offline teacher ensemble",
+    ),
 }
 
 

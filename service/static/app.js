@@ -63,6 +63,7 @@ function renderSignals(data) {
         ${s.stale ? '<span class="badge stale">stale</span>' : ""}</div>
       <div class="prob">${s.direction === "up" ? "▲" : "▼"} ${fmt(s.probability_up * 100, 1)}%</div>
       <div class="muted small">P(up) · confidence ${fmt(s.confidence, 3)} · candle ${when(s.candle_start)} UTC</div>
+      <div class="small vol" data-regime="${esc(s.volatility.regime)}">volatility: P(high) ${fmt(s.volatility.probability_high * 100, 1)}% · regime <b>${esc(s.volatility.regime)}</b></div>
       <div class="muted small">features ${fmt(s.latency_us.features, 1)} µs · inference ${fmt(s.latency_us.inference, 1)} µs · age ${fmt(s.age_seconds, 1)} s</div>
       <canvas id="spark-${esc(s.symbol)}" width="260" height="48"></canvas></div>`);
   }

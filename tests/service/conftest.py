@@ -1,13 +1,14 @@
 """Fixtures for the service tests: a tiny ONNX student built without torch, klines, settings.
 
 The fixture model mirrors the exported student's contract (input "features" (batch, F, T)
-float32; outputs "prob_up" (batch,) and "logits" (batch, 2)) with a single linear layer, so
-tests exercise real onnxruntime without training anything.
+float32; outputs "prob_up" (batch,), "prob_high_vol" (batch,) and "logits" (batch, 2)) with a
+linear layer per head, so tests exercise real onnxruntime without training anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -18,10 +19,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, N_FEATURES, WINDOW
+from service.features import (
+    FEATURE_NAMES,
+    FEATURE_SPEC_HASH,
+    N_FEATURES,
+    WINDOW,
+    batch_features,
+)
 from service.kline_io import load_bundled
 from service.klines import KlineEvent, KlineTable
-from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
+from service.model_card import FeatureReference, ModelCard, NetworkSpec, TensorSpec, sha256_file
 from service.settings import Settings, load_settings
 
 
@@ -33,15 +40,22 @@ class FixtureModel:
     card_path: Path
     weight: np.ndarray  # (F*T,) float32
     bias: float
+    weight_vol: np.ndarray | None = None  # (F*T,) float32: the volatility head's weights
 
 
 def build_linear_onnx(
-    weight: np.ndarray, bias: float, *, output_shape: str = "batch", with_logits: bool = True
+    weight: np.ndarray,
+    bias: float,
+    *,
+    output_shape: str = "batch",
+    with_logits: bool = True,
+    weight_vol: np.ndarray | None = None,
 ) -> onnx.ModelProto:
     """features (B, F, T) -> flatten -> Gemm -> z (B, 1); prob_up = sigmoid(z).
 
     ``output_shape`` "batch" gives prob_up (B,), "batch1" gives (B, 1); logits = [0, z] so
-    softmax(logits)[:, 1] == sigmoid(z), like the real export.
+    softmax(logits)[:, 1] == sigmoid(z), like the real export. With ``weight_vol`` a second
+    head prob_high_vol = sigmoid(flat @ weight_vol) of the same shape is added.
     """
     w = numpy_helper.from_array(weight.reshape(-1, 1).astype(np.float32), "W")
     b = numpy_helper.from_array(np.array([bias], dtype=np.float32), "B")
@@ -59,6 +73,19 @@ def build_linear_onnx(
         nodes.append(helper.make_node("Identity", ["p1"], ["prob_up"]))
         out_p = helper.make_tensor_value_info("prob_up", TensorProto.FLOAT, ["batch", 1])
     outputs = [out_p]
+    inits = [w, b, axes, zero]
+    if weight_vol is not None:
+        inits.append(numpy_helper.from_array(weight_vol.reshape(-1, 1).astype(np.float32), "WV"))
+        nodes += [
+            helper.make_node("MatMul", ["flat", "WV"], ["zv"]),  # (B, 1)
+            helper.make_node("Sigmoid", ["zv"], ["pv1"]),
+        ]
+        if output_shape == "batch":
+            nodes.append(helper.make_node("Squeeze", ["pv1", "axes"], ["prob_high_vol"]))
+        else:
+            nodes.append(helper.make_node("Identity", ["pv1"], ["prob_high_vol"]))
+        shape: list[str | int] = ["batch"] if output_shape == "batch" else ["batch", 1]
+        outputs.append(helper.make_tensor_value_info("prob_high_vol", TensorProto.FLOAT, shape))
     if with_logits:
         nodes += [
             helper.make_node("Mul", ["z", "zero"], ["z0"]),
@@ -74,7 +101,7 @@ def build_linear_onnx(
             )
         ],
         outputs,
-        initializer=[w, b, axes, zero],
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -91,6 +118,8 @@ def write_fixture_model(
     scale: float = 0.1,
     output_shape: str = "batch",
     spec_hash: str = FEATURE_SPEC_HASH,
+    with_vol: bool = True,
+    card_extra: dict[str, object] | None = None,
 ) -> FixtureModel:
     """Write ``<name>.onnx`` and its card into ``directory``; returns paths and weights.
 
@@ -98,10 +127,14 @@ def write_fixture_model(
     """
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal(N_FEATURES * WINDOW) * scale).astype(np.float32)
+    weight_vol = (
+        (rng.standard_normal(N_FEATURES * WINDOW) * scale).astype(np.float32) if with_vol else None
+    )
     bias = 0.0
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = directory / f"{name}.onnx"
-    onnx.save(build_linear_onnx(weight, bias, output_shape=output_shape), str(onnx_path))
+    model = build_linear_onnx(weight, bias, output_shape=output_shape, weight_vol=weight_vol)
+    onnx.save(model, str(onnx_path))
     shape_out: list[int | str] = ["batch"] if output_shape == "batch" else ["batch", 1]
     card = ModelCard(
         name=name,
@@ -115,6 +148,7 @@ def write_fixture_model(
         inputs=[TensorSpec(name="features", shape=["batch", N_FEATURES, WINDOW])],
         outputs=[
             TensorSpec(name="prob_up", shape=shape_out),
+            *([TensorSpec(name="prob_high_vol", shape=shape_out)] if with_vol else []),
             TensorSpec(name="logits", shape=["batch", 2]),
         ],
         opset=18,
@@ -122,9 +156,25 @@ def write_fixture_model(
         onnx_file=onnx_path.name,
         teacher=NetworkSpec(family="tcn", params=1000),
         student=NetworkSpec(family="linear", params=N_FEATURES * WINDOW + 1),
+        **{"feature_reference": feature_reference(), **(card_extra or {})},
     )
     card_path = card.save(onnx_path.with_suffix(".json"))
-    return FixtureModel(onnx_path, card_path, weight, bias)
+    return FixtureModel(onnx_path, card_path, weight, bias, weight_vol)
+
+
+@functools.cache
+def feature_reference() -> FeatureReference:
+    """Deciles of the first 5000 bundled BTCUSDT 5m feature rows (what training writes into
+    the card for drift); computed once per process."""
+    t = load_bundled("BTCUSDT", "5").slice(0, 5000)
+    feats = batch_features(t.open, t.high, t.low, t.close, t.volume)
+    rows = feats[~np.isnan(feats).any(axis=1)]
+    levels = [i / 10 for i in range(11)]
+    return FeatureReference(
+        quantiles=levels,
+        values={n: list(np.quantile(rows[:, j], levels)) for j, n in enumerate(FEATURE_NAMES)},
+        rows=int(rows.shape[0]),
+    )
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ SIGNAL_FIELDS = {
     "probability_up",
     "confidence",
     "action",
+    "volatility",
     "candle_start",
     "generated_at",
     "age_seconds",
@@ -115,6 +116,10 @@ def test_signal_contract_after_backfill(serve: Callable[..., Any]) -> None:
         assert body["generated_at"].endswith("Z")
         latest = rt.store.latest("BTCUSDT")
         assert latest is not None and body["candle_start"] == latest.candle_start
+        vol = body["volatility"]
+        assert vol["probability_high"] == pytest.approx(latest.probability_high_vol)
+        assert 0 <= vol["probability_high"] <= 1
+        assert vol["regime"] == ("high" if vol["probability_high"] >= 0.5 else "normal")
         assert client.get("/signal/btcusdt").json()["candle_start"] == body["candle_start"]
 
         r = client.get("/signals", params={"history": 5})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -65,12 +66,26 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
+SCREENSHOT_COPY = os.environ.get("APPRENTICE_SCREENSHOT_COPY")  # keep the PNG for a look
+
+
 @pytest.fixture
 def live_server(
-    make_settings: Callable[..., Any], btc_5m: KlineTable, make_events: Callable[..., Any]
+    tmp_path: Path,
+    make_settings: Callable[..., Any],
+    model_writer: Callable[..., Any],
+    btc_5m: KlineTable,
+    make_events: Callable[..., Any],
 ) -> Iterator[str]:
-    """The app on a real loopback port with signals and paper trades already made."""
-    settings = make_settings(symbols=["BTCUSDT", "ETHUSDT"])
+    """The app on a real loopback port with signals, paper trades and live scores made."""
+    card = {
+        "metrics": {
+            "direction": {"accuracy": 0.51, "log_loss": 0.6925, "brier": 0.2497, "auc": 0.52},
+            "volatility": {"accuracy": 0.64, "log_loss": 0.631, "brier": 0.221, "auc": 0.69},
+        },
+    }
+    fm = model_writer(tmp_path / "dash_model", card_extra=card)
+    settings = make_settings(symbols=["BTCUSDT", "ETHUSDT"], model=fm.onnx_path)
 
     class Feed:
         connected = True
@@ -99,7 +114,8 @@ def live_server(
     base = f"http://127.0.0.1:{port}"
     rt = runtime_of(app)
     while time.monotonic() < deadline:
-        if rt.trader and rt.trader.account.trades > 0 and rt.pipeline.processed >= 2 * 100:
+        scored = rt.monitor.scorer.scored_total("ETHUSDT", "volatility")
+        if rt.trader and rt.trader.account.trades > 0 and scored >= 59:
             break
         time.sleep(0.05)
     assert httpx.get(f"{base}/paper").json()["trades"] > 0
@@ -143,9 +159,20 @@ def test_dashboard_shows_signals_paper_and_latency(live_server: str, tmp_path: P
     assert "<td>buy</td>" in dom or "<td>sell</td>" in dom  # trades table filled
     assert "frame → signal" in dom and "µs" in dom  # latency table from /metrics
     assert "student_fixture" in dom  # the model line
+    # both heads on the cards, the price chart with the served actions, model health
+    assert "volatility: P(high)" in dom and 'data-regime="' in dom
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        assert f'data-chart="{sym}" data-points="102"' in dom  # 180 candles - 78 warming
+        assert f'data-head="{sym}-volatility"' in dom and f'data-head="{sym}-direction"' in dom
+    assert "<polyline" in dom and "<polygon" in dom  # closes and P(high vol)
+    assert 'class="act-long"' in dom or 'class="act-short"' in dom  # action changes marked
+    assert "last N = 288 scored candles" in dom
+    assert "<td>rsi_14</td>" in dom and "live vectors" in dom  # drift table
 
     png = tmp_path / "dashboard.png"
     _chromium(tmp_path, f"--screenshot={png}", url=f"{live_server}/")
+    if SCREENSHOT_COPY:
+        shutil.copy(png, SCREENSHOT_COPY)
     width, height, rows = decode_png(png.read_bytes())
     assert (width, height) == (1200, 900)
     pixels = [row[i : i + 3] for row in rows[::4] for i in range(0, len(row), 4 * 3)]

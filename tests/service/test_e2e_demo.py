@@ -62,6 +62,19 @@ def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
             except httpx.HTTPError:
                 continue
         assert signal_ok and trades > 0
+        body = httpx.get(f"{base}/signal/BTCUSDT").json()
+        assert 0 <= body["volatility"]["probability_high"] <= 1  # both heads served
+        # a few more candles: every symbol and head scored live (N stated), drift per feature
+        health: dict[str, Any] = {}
+        while time.monotonic() < deadline + 30:
+            health = httpx.get(f"{base}/model/health").json()
+            heads = [h for sym in health["symbols"].values() for h in sym.values()]
+            if len(heads) == 6 and min(h["n"] for h in heads) >= 3:
+                break
+            time.sleep(0.25)
+        assert all(h["n"] >= 3 and h["window"] == 288 for h in heads), health
+        assert all(v is not None for v in health["drift"]["features"].values())
+        assert len(health["drift"]["features"]) == 12
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -75,6 +88,7 @@ def test_demo_serves_signals_and_trades_then_stops_on_ctrl_c(
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "a child outlived the launcher"
     assert "Application shutdown complete" in out  # the service shut down gracefully
+    assert "live volatility log loss" in out and "vs no-skill" in out  # the status line
 
 
 def test_demo_keeps_the_replay_exchange_off_the_service_cpus() -> None:

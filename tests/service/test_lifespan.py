@@ -25,7 +25,7 @@ async def test_lifespan_starts_and_leaves_no_pending_task(
     rt = runtime_of(app)
     before = asyncio.all_tasks()
     async with app.router.lifespan_context(app):
-        assert set(rt.tasks) == {"feed", "pipeline", "paper"}
+        assert set(rt.tasks) == {"feed", "pipeline", "paper", "signal-journal"}
         assert rt.slot.current is not None
         for _ in range(2000):
             if rt.store.latest("BTCUSDT") is not None and rt.trader and rt.trader.queue.empty():

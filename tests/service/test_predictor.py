@@ -113,3 +113,23 @@ def test_model_slot_swaps_atomically(tmp_path: Path, model_writer: Callable[...,
     slot = ModelSlot(a)
     assert slot.swap(b) is a
     assert slot.current is b and slot.current.identity.version == "2"
+
+
+def test_serves_both_heads_by_name(tmp_path: Path, model_writer: Callable[..., Any]) -> None:
+    fm = model_writer(tmp_path, scale=0.05)
+    pred = Predictor.load(fm.onnx_path)
+    window = np.random.default_rng(2).standard_normal((N_FEATURES, WINDOW))
+    flat = window.astype(np.float32).reshape(-1)
+    assert pred.predict(window) == pytest.approx(_sigmoid(float(flat @ fm.weight)), abs=1e-6)
+    assert pred.high_vol == pytest.approx(_sigmoid(float(flat @ fm.weight_vol)), abs=1e-6)
+    heads = pred.predict_heads(window[None].astype(np.float32))
+    assert heads["volatility"][0] == pytest.approx(pred.high_vol, abs=1e-7)
+    assert heads["direction"][0] == pytest.approx(pred.predict(window), abs=1e-7)
+
+
+def test_refuses_a_model_without_the_volatility_head(
+    tmp_path: Path, model_writer: Callable[..., Any]
+) -> None:
+    fm = model_writer(tmp_path, with_vol=False)
+    with pytest.raises(ModelCardError, match="no 'prob_high_vol' output"):
+        Predictor.load(fm.onnx_path)
