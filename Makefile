@@ -28,6 +28,8 @@ help:
 	@echo "make test   - the whole test suite"
 	@echo "make run    - the service against live Bybit mainnet (paper trading)"
 	@echo "make train  - teacher -> distillation -> report -> ONNX student in $(TRAIN_MODELS_DIR)/"
+	@echo "              (one progress bar, log in reports/default/run.log; smoke test in minutes:"
+	@echo "              .venv/bin/python -m training report --config configs/report.toml --quick)"
 	@echo "make bench  - benchmarks, rewrites BENCHMARKS.md (ARGS=--quick for a short run)"
 	@echo "make lint   - ruff + mypy"
 	@echo "make lock   - re-resolve the dependencies and rewrite $(CONSTRAINTS)"

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,3 +182,150 @@ def block_bootstrap(
     p = float((np.sum(np.abs(centred) >= abs(obs)) + 1) / (n_boot + 1))
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return BootstrapResult(metric, obs, float(lo), float(hi), min(1.0, p), n_blocks, n_boot)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order.
+
+    Sorted ascending p_(1) ≤ … ≤ p_(m): adjusted p_(i) = max over j ≤ i of min(1, (m − j + 1)
+    · p_(j)) (step-down, monotone). Rejecting where adjusted p < α controls the family-wise
+    error rate at α for any dependence between the tests.
+    """
+    p = np.asarray(list(p_values), dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return []
+    if np.any((p < 0) | (p > 1) | np.isnan(p)):
+        raise ValueError("p-values must lie in [0, 1]")
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adj_sorted = np.maximum.accumulate(scaled)
+    out = np.empty(m)
+    out[order] = adj_sorted
+    return [float(v) for v in out]
+
+
+@dataclass(frozen=True)
+class GapResult:
+    """Share of the teacher − scratch gap a student recovers, with a paired bootstrap CI.
+
+    `ratio` = (student − scratch) / (teacher − scratch) on the observed rows (NaN when the
+    teacher does not beat scratch there); the interval is the 2.5–97.5 % percentile of the
+    ratio over resamples whose gap is positive (`n_valid` of `n_boot`).
+    """
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    teacher_gap: float  # teacher − scratch on the observed rows
+    student_gap: float  # student − scratch
+    n_valid: int
+    n_boot: int
+
+
+Runs = Sequence[ArrayLike]  # one model's predictions, one array (N,) per seed
+
+
+class _RunsAUC:
+    """Mean AUC over a model's seeds under block weights: each seed's rows pre-sorted once."""
+
+    def __init__(self, y: NDArray[np.int64], runs: Runs, blocks: NDArray[np.int64]) -> None:
+        self.parts = []
+        for r in runs:
+            p = np.asarray(r, dtype=np.float64).ravel()
+            if p.shape != y.shape:
+                raise ValueError("every run needs one prediction per row")
+            o, g, n = _auc_sorter(y, p)
+            self.parts.append((y[o], g, n, blocks[o]))
+        if not self.parts:
+            raise ValueError("a model needs at least one run")
+        self.one = np.ones(y.size)
+
+    def __call__(self, w_block: NDArray[np.float64] | None = None) -> float:
+        vals = [
+            _weighted_auc(ys, g, n, self.one if w_block is None else w_block[b])
+            for ys, g, n, b in self.parts
+        ]
+        return float(np.mean(vals))
+
+
+def _prep(y: ArrayLike, blocks: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    ya = np.asarray(y).astype(np.int64).ravel()
+    bl = np.asarray(blocks).astype(np.int64).ravel()
+    if bl.shape != ya.shape:
+        raise ValueError("blocks need one entry per row")
+    return ya, bl
+
+
+def _block_weights(n_blocks: int, n_boot: int, seed: int) -> NDArray[np.float64]:
+    """(n_boot, D) how often each block is drawn in each resample."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
+    return np.stack([np.bincount(d, minlength=n_blocks) for d in draws]).astype(np.float64)
+
+
+def runs_bootstrap(
+    y: ArrayLike,
+    runs_a: Runs,
+    runs_b: Runs,
+    blocks: ArrayLike,
+    metric: str = "auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> BootstrapResult:
+    """Paired block bootstrap of mean-over-seeds metric(A) − mean-over-seeds metric(B).
+
+    Each model is scored as the average *single* model of its seeds (not as the average of
+    its seeds' probabilities, which would be an ensemble). With one run each this is
+    :func:`block_bootstrap`. Metric "auc" or "log_loss"; p-value and interval as there.
+    """
+    ya, bl = _prep(y, blocks)
+    n_blocks = int(bl.max()) + 1
+    counts = _block_weights(n_blocks, n_boot, seed)
+    if metric == "log_loss":
+        la = np.mean([_row_losses(ya, np.asarray(r, np.float64).ravel()) for r in runs_a], 0)
+        lb = np.mean([_row_losses(ya, np.asarray(r, np.float64).ravel()) for r in runs_b], 0)
+        d_row = la - lb
+        obs = float(d_row.mean())
+        block_sum = np.bincount(bl, weights=d_row, minlength=n_blocks)
+        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)
+        boot = (counts @ block_sum) / (counts @ block_n)
+    elif metric == "auc":
+        fa, fb = _RunsAUC(ya, runs_a, bl), _RunsAUC(ya, runs_b, bl)
+        obs = fa() - fb()
+        boot = np.array([fa(c) - fb(c) for c in counts])
+    else:
+        raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
+    centred = boot - boot.mean()
+    p = float((np.sum(np.abs(centred) >= abs(obs)) + 1) / (n_boot + 1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return BootstrapResult(metric, obs, float(lo), float(hi), min(1.0, p), n_blocks, n_boot)
+
+
+def gap_recovered(
+    y: ArrayLike,
+    student: Runs,
+    scratch: Runs,
+    teacher: Runs,
+    blocks: ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> GapResult:
+    """Gap recovered in mean-over-seeds AUC, with a paired day-block bootstrap (the same
+    resampled days for all three models, so their correlation is kept). Each argument is a
+    list of runs (one (N,) array per seed)."""
+    ya, bl = _prep(y, blocks)
+    n_blocks = int(bl.max()) + 1
+    fs, fc, ft = (_RunsAUC(ya, r, bl) for r in (student, scratch, teacher))
+    s, c, t = fs(), fc(), ft()
+    ratio = (s - c) / (t - c) if t - c > 1e-12 else float("nan")
+    boots: list[float] = []
+    for w in _block_weights(n_blocks, n_boot, seed):
+        bs, bc, bt = fs(w), fc(w), ft(w)
+        if bt - bc > 1e-12:
+            boots.append((bs - bc) / (bt - bc))
+    if boots:
+        lo, hi = np.percentile(np.asarray(boots), [2.5, 97.5])
+    else:
+        lo = hi = float("nan")
+    return GapResult(ratio, float(lo), float(hi), t - c, s - c, len(boots), n_boot)

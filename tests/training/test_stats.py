@@ -67,3 +67,66 @@ def test_bootstrap_identical_models_not_significant() -> None:
     assert r.diff == 0.0 and r.p_value == 1.0
     with pytest.raises(ValueError):
         block_bootstrap(y, p, p, day_blocks(_days(n, 50)), metric="accuracy", n_boot=10)
+
+
+def test_holm_by_hand() -> None:
+    from training.stats import holm
+
+    # sorted 0.01, 0.02, 0.04, 0.30 with m = 4: 4·0.01 = 0.04, 3·0.02 = 0.06, 2·0.04 = 0.08,
+    # 1·0.30 = 0.30 (already monotone); returned in the input order
+    assert holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
+    # monotone step-down: 3·0.01 = 0.03, 2·0.011 = 0.022 -> lifted to 0.03; capped at 1
+    assert holm([0.01, 0.011, 0.9]) == pytest.approx([0.03, 0.03, 0.9])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+    with pytest.raises(ValueError):
+        holm([1.5])
+
+
+def test_gap_recovered_ratio_and_interval() -> None:
+    from training.stats import gap_recovered
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    signal = y + rng.normal(0, 1.0, n)
+    teacher = signal + rng.normal(0, 0.3, n)  # strong
+    scratch = signal + rng.normal(0, 2.0, n)  # weak
+    half = 0.5 * (teacher + scratch)
+    blocks = np.arange(n) // 100
+    res = gap_recovered(y, [teacher], [scratch], [teacher], blocks, n_boot=200)
+    assert res.ratio == pytest.approx(1.0) and res.ci_low == pytest.approx(1.0)
+    res0 = gap_recovered(y, [scratch], [scratch], [teacher], blocks, n_boot=200)
+    assert res0.ratio == pytest.approx(0.0) and res0.ci_high == pytest.approx(0.0)
+    mid = gap_recovered(y, [half], [scratch], [teacher], blocks, n_boot=200)
+    assert 0.0 < mid.ci_low <= mid.ratio <= mid.ci_high < 1.2
+    assert mid.teacher_gap > mid.student_gap > 0 and mid.n_valid == 200
+    # no gap: the ratio is undefined
+    flat = gap_recovered(y, [teacher], [teacher], [teacher], blocks, n_boot=20)
+    assert math.isnan(flat.ratio) and flat.n_valid == 0
+
+
+def test_runs_bootstrap_scores_the_mean_single_model_not_the_seed_average() -> None:
+    from training.metrics_eval import roc_auc
+    from training.stats import runs_bootstrap
+
+    rng = np.random.default_rng(2)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 100
+    a1, a2 = y + rng.normal(0, 1.5, n), y + rng.normal(0, 1.5, n)
+    b = y + rng.normal(0, 1.5, n)
+    # one run each: the same as the single-array bootstrap
+    one = runs_bootstrap(y, [a1], [b], blocks, "auc", n_boot=100)
+    ref = block_bootstrap(y, a1, b, blocks, "auc", n_boot=100)
+    assert one.diff == pytest.approx(ref.diff) and one.p_value == pytest.approx(ref.p_value)
+    # two seeds: the mean of the seeds' AUCs, which is below the AUC of their average
+    two = runs_bootstrap(y, [a1, a2], [b], blocks, "auc", n_boot=100)
+    mean_auc = 0.5 * (roc_auc(y, a1) + roc_auc(y, a2))
+    assert two.diff == pytest.approx(mean_auc - roc_auc(y, b))
+    assert roc_auc(y, (a1 + a2) / 2) - roc_auc(y, b) > two.diff
+    # log loss: the mean of the seeds' log losses
+    pa1, pa2, pb = (1 / (1 + np.exp(-(v - 0.5))) for v in (a1, a2, b))
+    ll = runs_bootstrap(y, [pa1, pa2], [pb], blocks, "log_loss", n_boot=50)
+    want = 0.5 * (log_loss(y, pa1) + log_loss(y, pa2)) - log_loss(y, pb)
+    assert ll.diff == pytest.approx(want, abs=1e-9)

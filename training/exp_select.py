@@ -1,0 +1,124 @@
+"""Item 7: the committed student, picked by the rule fixed in [select] before the run.
+
+On setting A's last fold, one student of every pre-registered size is trained (method
+`select.method`, distilling from the pooled ensemble, seed = the first student seed) and
+scored on the *validation* split, as is the ensemble teacher. The committed size is the
+smallest (fewest parameters) whose validation AUC on `select.head` is at least the
+teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
+says so. Test bars are never read by the rule; the chosen student's test metrics are
+reported afterwards (the last fold's pooled test bars).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from service.model_card import HEADS
+from training.exp_common import Env, teacher_targets
+from training.exp_pooled import PooledOutcome
+from training.harness import Preds, average, fit, predict
+from training.metrics_eval import roc_auc
+from training.networks import NetSpec, count_parameters
+from training.report_config import ReportConfig
+
+
+def n_runs(cfg: ReportConfig) -> int:
+    return len(cfg.select.sizes) if cfg.pooled.enabled else 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One pre-registered size's validation (and, after the choice, test) scores."""
+
+    channels: tuple[int, ...]
+    params: int
+    val_auc: dict[str, float]
+    test: Preds
+
+
+@dataclass
+class Selection:
+    """The rule's inputs and outcome."""
+
+    teacher_val_auc: dict[str, float]
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: int = -1
+    held: bool = False
+    net: nn.Module | None = None
+    spec: NetSpec | None = None
+    teacher_test: Preds = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "teacher_val_auc": self.teacher_val_auc,
+            "candidates": [
+                {"channels": list(c.channels), "params": c.params, "val_auc": c.val_auc}
+                for c in self.candidates
+            ],
+            "chosen": list(self.candidates[self.chosen].channels) if self.candidates else None,
+            "held": self.held,
+        }
+
+
+def choose(
+    val_aucs: list[float], params: list[int], teacher_auc: float, tolerance: float
+) -> tuple[int, bool]:
+    """Index of the smallest candidate with AUC ≥ teacher − tolerance (else the largest)."""
+    order = sorted(range(len(params)), key=lambda i: params[i])
+    for i in order:
+        if val_aucs[i] >= teacher_auc - tolerance:
+            return i, True
+    return order[-1], False
+
+
+def run(env: Env, a: PooledOutcome) -> Selection:
+    cfg, sel = env.cfg, env.cfg.select
+    data = a.last
+    val_y = data.val.y
+    t_val = average([predict(m, data.val.x) for m in a.members])
+    sel_out = Selection({h: roc_auc(val_y[:, i], t_val[h]) for i, h in enumerate(HEADS)})
+    sel_out.teacher_test = average([predict(m, data.test.x) for m in a.members])
+    targets = teacher_targets(env, a.members, data.train.x)
+    nets: list[nn.Module] = []
+    specs: list[NetSpec] = []
+    for channels in sel.sizes:
+        spec = replace(env.s_spec, channels=tuple(channels), dilations=())
+        res = fit(
+            spec,
+            data,
+            replace(cfg.distill, method=sel.method),
+            cfg.student_fit,
+            cfg.seeds[0],
+            targets if sel.method != "scratch" else None,
+        )
+        env.progress.step(f"select {list(channels)}", res.seconds)
+        pv = predict(res.net, data.val.x)
+        sel_out.candidates.append(
+            Candidate(
+                tuple(channels),
+                count_parameters(res.net),
+                {h: roc_auc(val_y[:, i], pv[h]) for i, h in enumerate(HEADS)},
+                predict(res.net, data.test.x),
+            )
+        )
+        nets.append(res.net)
+        specs.append(spec)
+    hi = HEADS.index(sel.head)
+    sel_out.chosen, sel_out.held = choose(
+        [c.val_auc[sel.head] for c in sel_out.candidates],
+        [c.params for c in sel_out.candidates],
+        sel_out.teacher_val_auc[HEADS[hi]],
+        sel.tolerance,
+    )
+    sel_out.net = nets[sel_out.chosen]
+    sel_out.spec = specs[sel_out.chosen]
+    c = sel_out.candidates[sel_out.chosen]
+    env.log(
+        f"select: {list(c.channels)} ({c.params} params), val AUC {sel.head} "
+        f"{c.val_auc[sel.head]:.4f} vs teacher {sel_out.teacher_val_auc[sel.head]:.4f} "
+        f"(held: {sel_out.held})"
+    )
+    return sel_out
