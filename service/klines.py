@@ -6,7 +6,9 @@ Reading the bundled CSV files, validating them and resampling live in ``kline_io
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +46,25 @@ def interval_ms(interval: str) -> int:
         raise KlineError(
             f"unsupported interval {interval!r}; use one of {', '.join(VALID_INTERVALS)}"
         ) from None
+
+
+class Candle(Protocol):
+    """Anything with a candle's fields: a :class:`Kline`, or a journaled row of one."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def open(self) -> float: ...
+    @property
+    def high(self) -> float: ...
+    @property
+    def low(self) -> float: ...
+    @property
+    def close(self) -> float: ...
+    @property
+    def volume(self) -> float: ...
+    @property
+    def turnover(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +165,7 @@ class KlineTable:
         return [self.row(i) for i in range(len(self))]
 
     @classmethod
-    def from_klines(cls, symbol: str, interval: str, rows: list[Kline]) -> KlineTable:
+    def from_klines(cls, symbol: str, interval: str, rows: Sequence[Candle]) -> KlineTable:
         """Build a table from records (kept in the given order)."""
         return cls(
             symbol=symbol,

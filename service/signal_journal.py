@@ -24,8 +24,6 @@ from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
 
-import numpy as np
-
 from service.klines import KlineTable
 
 JOURNAL_FILE = "signals.sqlite3"
@@ -223,17 +221,4 @@ class SignalJournal:
 
     def table(self, symbol: str, interval: str) -> KlineTable:
         """The journaled klines of one symbol as a table (the training data layout)."""
-        rows = self.klines(symbol, interval)
-        return KlineTable(
-            symbol=symbol,
-            interval=interval,
-            start=np.array([r.start for r in rows], dtype=np.int64),
-            open=np.array([r.open for r in rows], dtype=np.float64),
-            high=np.array([r.high for r in rows], dtype=np.float64),
-            low=np.array([r.low for r in rows], dtype=np.float64),
-            close=np.array([r.close for r in rows], dtype=np.float64),
-            volume=np.array([r.volume for r in rows], dtype=np.float64),
-            turnover=np.array(
-                [np.nan if r.turnover is None else r.turnover for r in rows], dtype=np.float64
-            ),
-        )
+        return KlineTable.from_klines(symbol, interval, self.klines(symbol, interval))
