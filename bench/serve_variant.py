@@ -4,9 +4,9 @@ What-ifs for the HTTP section, measured without editing the service: each varian
 one thing in memory, then runs ``service.__main__.main`` (same settings, same uvicorn
 arguments). They answer "what does this part of the request path cost?":
 
-* ``raw-response``: ``GET /signal`` returns the same ``SignalOut`` already serialised
-  (``Response(model_dump_json())``), skipping FastAPI's response_model validation and
-  serialisation pass;
+* ``model-response``: ``GET /signal`` as it was before its body was encoded once per signal
+  (``service.signal_json``): the route returns a ``SignalOut`` that FastAPI validates and
+  serialises per request (its ``response_model`` pass);
 * ``no-timer``: the app without its per-request timing middleware (``RequestTimer``).
 """
 
@@ -17,29 +17,38 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-VARIANTS = ("raw-response", "no-timer")
+VARIANTS = ("model-response", "no-timer")
 
 
-def patch_raw_response() -> None:
-    """Wrap the ``/signal/{symbol}`` endpoint so it returns a ready JSON ``Response``."""
-    from fastapi.responses import Response
+def patch_model_response() -> None:
+    """Replace the ``/signal/{symbol}`` endpoint with one that returns a ``SignalOut``."""
+    from fastapi import Request
 
     from service import api
+    from service.schemas import SignalOut
 
     for route in api.router.routes:
         endpoint: Callable[..., Any] | None = getattr(route, "endpoint", None)
         if getattr(route, "path", "") != "/signal/{symbol}" or endpoint is None:
             continue
 
-        async def raw(*args: Any, _orig: Any = endpoint, **kwargs: Any) -> Any:
-            out = _orig(*args, **kwargs)
-            if inspect.isawaitable(out):
-                out = await out
-            return Response(out.model_dump_json(), media_type="application/json")
+        async def model(symbol: str, request: Request, _orig: Any = endpoint) -> Any:
+            rt = request.app.state.runtime
+            sym = symbol.upper()
+            signal = rt.store.latest(sym) if sym in rt.pipeline.states else None
+            if signal is None:
+                return await _orig(symbol, request)  # the 404 and 503 answers, unchanged
+            return SignalOut.of(
+                signal,
+                rt.age_s(signal.received_ns),
+                rt.is_stale(signal),
+                rt.settings.vol_regime_threshold,
+            )
 
-        raw.__signature__ = inspect.signature(endpoint, eval_str=True)  # type: ignore[attr-defined]
-        raw.__name__ = endpoint.__name__
-        route.endpoint = raw  # type: ignore[attr-defined]
+        sig = inspect.signature(endpoint, eval_str=True)
+        model.__signature__ = sig.replace(return_annotation=SignalOut)  # type: ignore[attr-defined]
+        model.__name__ = endpoint.__name__
+        route.endpoint = model  # type: ignore[attr-defined]
         return
     raise RuntimeError("no /signal/{symbol} route in service.api.router")
 
@@ -63,8 +72,8 @@ def patch_no_timer() -> None:
 def main() -> int:
     """Patch, then run the service's own entry point."""
     variant = sys.argv[1] if len(sys.argv) > 1 else ""
-    if variant == "raw-response":
-        patch_raw_response()
+    if variant == "model-response":
+        patch_model_response()
     elif variant == "no-timer":
         patch_no_timer()
     else:

@@ -42,12 +42,15 @@ def running(
     symbols: tuple[str, ...] = (SYMBOL,),
     pin: bool = True,
     prefill: Callable[[Path], object] | None = None,
+    argv: tuple[str, ...] = ("-m", "service"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Start ``python -m service.replay`` then ``python -m service`` against it; wait for /ready.
 
     ``pin``: like ``make demo``, keep the replay (and this process, the client) on one CPU
     and the service on the others — a real exchange is not on the service's machine.
-    ``prefill(state_dir)`` runs before the service starts (e.g. a large paper journal).
+    ``prefill(state_dir)`` runs before the service starts (e.g. a large paper journal);
+    ``argv`` and ``env`` start the service another way (``bench.trace_path``).
     """
     rport, sport = procs.free_port(), procs.free_port()
     mine = os.sched_getaffinity(0) if pin and hasattr(os, "sched_getaffinity") else None
@@ -78,7 +81,15 @@ def running(
             pin_to(0, plan[1])
         procs.wait_port(rport, replay)
         service = start_service(
-            tmp, rport, sport, model, paper=paper, symbols=symbols, prefill=prefill
+            tmp,
+            rport,
+            sport,
+            model,
+            paper=paper,
+            symbols=symbols,
+            prefill=prefill,
+            argv=argv,
+            env=env,
         )
         if plan:
             pin_to(service.popen.pid, plan[0])
@@ -102,13 +113,15 @@ def start_service(
     argv: tuple[str, ...] = ("-m", "service"),
     symbols: tuple[str, ...] = (SYMBOL,),
     prefill: Callable[[Path], object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> procs.Proc:
     """``python -m service`` (or ``argv``) against the replay on ``replay_port``."""
     state = tmp / f"state-{port}"
     state.mkdir(parents=True, exist_ok=True)
     if prefill is not None:
         prefill(state)
-    env = {
+    full_env = {
+        **(env or {}),
         "APPRENTICE_SYMBOLS": ",".join(symbols),
         "APPRENTICE_INTERVAL": INTERVAL,
         "APPRENTICE_WS_URL": f"ws://127.0.0.1:{replay_port}/v5/public/linear",
@@ -120,4 +133,4 @@ def start_service(
         "APPRENTICE_LOG_LEVEL": "warning",
         "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
     }
-    return procs.Proc(procs.python(*argv), tmp / f"service-{port}.log", env)
+    return procs.Proc(procs.python(*argv), tmp / f"service-{port}.log", full_env)

@@ -137,29 +137,31 @@ def _signal_out(rt: Runtime, symbol: str) -> SignalOut | None:
 
 @router.get(
     "/signal/{symbol}",
-    response_model=SignalOut,
+    response_model=SignalOut,  # the schema; the body is SignalOut's JSON (service.signal_json)
     responses=_ERRORS,
     summary="The latest signal of one symbol",
 )
-async def get_signal(symbol: Symbol, request: Request) -> SignalOut:
+async def get_signal(symbol: Symbol, request: Request) -> Response:
     """Direction, probability and action for the newest closed candle of ``symbol``."""
-    # The hottest route reads the runtime directly: a Depends() costs a measurable share of
-    # a request here (make bench, HTTP section).
+    # The hottest route reads the runtime directly (a Depends() costs a measurable share of
+    # a request here) and answers bytes encoded once per signal, not a model FastAPI
+    # validates and serialises per request (make bench, HTTP section).
     rt = _runtime(request)
     sym = symbol.upper()
     if sym not in rt.pipeline.states:
         raise HTTPException(
             404, f"unknown symbol {sym}; this service trades {', '.join(rt.settings.symbols)}"
         )
-    out = _signal_out(rt, sym)
-    if out is None:
+    signal = rt.store.latest(sym)
+    if signal is None:
         st = rt.pipeline.states[sym]
         raise HTTPException(
             503,
             f"{sym} is warming up: {st.bars}/{BARS_TO_FIRST_SIGNAL} closed candles",
             headers={"Retry-After": str(rt.warm_retry_after_s(sym))},
         )
-    return out
+    body = rt.signal_bodies.body(signal, rt.age_s(signal.received_ns), rt.is_stale(signal))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/signals", response_model=SignalsOut, summary="Every configured symbol's signal")

@@ -34,6 +34,7 @@ from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
 from service.predictor import ModelSlot, Predictor
 from service.rest import RestKlines
 from service.settings import Settings
+from service.signal_json import SignalBodies
 from service.signals import Signal, SignalStore
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Runtime:
         self.stale_after_s = settings.stale_after_intervals * self.interval_s
         self.slot = ModelSlot()
         self.store = SignalStore(settings.symbols)
+        self.signal_bodies = SignalBodies(settings.vol_regime_threshold)  # GET /signal's JSON
         self.journal = Journal(settings.state_dir) if settings.paper_enabled else None
         self.trader: PaperTrader | None = None
         self.monitor = ModelMonitor(

@@ -258,3 +258,61 @@ def test_paper_disabled(serve: Callable[..., Any]) -> None:
     with serve(100, paper_enabled=False) as (client, _, _):
         r = client.get("/paper")
         assert r.status_code == 404 and "disabled" in r.json()["detail"]
+
+
+class FrozenClock:
+    """A receive clock that stands still at ``now_ns`` (None: the real one)."""
+
+    def __init__(self) -> None:
+        self.now_ns: int | None = None
+
+    def __call__(self) -> int:
+        return time.perf_counter_ns() if self.now_ns is None else self.now_ns
+
+
+def test_signal_body_is_the_response_model_answer_byte_for_byte(
+    serve: Callable[..., Any], btc_5m: KlineTable, make_events: Callable[..., list[KlineEvent]]
+) -> None:
+    """GET /signal answers pre-encoded bytes (service.signal_json): exactly what FastAPI's
+    response_model=SignalOut route answered before, at every age and staleness."""
+    from fastapi import FastAPI
+
+    from service.schemas import SignalOut
+
+    reference = FastAPI()
+    ref_args: dict[str, Any] = {}
+
+    @reference.get("/signal/{symbol}", response_model=SignalOut)
+    async def ref_signal(symbol: str) -> SignalOut:  # the route as it was: a model per request
+        return SignalOut.of(**ref_args)
+
+    clock = FrozenClock()
+    with serve(100, clock=clock) as (client, rt, feed), TestClient(reference) as ref:
+        first = rt.store.latest("BTCUSDT")
+        assert first is not None
+        # ages a request can see: none, sub-µs (rounds to 0), 1e-5 (pydantic spells it 1e-5,
+        # Python 1e-05), ordinary, past the stale limit, huge
+        for age_s in (0.0, 4e-7, 1e-5, 0.123456789, 2.5, rt.stale_after_s + 1.0, 3.2e9):
+            clock.now_ns = first.received_ns + int(age_s * 1e9)
+            got = client.get("/signal/BTCUSDT")
+            ref_args.update(
+                s=first,
+                age_seconds=rt.age_s(first.received_ns),
+                stale=rt.is_stale(first),
+                regime_threshold=rt.settings.vol_regime_threshold,
+            )
+            want = ref.get("/signal/BTCUSDT")
+            assert got.status_code == want.status_code == 200
+            assert got.content == want.content, age_s
+            assert got.headers["content-type"] == want.headers["content-type"]
+            assert got.headers["content-length"] == want.headers["content-length"]
+        assert client.get("/signal/BTCUSDT").json()["stale"] is True
+        # one encoding per new signal, on the first request that reads it
+        encoded = rt.signal_bodies.encoded
+        clock.now_ns = None
+        _push(client, rt, feed, make_events(btc_5m, 100, 102))
+        newest = rt.store.latest("BTCUSDT")
+        assert newest is not None and newest.candle_start == int(btc_5m.start[101])
+        bodies = [client.get("/signal/BTCUSDT").json() for _ in range(3)]
+        assert rt.signal_bodies.encoded == encoded + 1
+        assert {b["candle_start"] for b in bodies} == {newest.candle_start}
