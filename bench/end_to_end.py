@@ -13,7 +13,9 @@ served. Three phases of the same run:
 
 Beside them: the service's own histograms per phase (from ``/metrics``), its idle CPU
 (% of a core from ``/proc`` over a fixed window, replay at 1×: no candle closes), and
-``make demo``'s own load (three symbols at 300×) on the service's histogram.
+``make demo``'s own load (three symbols at 300×) on the service's histogram, and that load
+once more through :mod:`bench.trace_path` (per-candle thread accounting: where the time
+goes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import models, probe, procs, stack
+from bench import models, probe, procs, stack, trace_path
 from bench.report import Section, Target
 from bench.timing import Summary, histogram_quantile
 from service.demo import DEMO_SYMBOLS as _DEMO
@@ -165,9 +167,83 @@ def run(quick: bool = False) -> Section:
         h3 = _scrape(st.service_port)
         time.sleep(demo_s)
         demo_hist = _delta(_scrape(st.service_port), h3)
+    trace_s = 8.0 if quick else 45.0
+    trace = trace_path.run_trace(trace_s, 300.0, DEMO_SYMBOLS)
     load_avg = os.getloadavg()[0]
+    rates = {p: _wrk_rate(tmp / f"wrk-{p}.log") for p in LOADS if LOADS[p] is not None}
     _write(sec, results, hists, demo_hist, idle_cpu, cpu_s, seconds, demo_s, have_wrk, load_avg)
+    _write_trace(sec, trace, trace_s)
+    _targets(sec, results, hists, rates, demo_hist, idle_cpu, load_avg, trace)
     return sec
+
+
+def _wrk_rate(log: Path) -> float:
+    """Requests/s from a background wrk's log (nan when it did not run)."""
+    import re
+
+    try:
+        m = re.search(r"Requests/sec:\s+([\d.]+)", log.read_text())
+    except OSError:
+        return math.nan
+    return float(m.group(1)) if m else math.nan
+
+
+TRACE_ROWS = (
+    ("wall", "frame read → signal stored"),
+    ("on_cpu", "candle thread on a CPU"),
+    ("inference_cpu", "  of which inference (its CPU time)"),
+    ("features_cpu", "  of which feature update (its CPU time)"),
+    ("pre", "frame read → pipeline entry (wall: parse, feed)"),
+    ("run_queue", "candle thread runnable, waiting for the CPU"),
+    ("blocked", "candle thread blocked (the GIL)"),
+    ("others_cpu", "other threads of the service on a CPU meanwhile"),
+    ("minor_faults", "page faults (count)"),
+    ("involuntary_switches", "preemptions of the candle thread (count)"),
+)
+
+
+def _trace_cols(trace: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
+    by_pos = trace["by_position"]
+    assert isinstance(by_pos, dict)
+    cols: list[tuple[str, dict[str, object]]] = []
+    for pos, label in ((1, "first candle of a burst"), (2, "second candle")):
+        if pos in by_pos or str(pos) in by_pos:
+            entry = by_pos.get(pos, by_pos.get(str(pos)))
+            cols.append((f"{label} (n={entry['count']})", entry["split"]))
+    slow = trace["slowest_10pct"]
+    assert isinstance(slow, dict)
+    cols.append(("slowest 10 %", slow))
+    return cols
+
+
+def _trace_value(split: dict[str, object], key: str) -> float:
+    if key == "others_cpu":
+        others = split.get("others", {})
+        assert isinstance(others, dict)
+        return float(sum(others.values()))
+    v = split.get(key, math.nan)
+    return float(v) if isinstance(v, int | float) else math.nan
+
+
+def _write_trace(sec: Section, trace: dict[str, object], trace_s: float) -> None:
+    cols = _trace_cols(trace)
+    sec.add(
+        "",
+        "### Where the time goes under `make demo` conditions "
+        f"(`bench.trace_path`, {trace_s:.0f} s)",
+        "",
+        "The same load once more, the service started through `bench/trace_path.py`, which "
+        "reads every thread's `/proc/self/task/<tid>/schedstat` and the candle thread's "
+        "CPU clock at the socket read that stamps a confirm frame and again when its signal "
+        f"is stored ({trace['count']} live signals; each reading costs "
+        f"~{float(str(trace['snap_us_p50'])):.0f} µs of the candle thread, inside the "
+        "figures below). Mean µs per candle; *blocked* is the wall time in which the "
+        "candle thread neither ran nor waited for a CPU, i.e. waited for the GIL. "
+        f"Switch interval while it ran: {float(str(trace['switch_interval_s'])) * 1e3:.1f} ms.",
+        "",
+    )
+    rows = [[label, *(_trace_value(c, key) for _, c in cols)] for key, label in TRACE_ROWS]
+    sec.table(("mean per candle", *(name for name, _ in cols)), rows)
 
 
 def _write(
@@ -224,12 +300,11 @@ def _write(
         "",
     )
     header = ("stage", "count", "p50 µs", "p90 µs", "p99 µs")
-    sig99: dict[str, float] = {}
     for phase, h in hists.items():
-        rows, sig99[phase] = _rows(h)
+        rows, _ = _rows(h)
         sec.add(f"{PHASE_LABELS[phase]}:", "")
         sec.table(header, rows)
-    demo_rows, demo_p99 = _rows(demo_hist)
+    demo_rows, _ = _rows(demo_hist)
     sec.add(
         f"`make demo` conditions ({len(DEMO_SYMBOLS)} symbols at 300×, {demo_s:.0f} s, no "
         "HTTP load):",
@@ -247,7 +322,6 @@ def _write(
         "and nothing polled). Load average at the end of the section "
         f"{load_avg:.2f} on {os.cpu_count()} cores.",
     )
-    _targets(sec, results, sig99, demo_p99, idle_cpu, load_avg, demo_rows)
 
 
 def _p99(res: probe.ProbeResult | None) -> float:
@@ -262,11 +336,12 @@ def _rtt(res: probe.ProbeResult | None) -> Summary | None:
 def _targets(
     sec: Section,
     results: dict[str, probe.ProbeResult],
-    sig99: dict[str, float],
-    demo_p99: float,
+    hists: dict[str, dict[str, list[tuple[float, float]]]],
+    rates: dict[str, float],
+    demo_hist: dict[str, list[tuple[float, float]]],
     idle_cpu: float,
     load_avg: float,
-    demo_rows: list[list[object]],
+    trace: dict[str, object],
 ) -> None:
     idle99 = _p99(results.get("idle"))
     for phase in ("c64", "heavy"):
@@ -284,11 +359,21 @@ def _targets(
             continue
         ok = p99 <= 3 * idle99 and p99 < 5_000.0
         rtt = _rtt(results.get(phase))
-        inside = sig99.get(phase, math.nan)
+        _, inside = _rows(hists.get(phase, {}))
+        load = LOADS[phase]
+        conns = int(load[0].removeprefix("-c")) if load else 0
+        rate = rates.get(phase, math.nan)
+        queue = (
+            f"wrk kept {conns} requests like it in flight at {rate:,.0f} req/s, so by "
+            f"Little's law a request waits ~{conns / rate * 1e3:.1f} ms behind the others in "
+            "the one uvicorn worker; "
+            if phase == "c64" and rate > 0
+            else ""
+        )
         why = (
             f"the probe's own GET waits in the HTTP queue: its round trip alone had p50 "
-            f"{rtt.p50 / 1e3:.1f} ms, p99 {rtt.p99 / 1e3:.1f} ms in this phase, while the "
-            f"candle path inside the service (frame read → signal stored) had p99 "
+            f"{rtt.p50 / 1e3:.1f} ms, p99 {rtt.p99 / 1e3:.1f} ms in this phase; {queue}"
+            f"the candle path inside the service (frame read → signal stored) had p99 "
             f"{inside:.0f} µs; load average {load_avg:.1f}"
             if rtt is not None
             else ""
@@ -311,6 +396,7 @@ def _targets(
             "",
         )
     )
+    demo_rows, demo_p99 = _rows(demo_hist)
     ok = not math.isnan(demo_p99) and demo_p99 < 1000.0
     sec.targets.append(
         Target(
@@ -318,20 +404,36 @@ def _targets(
             "< 1 ms",
             "n/a" if math.isnan(demo_p99) else f"{demo_p99:.0f} µs",
             None if math.isnan(demo_p99) else ok,
-            "" if ok or math.isnan(demo_p99) else _demo_why(demo_rows, load_avg),
+            "" if ok or math.isnan(demo_p99) else _demo_why(demo_rows, load_avg, trace),
         )
     )
 
 
-def _demo_why(rows: list[list[object]], load_avg: float) -> str:
-    """Where a slow ``make demo`` p99 goes, from the same run's stage histograms."""
+def _demo_why(rows: list[list[object]], load_avg: float, trace: dict[str, object]) -> str:
+    """Where a slow ``make demo`` p99 goes: the stage histograms and the same run's trace."""
     p99 = {str(r[0]): r[4] for r in rows}
     feat = p99.get("feature update (per closed kline)", math.nan)
     inf = p99.get("inference (per signal)", math.nan)
-    return (
-        f"the stages inside it had p99 {feat:.0f} µs (features) and {inf:.0f} µs "
-        "(inference); the rest is websockets' frame parse and the wait for the CPU, both "
-        "slow on a cold, shared core: one 285-byte frame parses in ~8.5 µs back to back "
-        f"but took ~100 µs of the feed thread's CPU between candles in a probe run (load "
-        f"average {load_avg:.1f} on {os.cpu_count()} cores here)"
+    cols = _trace_cols(trace)
+    first = cols[0][1]
+    later = cols[1][1] if len(cols) > 2 else None
+    v = _trace_value
+    text = (
+        f"stage p99s {feat:.0f} µs (features), {inf:.0f} µs (inference). Traced "
+        f"(`bench.trace_path`, this run): the first candle of a burst took "
+        f"{v(first, 'wall'):.0f} µs on average, {v(first, 'on_cpu'):.0f} µs of it running "
+        f"({v(first, 'inference_cpu'):.0f} µs of CPU in the inference alone), "
+        f"{v(first, 'run_queue'):.0f} µs waiting for the CPU and {v(first, 'blocked'):.0f} µs "
+        f"for the GIL, with {v(first, 'minor_faults'):.1f} page faults"
+    )
+    if later is not None:
+        text += (
+            f"; the next candle of the same burst, caches warm again, "
+            f"{v(later, 'wall'):.0f} µs ({v(later, 'inference_cpu'):.0f} µs inference CPU)"
+        )
+    return text + (
+        ": the same code runs many times slower on a core that other processes used in "
+        "the second between bursts (cold caches on a shared VM; the hot-vs-idle table in "
+        f"section 6 shows it in-process, one thread), not waiting; load average "
+        f"{load_avg:.1f} on {os.cpu_count()} cores"
     )

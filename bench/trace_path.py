@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -33,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 TRACE_ENV = "APPRENTICE_BENCH_TRACE"
-Snap = tuple[int, dict[int, tuple[int, int]]]  # (perf_counter_ns, tid -> (cpu ns, wait ns))
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", 1)  # Linux
+# (perf_counter_ns, this thread's CPU ns, its (minor faults, voluntary, involuntary switches),
+#  tid -> (cpu ns, run-queue wait ns))
+Snap = tuple[int, int, tuple[int, int, int], dict[int, tuple[int, int]]]
 
 
 class _Threads:
@@ -67,7 +71,8 @@ class _Threads:
             except (OSError, ValueError):
                 continue
             out[tid] = (int(cpu), int(wait))
-        return now, out
+        ru = resource.getrusage(RUSAGE_THREAD)
+        return now, time.thread_time_ns(), (ru.ru_minflt, ru.ru_nvcsw, ru.ru_nivcsw), out
 
 
 def serve() -> int:
@@ -99,6 +104,25 @@ def serve() -> int:
         entries[event.received_ns] = time.perf_counter_ns()
         return process(self, event)
 
+    from service import features, predictor
+
+    stage: dict[str, tuple[int, int]] = {}  # stage -> (wall ns, thread CPU ns), last call
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stage[name] = (time.perf_counter_ns() - w0, time.thread_time_ns() - c0)
+
+        return wrapper
+
+    features.IncrementalFeatures.update = timed(  # type: ignore[method-assign]
+        "features", features.IncrementalFeatures.update
+    )
+    predictor.Predictor.predict = timed("inference", predictor.Predictor.predict)  # type: ignore[method-assign]
+    switch: list[float] = []
     put = signals.SignalStore.put
 
     def traced_put(self: Any, signal: Any) -> None:
@@ -111,22 +135,27 @@ def serve() -> int:
         a = arrivals.pop(signal.received_ns, None)
         if a is None:
             return
+        switch[:] = [sys.getswitchinterval()]
         me = threading.get_native_id()
         others: dict[str, int] = {}
-        for tid, (cpu, _) in s[1].items():
-            if tid != me and tid in a[1]:
+        for tid, (cpu, _) in s[3].items():
+            if tid != me and tid in a[3]:
                 name = threads.names.get(tid, str(tid))
-                others[name] = others.get(name, 0) + cpu - a[1][tid][0]
+                others[name] = others.get(name, 0) + cpu - a[3][tid][0]
         records.append(
             {
                 "symbol": signal.symbol,
-                "candle_start": signal.candle_start,
+                "arrival_ns": a[0],
+                "stages": dict(stage),
                 "wall_ns": s[0] - a[0],
                 "pre_ns": entries.pop(signal.received_ns, s[0]) - a[0],
                 "features_us": signal.features_us,
                 "inference_us": signal.inference_us,
-                "cpu_ns": s[1][me][0] - a[1][me][0],
-                "runq_ns": s[1][me][1] - a[1][me][1],
+                "cpu_ns": s[1] - a[1],  # thread_time: exact (schedstat lags by up to a tick)
+                "runq_ns": s[3][me][1] - a[3][me][1],
+                "minflt": s[2][0] - a[2][0],
+                "nvcsw": s[2][1] - a[2][1],
+                "nivcsw": s[2][2] - a[2][2],
                 "others_cpu_ns": others,
             }
         )
@@ -142,7 +171,7 @@ def serve() -> int:
         out_path.write_text(
             json.dumps(
                 {
-                    "switch_interval_s": sys.getswitchinterval(),
+                    "switch_interval_s": switch[0] if switch else None,
                     "snap_ns": snap_cost,
                     "records": records,
                 }
@@ -163,13 +192,14 @@ def summarise(trace: dict[str, Any]) -> dict[str, Any]:
     ``blocked`` = wall − candle thread on-CPU − its run-queue wait: time the thread neither
     ran nor waited for a CPU, i.e. waited for the GIL. Every figure in µs.
     """
-    recs = trace["records"]
-    bursts: dict[int, list[dict[str, Any]]] = {}
-    for r in recs:
-        bursts.setdefault(r["candle_start"], []).append(r)
-    for group in bursts.values():
-        for i, r in enumerate(group):
-            r["position"] = i + 1  # 1: the first symbol of its burst to be stored
+    recs = sorted(trace["records"], key=lambda r: r["arrival_ns"])
+    first = -(10**18)
+    position = 0
+    for r in recs:  # a burst: the frames that arrive within 100 ms of its first one
+        if r["arrival_ns"] - first > 100_000_000:
+            first, position = r["arrival_ns"], 0
+        position += 1
+        r["position"] = position  # 1: the first candle of its burst
 
     def split(rs: list[dict[str, Any]]) -> dict[str, float]:
         n = max(1, len(rs))
@@ -179,8 +209,13 @@ def summarise(trace: dict[str, Any]) -> dict[str, Any]:
             "run_queue": sum(r["runq_ns"] for r in rs) / n / 1e3,
             "blocked": sum(r["wall_ns"] - r["cpu_ns"] - r["runq_ns"] for r in rs) / n / 1e3,
             "pre": sum(r["pre_ns"] for r in rs) / n / 1e3,
+            "minor_faults": sum(r["minflt"] for r in rs) / n,
+            "voluntary_switches": sum(r["nvcsw"] for r in rs) / n,
+            "involuntary_switches": sum(r["nivcsw"] for r in rs) / n,
             "features": sum(r["features_us"] for r in rs) / n,
+            "features_cpu": sum(r["stages"]["features"][1] for r in rs) / n / 1e3,
             "inference": sum(r["inference_us"] for r in rs) / n,
+            "inference_cpu": sum(r["stages"]["inference"][1] for r in rs) / n / 1e3,
         }
         names: dict[str, float] = {}
         for r in rs:
@@ -204,6 +239,7 @@ def summarise(trace: dict[str, Any]) -> dict[str, Any]:
                 "count": len(rs),
                 "wall_p50": _pct([r["wall_ns"] / 1e3 for r in rs], 50),
                 "wall_p99": _pct([r["wall_ns"] / 1e3 for r in rs], 99),
+                "split": split(rs),
             }
             for p in sorted({r["position"] for r in recs})
             for rs in [[r for r in recs if r["position"] == p]]

@@ -84,3 +84,57 @@ async def test_offers_from_another_thread_are_drained_on_the_monitor_loop(
     assert starts == [int(s) for s in btc_5m.start[:2000]]
     assert drained_on == {threading.get_ident()}  # only on the monitor's own loop
     await mon.aclose()
+
+
+class _SpyLoop:
+    """The monitor's loop, recording every wake-up posted to it from another thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.posts = 0
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Any:
+        self.posts += 1
+        return self.loop.call_soon_threadsafe(callback, *args)
+
+    def is_closed(self) -> bool:
+        return self.loop.is_closed()
+
+
+async def test_a_burst_on_the_candle_loop_wakes_the_monitor_once_after_it(
+    tmp_path: Path, btc_5m: KlineTable, make_events: Callable[..., Any]
+) -> None:
+    """Offers from the candle loop post no wake-up while the burst's candles are in flight
+    (its drain and journal commit would share their CPU); one wake-up follows the burst."""
+    from service.candle_loop import HANDOFF_DELAY_S, CandleLoop
+
+    mon = ModelMonitor(
+        symbols=["BTCUSDT"], interval="5", state_dir=tmp_path, metrics=Metrics(CollectorRegistry())
+    )
+    await mon.start()
+    assert mon._loop is not None
+    spy = _SpyLoop(mon._loop)
+    mon._loop = spy  # type: ignore[assignment]
+    events = make_events(btc_5m, 0, 3)
+    candles = CandleLoop()
+    candles.start()
+    try:
+
+        async def burst() -> tuple[int, int]:
+            for ev in events:  # three symbols' candles closing together
+                mon.offer(ev, None, None)
+            during = spy.posts  # the timer cannot fire before this coroutine yields
+            await asyncio.sleep(HANDOFF_DELAY_S * 4)
+            return during, spy.posts
+
+        during, after = await candles.call(burst())
+    finally:
+        await candles.stop()
+    assert (during, after) == (0, 1)
+    for _ in range(1000):  # the drain runs on this loop once it gets the wake-up
+        if not mon._inbox:
+            break
+        await asyncio.sleep(0.001)
+    await mon.flush()
+    assert (await mon.call(mon.journal.counts))["klines"] == 3
+    await mon.aclose()
