@@ -2,7 +2,10 @@
 
 On setting A's last fold, one student of every pre-registered size is trained (method
 `select.method`, distilling from the pooled ensemble, seed = the first student seed) and
-scored on the *validation* split, as is the ensemble teacher. The committed size is the
+scored on the *validation* split, as is the ensemble teacher. The candidates may read more of
+the fold's training windows than A's runs (`select.train_stride`: A keeps every 6th window to
+fit 120 runs in the budget, but every window carries its own label; three fits can afford
+them all); validation and test rows are A's. The committed size is the
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
 says so. Test bars are never read by the rule; the chosen student's test metrics are
@@ -23,6 +26,7 @@ from training.harness import Preds, average, fit, predict
 from training.metrics_eval import roc_auc
 from training.networks import NetSpec, count_parameters
 from training.report_config import ReportConfig
+from training.series import PooledFold, pooled_fold
 
 
 def n_runs(cfg: ReportConfig) -> int:
@@ -50,6 +54,7 @@ class Selection:
     net: nn.Module | None = None
     spec: NetSpec | None = None
     teacher_test: Preds = field(default_factory=dict)
+    data: PooledFold | None = None  # the fold the candidates trained on
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +65,7 @@ class Selection:
             ],
             "chosen": list(self.candidates[self.chosen].channels) if self.candidates else None,
             "held": self.held,
+            "train_windows": len(self.data.train) if self.data is not None else 0,
         }
 
 
@@ -74,13 +80,26 @@ def choose(
     return order[-1], False
 
 
+def selection_fold(cfg: ReportConfig, a: PooledOutcome) -> PooledFold:
+    """A's last fold with the training windows of `select.train_stride` (same val / test)."""
+    stride = cfg.select.train_stride or cfg.pooled.train_stride
+    if stride == cfg.pooled.train_stride:
+        return a.last
+    pf = pooled_fold(a.series, a.last_fold, stride, val_stride=cfg.pooled.val_stride)
+    if len(pf.val) != len(a.last.val) or len(pf.test) != len(a.last.test):
+        raise AssertionError("the selection fold must keep A's validation and test rows")
+    return pf
+
+
 def run(env: Env, a: PooledOutcome) -> Selection:
     cfg, sel = env.cfg, env.cfg.select
-    data = a.last
+    data = selection_fold(cfg, a)
+    env.log(f"select: {len(data.train)} training windows (A's runs: {len(a.last.train)})")
     val_y = data.val.y
     t_val = average([predict(m, data.val.x) for m in a.members])
     sel_out = Selection({h: roc_auc(val_y[:, i], t_val[h]) for i, h in enumerate(HEADS)})
     sel_out.teacher_test = average([predict(m, data.test.x) for m in a.members])
+    sel_out.data = data
     targets = teacher_targets(env, a.members, data.train.x)
     nets: list[nn.Module] = []
     specs: list[NetSpec] = []
