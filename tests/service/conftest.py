@@ -384,14 +384,16 @@ def service_process(fixture_model: FixtureModel) -> Iterator[Callable[..., Servi
         p.reap()
 
 
-async def until_true(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    """Poll `check` every 0.1 s until it returns something truthy; fail after `timeout_s`."""
+async def until_true(
+    check: Callable[[], Awaitable[Any]], timeout_s: float, what: str, poll_s: float = 0.1
+) -> Any:
+    """Poll `check` every `poll_s` until it returns something truthy; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = await check()
         if result:
             return result
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
 
 
