@@ -88,9 +88,10 @@ class SelectSettings:
     head: str = "volatility"
     tolerance: float = 0.005  # a size "holds" if its val AUC ≥ the teacher's − tolerance
     name: str = "student_pooled_5m"
-    # the candidates train on every k-th training window of A's last fold (0: A's own stride);
-    # validation keeps A's windows, so the rule compares them with the ensemble as A scores it
+    # the candidates train on every k-th training window of A's last fold and the rule reads
+    # every k-th validation window (0: A's own strides); the test windows are A's
     train_stride: int = 0
+    val_stride: int = 0
 
 
 @dataclass(frozen=True)
