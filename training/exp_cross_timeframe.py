@@ -1,12 +1,22 @@
-"""Experiment C: cross-timeframe. A 1-minute teacher → a 5-minute student, with a 5-minute
-teacher of the same size and ensemble as its control.
+"""Experiment C: cross-timeframe. Teachers that read 1-minute bars → a 5-minute student, with
+a 5-minute teacher of the same size and ensemble as the control.
 
 The 30 days where 1-minute bars exist (late May – late June), for each configured symbol,
 pooled by calendar time as in A: one chronological split (purge + embargo in 5-minute bars).
-The 1-minute teacher trains on every `teacher_stride`-th one-minute window (its own labels,
-both heads) ending before the 5-minute validation period. For a 5-minute window whose last
-bar starts at s, the teacher reads the 1-minute window ending with the bar that starts at
-s + 4 min, so both windows end at the same instant s + 5 min (`transfer.aligned_rows`).
+Every teacher learns the *5-minute* labels of the student's own training rows (DESIGN §3:
+the next 5-minute candle's direction and range regime); they differ only in what they read
+for a 5-minute row whose last bar starts at s:
+
+- `1m teacher`: the 1-minute window ending with the bar that starts at s + 4 min, so both
+  windows end at the same instant s + 5 min (`transfer.aligned_rows`): 32 minutes of
+  finer bars instead of 160 minutes of 5-minute ones;
+- `1m+5m teacher`: that 1-minute window stacked on the student's 5-minute window
+  (24 channels × 32 steps): everything the student sees plus the finer bars, the
+  privileged-information case;
+- `5m teacher`: the student's own 5-minute window (the control).
+
+(An earlier version trained the 1-minute teacher on 1-minute labels and scored it on 5-minute
+ones: a different task, so its rows measured the label mismatch, not the timeframe.)
 """
 
 from __future__ import annotations
@@ -22,25 +32,40 @@ from training.exp_common import Env, StudentPlan, teacher_targets, train_members
 from training.harness import average, predict
 from training.report_config import ReportConfig
 from training.results import SettingResult
-from training.series import POS_STRIDE, Series, calendar_folds, load_series, pooled_fold
+from training.series import (
+    POS_STRIDE,
+    PooledFold,
+    Series,
+    calendar_folds,
+    fold_from_splits,
+    load_series,
+    pooled_fold,
+)
 from training.transfer import aligned_rows
 
 T1 = "1m teacher"
+T15 = "1m+5m teacher"
 T5 = "5m teacher"
+TEACHERS = {T1: "1m", T15: "1m+5m", T5: "5m"}  # row name → the students' "from ..." suffix
 
 
 def n_runs(cfg: ReportConfig) -> int:
     c = cfg.cross_timeframe
     if not c.enabled:
         return 0
-    return 2 * len(c.members) + len(c.seeds) * (1 + 2 * len(c.methods))
+    return len(TEACHERS) * len(c.members) + len(c.seeds) * (1 + len(TEACHERS) * len(c.methods))
 
 
 def comparisons(cfg: ReportConfig) -> list[tuple[str, str]]:
-    out = [(T1, "scratch"), (T5, "scratch"), (T1, T5)]
+    """Each teacher vs scratch and each 1-minute reader vs the 5-minute teacher; per method,
+    each student vs scratch, the 1-minute-taught ones vs the 5-minute-taught one, and every
+    feature method vs KD from the same teacher."""
+    out = [(t, "scratch") for t in TEACHERS] + [(T1, T5), (T15, T5)]
     for m in cfg.cross_timeframe.methods:
-        out += [(f"{m} from 1m", "scratch"), (f"{m} from 5m", "scratch")]
-        out += [(f"{m} from 1m", f"{m} from 5m")]
+        out += [(f"{m} from {k}", "scratch") for k in TEACHERS.values()]
+        out += [(f"{m} from 1m", f"{m} from 5m"), (f"{m} from 1m+5m", f"{m} from 5m")]
+        if m != "kd":
+            out += [(f"{m} from {k}", f"kd from {k}") for k in TEACHERS.values()]
     return out
 
 
@@ -63,8 +88,22 @@ def aligned_windows(split: Split, one_minute: list[Series]) -> np.ndarray:
     return out
 
 
-def _take(split: Split, k: int) -> Split:
-    return Split(split.x[::k], split.y[::k], split.pos[::k], split.start_ms[::k])
+def reading(split: Split, one_minute: list[Series], teacher: str) -> Split:
+    """The split as `teacher` reads it: the same rows and 5-minute labels, other inputs."""
+    if teacher == T5:
+        return split
+    x1 = aligned_windows(split, one_minute)  # (M, 12, 32)
+    x = x1 if teacher == T1 else np.concatenate([x1, split.x], axis=1)  # (M, 24, 32)
+    return replace(split, x=x)
+
+
+def teacher_fold(pf5: PooledFold, one_minute: list[Series], teacher: str) -> PooledFold:
+    """A's fold as `teacher` reads it (its own training-row statistics)."""
+    if teacher == T5:
+        return pf5
+    tr = reading(pf5.train, one_minute, teacher)
+    va = reading(pf5.val, one_minute, teacher)
+    return fold_from_splits(tr, va, pf5, pf5.index)
 
 
 def run(env: Env) -> SettingResult:
@@ -82,46 +121,41 @@ def run(env: Env) -> SettingResult:
         s5s.append(replace(s5, ends=ends))
     cf = calendar_folds(s5s[0].times, step5, 1, cfg.embargo, c.test_fraction, c.val_fraction)[0]
     pf5 = pooled_fold(s5s, cf)
-    pf1 = pooled_fold(s1s, cf, c.teacher_stride)
-    pf1 = replace(pf1, val=_take(pf1.val, c.teacher_stride))
-    env.log(
-        f"C: 5m train {len(pf5.train)} val {len(pf5.val)} test {len(pf5.test)}; 1m teacher "
-        f"train {len(pf1.train)} val {len(pf1.val)}"
-    )
-    t_params = env.params(env.t_spec)
+    env.log(f"C: 5m train {len(pf5.train)} val {len(pf5.val)} test {len(pf5.test)}")
     s_params = env.params(env.s_spec)
     res = SettingResult(
         "C",
-        "C. Cross-timeframe: 1-minute teacher → 5-minute student",
+        "C. Cross-timeframe: teachers that read 1-minute bars → 5-minute student",
         (
             f"{', '.join(c.symbols)}, the 5-minute windows whose aligned 1-minute window exists "
             f"(late May – late June), pooled: {len(pf5.train)} train / {len(pf5.val)} val / "
             f"{len(pf5.test)} test windows, purge + embargo {cfg.embargo} five-minute bars. "
-            f"1-minute teacher: ensemble of {len(c.members)} members trained on every "
-            f"{c.teacher_stride}. one-minute window ({len(pf1.train)}) of the same training "
-            f"period, on its own 1-minute labels; 5-minute teacher: the same ensemble size on "
-            f"the 5-minute training windows. Each teacher's row is scored on the 5-minute "
-            f"labels (the 1-minute one reading the aligned 1-minute windows)."
+            f"Every teacher is an ensemble of {len(c.members)} members trained on the same "
+            f"rows and 5-minute labels as the student; for each row the `1m teacher` reads the "
+            f"32 one-minute bars ending at the same instant as the student's window, the "
+            f"`1m+5m teacher` those stacked on the student's 5-minute window (24 channels), "
+            f"the `5m teacher` the student's window."
         ),
         pf5.test.y,
         pf5.test.start_ms,
         pf5.test_symbol,
         comparisons=comparisons(cfg),
     )
-    m1 = train_members(env, pf1, "C 1m", c.members)
-    m5 = train_members(env, pf5, "C 5m", c.members)
-    x1_test = aligned_windows(pf5.test, s1s)
-    res.add(T1, average([predict(m, x1_test) for m in m1]), t_params * len(m1))
-    res.add(T5, average([predict(m, pf5.test.x) for m in m5]), t_params * len(m5))
-    t1 = teacher_targets(env, m1, aligned_windows(pf5.train, s1s))
-    t5 = teacher_targets(env, m5, pf5.train.x)
     plan: StudentPlan = [("scratch", "scratch", None)]
-    for m in c.methods:
-        plan += [(f"{m} from 1m", m, t1), (f"{m} from 5m", m, t5)]
+    for name, suffix in TEACHERS.items():
+        data = teacher_fold(pf5, s1s, name)
+        n_feat = int(data.train.x.shape[1])
+        t_env = replace(env, t_spec=replace(env.t_spec, n_features=n_feat))
+        members = train_members(t_env, data, f"C {suffix}", c.members)
+        test_x = reading(pf5.test, s1s, name).x
+        t_params = t_env.params(t_env.t_spec) * len(members)
+        res.add(name, average([predict(m, test_x) for m in members]), t_params)
+        targets = teacher_targets(t_env, members, data.train.x)
+        plan += [(f"{m} from {suffix}", m, targets) for m in c.methods]
     preds, _ = train_students(env, pf5, pf5.test.x, plan, c.seeds, "C")
     for name, runs in preds.items():
         for p in runs:
             res.add(name, p, s_params)
-    for m in c.methods:
-        res.gaps += [(f"{m} from 1m", "scratch", T1), (f"{m} from 5m", "scratch", T5)]
+    for name, suffix in TEACHERS.items():
+        res.gaps += [(f"{m} from {suffix}", "scratch", name) for m in c.methods]
     return res

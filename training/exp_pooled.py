@@ -27,7 +27,14 @@ from training.exp_common import (
 from training.harness import average, predict, uniform_targets
 from training.report_config import ReportConfig
 from training.results import SettingResult, concat_results
-from training.series import PooledFold, Series, calendar_folds, load_series, pooled_fold
+from training.series import (
+    CalendarFold,
+    PooledFold,
+    Series,
+    calendar_folds,
+    load_series,
+    pooled_fold,
+)
 
 ENSEMBLE = "ensemble teacher"
 SINGLE = "single teacher"
@@ -66,6 +73,7 @@ class PooledOutcome:
     last: PooledFold
     series: list[Series]
     last_students: dict[str, nn.Module]
+    last_fold: CalendarFold  # the last fold's boundaries (the selection step re-reads it)
 
 
 def load_pooled(cfg: ReportConfig) -> list[Series]:
@@ -133,4 +141,4 @@ def run(env: Env) -> PooledOutcome:
     out.notes["folds"] = [
         {"test_from_ms": f.test_lo, "test_to_ms": f.test_hi, "val_from_ms": f.val_lo} for f in folds
     ]
-    return PooledOutcome(out, members, pf, series, students)
+    return PooledOutcome(out, members, pf, series, students, folds[-1])

@@ -2,7 +2,12 @@
 
 On setting A's last fold, one student of every pre-registered size is trained (method
 `select.method`, distilling from the pooled ensemble, seed = the first student seed) and
-scored on the *validation* split, as is the ensemble teacher. The committed size is the
+scored on the *validation* split, as is the ensemble teacher. The candidates may read more of
+the fold's training and validation windows than A's runs (`select.train_stride`,
+`select.val_stride`: A keeps every 6th window to fit 120 runs in the budget, but every window
+carries its own label; three fits can afford them all, and a rule with a tolerance of 0.005
+AUC needs more than A's 2.9k validation windows, whose AUC has a standard error of ~0.01);
+the test rows are A's. The committed size is the
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
 says so. Test bars are never read by the rule; the chosen student's test metrics are
@@ -14,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from service.model_card import HEADS
@@ -23,6 +29,7 @@ from training.harness import Preds, average, fit, predict
 from training.metrics_eval import roc_auc
 from training.networks import NetSpec, count_parameters
 from training.report_config import ReportConfig
+from training.series import PooledFold, pooled_fold
 
 
 def n_runs(cfg: ReportConfig) -> int:
@@ -50,6 +57,7 @@ class Selection:
     net: nn.Module | None = None
     spec: NetSpec | None = None
     teacher_test: Preds = field(default_factory=dict)
+    data: PooledFold | None = None  # the fold the candidates trained on
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +68,8 @@ class Selection:
             ],
             "chosen": list(self.candidates[self.chosen].channels) if self.candidates else None,
             "held": self.held,
+            "train_windows": len(self.data.train) if self.data is not None else 0,
+            "val_windows": len(self.data.val) if self.data is not None else 0,
         }
 
 
@@ -74,13 +84,31 @@ def choose(
     return order[-1], False
 
 
+def selection_fold(cfg: ReportConfig, a: PooledOutcome) -> PooledFold:
+    """A's last fold with the strides of `[select]` (0: A's); the test windows are A's."""
+    pc, sel = cfg.pooled, cfg.select
+    train_stride = sel.train_stride or pc.train_stride
+    val_stride = sel.val_stride or pc.val_stride
+    if (train_stride, val_stride) == (pc.train_stride, pc.val_stride):
+        return a.last
+    pf = pooled_fold(a.series, a.last_fold, train_stride, val_stride=val_stride)
+    if not np.array_equal(pf.test.start_ms, a.last.test.start_ms):
+        raise AssertionError("the selection fold must keep A's test rows")
+    return pf
+
+
 def run(env: Env, a: PooledOutcome) -> Selection:
     cfg, sel = env.cfg, env.cfg.select
-    data = a.last
+    data = selection_fold(cfg, a)
+    env.log(
+        f"select: {len(data.train)} training / {len(data.val)} validation windows (A's runs: "
+        f"{len(a.last.train)} / {len(a.last.val)})"
+    )
     val_y = data.val.y
     t_val = average([predict(m, data.val.x) for m in a.members])
     sel_out = Selection({h: roc_auc(val_y[:, i], t_val[h]) for i, h in enumerate(HEADS)})
     sel_out.teacher_test = average([predict(m, data.test.x) for m in a.members])
+    sel_out.data = data
     targets = teacher_targets(env, a.members, data.train.x)
     nets: list[nn.Module] = []
     specs: list[NetSpec] = []

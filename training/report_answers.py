@@ -125,15 +125,25 @@ def answers(
     if ct is not None:
         v = "volatility"
         w.append(
-            f"- **Cross-timeframe (C), volatility:** 1-minute teacher AUC "
-            f"{ct.mean(v, '1m teacher'):.4f}, 5-minute teacher {ct.mean(v, '5m teacher'):.4f}, "
-            f"scratch {ct.mean(v, 'scratch'):.4f}; 1m vs 5m teacher: "
-            f"{fmt_cmp(ct.comparison(v, '1m teacher', '5m teacher'))}. KD from 1m recovers "
-            f"{fmt_gap(ct.gap(v, 'kd from 1m'))}; KD from 5m {fmt_gap(ct.gap(v, 'kd from 5m'))}; "
-            f"KD from 1m vs from 5m: {fmt_cmp(ct.comparison(v, 'kd from 1m', 'kd from 5m'))}."
+            f"- **Cross-timeframe (C), volatility:** teachers of the 5-minute labels that read "
+            f"the 1-minute bars: AUC {ct.mean(v, '1m teacher'):.4f}, the 1-minute bars stacked "
+            f"on the 5-minute window: {ct.mean(v, '1m+5m teacher'):.4f}; the 5-minute teacher "
+            f"{ct.mean(v, '5m teacher'):.4f}, scratch {ct.mean(v, 'scratch'):.4f}. 1m vs 5m "
+            f"teacher: {fmt_cmp(ct.comparison(v, '1m teacher', '5m teacher'))}; 1m+5m vs 5m "
+            f"teacher: {fmt_cmp(ct.comparison(v, '1m+5m teacher', '5m teacher'))}. KD recovers "
+            f"{fmt_gap(ct.gap(v, 'kd from 1m'))} from the 1m teacher, "
+            f"{fmt_gap(ct.gap(v, 'kd from 1m+5m'))} from the 1m+5m teacher and "
+            f"{fmt_gap(ct.gap(v, 'kd from 5m'))} from the 5m teacher; KD from 1m+5m vs from 5m: "
+            f"{fmt_cmp(ct.comparison(v, 'kd from 1m+5m', 'kd from 5m'))}."
         )
         w.append(
-            _feature_vs_kd(ct, v, alpha, "cross-timeframe (C)", suffixes=(" from 1m", " from 5m"))
+            _feature_vs_kd(
+                ct,
+                v,
+                alpha,
+                "cross-timeframe (C)",
+                suffixes=(" from 1m", " from 1m+5m", " from 5m"),
+            )
         )
     dd = by_key.get("D")
     if dd is not None:

@@ -55,11 +55,10 @@ class CrossAssetSettings:
 
 @dataclass(frozen=True)
 class CrossTimeframeSettings:
-    """C: a 1-minute teacher → a 5-minute student, with a 5-minute teacher as control."""
+    """C: teachers reading 1-minute bars → a 5-minute student, a 5-minute teacher as control."""
 
     enabled: bool = True
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
-    teacher_stride: int = 3  # the 1-minute teacher trains on every k-th window (budget)
     test_fraction: float = 0.25
     val_fraction: float = 0.15
     members: tuple[int, ...] = (0, 1)  # seeds of each teacher's ensemble
@@ -89,6 +88,10 @@ class SelectSettings:
     head: str = "volatility"
     tolerance: float = 0.005  # a size "holds" if its val AUC ≥ the teacher's − tolerance
     name: str = "student_pooled_5m"
+    # the candidates train on every k-th training window of A's last fold and the rule reads
+    # every k-th validation window (0: A's own strides); the test windows are A's
+    train_stride: int = 0
+    val_stride: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,6 @@ def quick_config(cfg: ReportConfig) -> ReportConfig:
             seeds=cfg.cross_timeframe.seeds[:1],
             members=cfg.cross_timeframe.members[:1],
             last_bars=2500,
-            teacher_stride=4,
         ),
         cross_domain=replace(cfg.cross_domain, seeds=cfg.cross_domain.seeds[:1], min_steps=0),
     )

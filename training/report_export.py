@@ -16,6 +16,7 @@ from torch import nn
 
 from service import features as fx
 from service.model_card import FeatureReference, NetworkSpec
+from training.data import Split
 from training.exp_common import Env
 from training.exp_pooled import PooledOutcome
 from training.exp_select import Selection
@@ -26,10 +27,9 @@ PARITY_FIXTURE = Path("tests/fixtures/student_parity.npz")
 QUANTILES = REFERENCE_QUANTILES  # deciles 0 .. 1, as `python -m training export` writes
 
 
-def feature_reference(a: PooledOutcome) -> FeatureReference:
-    """Per-feature quantiles of the feature rows the last fold's training windows read
-    (all pooled symbols, each bar once)."""
-    tr = a.last.train
+def feature_reference(tr: Split) -> FeatureReference:
+    """Per-feature quantiles of the feature rows the committed student's training windows
+    read (all pooled symbols, each bar once)."""
     t = tr.x.shape[2]
     # bar position of every (window, time step): column k is bar pos − (T − 1 − k); symbols
     # are apart by POS_STRIDE, so a position names one (symbol, bar)
@@ -75,7 +75,7 @@ def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, An
     cfg = env.cfg
     assert sel.net is not None and sel.spec is not None
     teacher = _ensemble(env, a)
-    data = a.last
+    data = sel.data or a.last
     test = data.test
     if getattr(test, "symbol", None) is None:
         from dataclasses import replace
@@ -124,7 +124,7 @@ def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, An
             },
             "metrics": metrics,
             "data_span": span,
-            "feature_reference": feature_reference(a),
+            "feature_reference": feature_reference(data.train),
         },
     )
     if Path(cfg.models_dir).resolve() == (Path.cwd() / "models").resolve():

@@ -210,7 +210,12 @@ def write_report(
             "smallest whose **validation** AUC on the "
             f"{cfg_dict['select']['head']} head is at least the ensemble teacher's minus "
             f"{cfg_dict['select']['tolerance']}; method `{cfg_dict['select']['method']}` from "
-            "the pooled ensemble, setting A's last fold.\n"
+            "the pooled ensemble, setting A's last fold: "
+            f"{selection.get('train_windows', 0):,} training and "
+            f"{selection.get('val_windows', 0):,} validation windows (every "
+            f"{cfg_dict['select']['train_stride'] or cfg_dict['pooled']['train_stride']}. and "
+            f"{cfg_dict['select']['val_stride'] or cfg_dict['pooled']['val_stride']}.; A's "
+            f"runs read every {cfg_dict['pooled']['train_stride']}.).\n"
         )
         w("| size | params | val AUC direction | val AUC volatility | chosen |")
         w("|---|---|---|---|---|")

@@ -153,35 +153,7 @@ def block_bootstrap(
     bl = np.asarray(blocks).astype(np.int64).ravel()
     if not (ya.shape == pa.shape == pb.shape == bl.shape):
         raise ValueError("block_bootstrap needs equal lengths")
-    n_blocks = int(bl.max()) + 1
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
-    counts = np.stack([np.bincount(d, minlength=n_blocks) for d in draws]).astype(np.float64)
-    if metric == "log_loss":
-        # per-block sums make every resample a dot product: (R, D) @ (D,)
-        d_row = _row_losses(ya, pa) - _row_losses(ya, pb)
-        obs = float(d_row.mean())
-        block_sum = np.bincount(bl, weights=d_row, minlength=n_blocks)
-        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)
-        boot = (counts @ block_sum) / (counts @ block_n)
-    elif metric == "auc":
-        oa, ga, na = _auc_sorter(ya, pa)
-        ob, gb, nb = _auc_sorter(ya, pb)
-        ysa, ysb, bla, blb = ya[oa], ya[ob], bl[oa], bl[ob]
-        one = np.ones(ya.size)
-        obs = _weighted_auc(ysa, ga, na, one) - _weighted_auc(ysb, gb, nb, one)
-        boot = np.array(
-            [
-                _weighted_auc(ysa, ga, na, c[bla]) - _weighted_auc(ysb, gb, nb, c[blb])
-                for c in counts
-            ]
-        )
-    else:
-        raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
-    centred = boot - boot.mean()
-    p = float((np.sum(np.abs(centred) >= abs(obs)) + 1) / (n_boot + 1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return BootstrapResult(metric, obs, float(lo), float(hi), min(1.0, p), n_blocks, n_boot)
+    return runs_bootstrap(ya, [pa], [pb], bl, metric, n_boot, seed)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -277,7 +249,10 @@ def runs_bootstrap(
 
     Each model is scored as the average *single* model of its seeds (not as the average of
     its seeds' probabilities, which would be an ensemble). With one run each this is
-    :func:`block_bootstrap`. Metric "auc" or "log_loss"; p-value and interval as there.
+    :func:`block_bootstrap`. Metric "auc" or "log_loss". Blocks are resampled with
+    replacement; the p-value is the share of centred bootstrap differences at least as far
+    from 0 as the observed one (two-sided), floored at 1 / (n_boot + 1); the interval is the
+    2.5–97.5 % percentile of the resampled differences.
     """
     ya, bl = _prep(y, blocks)
     n_blocks = int(bl.max()) + 1

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,6 +36,8 @@ from service.kline_io import load_bundled
 from service.klines import KlineEvent, KlineTable
 from service.model_card import FeatureReference, ModelCard, NetworkSpec, TensorSpec, sha256_file
 from service.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -309,3 +317,87 @@ def feed_factory_maker() -> Callable[..., tuple[Callable[..., ScriptedFeed], lis
 def make_events() -> Callable[..., list[KlineEvent]]:
     """:func:`events_from`."""
     return events_from
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m service` as a real child process against a replay exchange, for the
+    kill -9 / restart tests: the same settings on every (re)start."""
+
+    env: dict[str, str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL
+        )
+
+    def kill9(self) -> None:
+        """SIGKILL mid-run (candles keep closing meanwhile)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        """SIGTERM: uvicorn shuts down gracefully, then re-raises SIGTERM as its exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) in (0, -signal.SIGTERM)
+
+    def reap(self) -> None:
+        """Kill it if a failed assertion left it running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def service_process(fixture_model: FixtureModel) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: a `ServiceProcess` on a free port, reading `ws_url`/`rest_url` (a replay
+    exchange), trading `symbols` and journaling into `state`; reaped at the end."""
+    made: list[ServiceProcess] = []
+
+    def make(ws_url: str, rest_url: str, symbols: Sequence[str], state: Path) -> ServiceProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
+        env.update(
+            APPRENTICE_SYMBOLS=",".join(symbols),
+            APPRENTICE_WS_URL=ws_url,
+            APPRENTICE_REST_URL=rest_url,
+            APPRENTICE_MODEL=str(fixture_model.onnx_path),
+            APPRENTICE_STATE_DIR=str(state),
+            APPRENTICE_PORT=str(port),
+            APPRENTICE_LOG_LEVEL="warning",
+        )
+        made.append(ServiceProcess(env, port))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.reap()
+
+
+async def until_true(
+    check: Callable[[], Awaitable[Any]], timeout_s: float, what: str, poll_s: float = 0.1
+) -> Any:
+    """Poll `check` every `poll_s` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def until() -> Callable[..., Awaitable[Any]]:
+    """:func:`until_true` (tests cannot import conftest under importlib mode)."""
+    return until_true

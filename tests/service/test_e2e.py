@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,18 +20,8 @@ from service.replay import ReplayConfig, ReplayExchange
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-async def _until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_replay_exchange_to_signals_over_http(
-    make_settings: Callable[..., Any], fixture_model: Any
+    make_settings: Callable[..., Any], fixture_model: Any, until: Callable[..., Any]
 ) -> None:
     cfg = ReplayConfig(symbols=SYMBOLS, interval="5", speed=1200.0, port=0)  # 4 candles/s
     async with ReplayExchange(cfg) as ex:
@@ -45,14 +34,14 @@ async def test_replay_exchange_to_signals_over_http(
         )
         serving = asyncio.create_task(server.serve())
         try:
-            await _until(lambda: _started(server), 30, "the server to start")
+            await until(lambda: _started(server), 30, "the server to start", poll_s=0.05)
             port = server.servers[0].sockets[0].getsockname()[1]
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
 
                 async def ready() -> bool:
                     return (await http.get("/ready")).status_code == 200
 
-                await _until(ready, 30, "/ready")
+                await until(ready, 30, "/ready", poll_s=0.05)
                 first = (await http.get("/signal/BTCUSDT")).json()
 
                 async def advanced() -> dict[str, Any] | None:
@@ -62,13 +51,13 @@ async def test_replay_exchange_to_signals_over_http(
                         body if body["candle_start"] >= first["candle_start"] + 3 * step else None
                     )
 
-                latest = await _until(advanced, 30, "live candles")
+                latest = await until(advanced, 30, "live candles", poll_s=0.05)
 
                 async def traded() -> dict[str, Any] | None:
                     body = (await http.get("/paper/trades", params={"limit": 1000})).json()
                     return body if body["total"] >= 2 else None
 
-                trades = await _until(traded, 30, "paper trades")
+                trades = await until(traded, 30, "paper trades", poll_s=0.05)
                 metrics = (await http.get("/metrics")).text
                 signals = (await http.get("/signals")).json()
 

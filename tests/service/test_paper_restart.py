@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _journal(path: Path) -> tuple[AccountTerms, list[Fill]]:
     db = sqlite3.connect(path)
     try:
@@ -43,40 +30,15 @@ def _journal(path: Path) -> tuple[AccountTerms, list[Fill]]:
         db.close()
 
 
-async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with_result = await check()
-        if with_result:
-            return with_result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_kill9_and_restart_loses_and_doubles_nothing(
-    fixture_model: Any, tmp_path: Path
+    service_process: Callable[..., Any], until: Callable[..., Awaitable[Any]], tmp_path: Path
 ) -> None:
-    port = _free_port()
     state = tmp_path / "state"
     cfg = ReplayConfig(symbols=SYMBOLS, interval="5", speed=1200.0, port=0)  # 4 candles/s
     async with ReplayExchange(cfg) as ex:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
-        env.update(
-            APPRENTICE_SYMBOLS=",".join(SYMBOLS),
-            APPRENTICE_WS_URL=ex.ws_url,
-            APPRENTICE_REST_URL=ex.rest_url,
-            APPRENTICE_MODEL=str(fixture_model.onnx_path),
-            APPRENTICE_STATE_DIR=str(state),
-            APPRENTICE_PORT=str(port),
-            APPRENTICE_LOG_LEVEL="warning",
-        )
+        svc = service_process(ex.ws_url, ex.rest_url, SYMBOLS, state)
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL
-            )
-
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        async with httpx.AsyncClient(base_url=svc.base_url, timeout=5) as http:
 
             async def trades(at_least: int) -> dict[str, Any] | None:
                 try:
@@ -85,24 +47,19 @@ async def test_kill9_and_restart_loses_and_doubles_nothing(
                     return None
                 return body if body["total"] >= at_least else None
 
-            proc = start()
-            try:
-                seen = await _until(lambda: trades(4), 60, "trades before the kill")
-                curve_seen = (await http.get("/paper")).json()["equity_curve"]
-                os.kill(proc.pid, signal.SIGKILL)  # mid-run: candles keep closing meanwhile
-                assert proc.wait(10) == -signal.SIGKILL
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+            svc.start()
+            seen = await until(lambda: trades(4), 60, "trades before the kill")
+            curve_seen = (await http.get("/paper")).json()["equity_curve"]
+            svc.kill9()
 
             terms, before = _journal(state / "paper.sqlite3")
             journaled = {(f.symbol, f.candle_start) for f in before}
             # Nothing acknowledged over HTTP is lost: every fill seen is in the journal.
             assert {(t["symbol"], t["candle_start"]) for t in seen["trades"]} <= journaled
 
-            proc = start()
+            svc.start()
             try:
-                resumed = await _until(lambda: trades(len(before)), 60, "the restarted service")
+                resumed = await until(lambda: trades(len(before)), 60, "the restarted service")
                 paper = (await http.get("/paper")).json()
                 # The restarted account is exactly the journal replayed. Live candles keep
                 # closing, so the account may already hold fills made after the restart:
@@ -122,11 +79,9 @@ async def test_kill9_and_restart_loses_and_doubles_nothing(
                 for pos in paper["positions"]:
                     assert pos["qty"] == pytest.approx(expected.position(pos["symbol"]).qty)
                 assert resumed["total"] >= len(before)
-                await _until(lambda: trades(len(before) + 3), 60, "trades after the restart")
+                await until(lambda: trades(len(before) + 3), 60, "trades after the restart")
             finally:
-                proc.send_signal(signal.SIGTERM)
-                # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit status
-                assert proc.wait(30) in (0, -signal.SIGTERM)
+                svc.stop()
 
     # A graceful stop closed the journal: SQLite checkpointed and removed the WAL file.
     assert not (state / "paper.sqlite3-wal").exists()

@@ -4,13 +4,7 @@ no candle lost and none doubled (replay exchange on loopback, two real processes
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +19,6 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 STEP = interval_ms("5")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rows(db_path: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(db_path)
     try:
@@ -39,41 +27,16 @@ def _rows(db_path: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
         db.close()
 
 
-async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_kill9_restart_journal_and_scores_continue(
-    fixture_model: Any, tmp_path: Path
+    service_process: Callable[..., Any], until: Callable[..., Awaitable[Any]], tmp_path: Path
 ) -> None:
-    port = _free_port()
     state = tmp_path / "state"
     db = state / "signals.sqlite3"
     cfg = ReplayConfig(symbols=SYMBOLS, interval="5", speed=1200.0, port=0)  # 4 candles/s
     async with ReplayExchange(cfg) as ex:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPRENTICE_")}
-        env.update(
-            APPRENTICE_SYMBOLS=",".join(SYMBOLS),
-            APPRENTICE_WS_URL=ex.ws_url,
-            APPRENTICE_REST_URL=ex.rest_url,
-            APPRENTICE_MODEL=str(fixture_model.onnx_path),
-            APPRENTICE_STATE_DIR=str(state),
-            APPRENTICE_PORT=str(port),
-            APPRENTICE_LOG_LEVEL="warning",
-        )
+        svc = service_process(ex.ws_url, ex.rest_url, SYMBOLS, state)
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL
-            )
-
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        async with httpx.AsyncClient(base_url=svc.base_url, timeout=5) as http:
             served: set[tuple[str, int]] = set()
 
             async def scored(at_least: int) -> dict[str, Any] | None:
@@ -88,24 +51,19 @@ async def test_kill9_restart_journal_and_scores_continue(
                 ]
                 return health if min(totals) >= at_least else None
 
-            proc = start()
-            try:
-                before = await _until(lambda: scored(6), 60, "live scores before the kill")
-                await asyncio.sleep(0.3)  # the journal commits within milliseconds
-                os.kill(proc.pid, signal.SIGKILL)  # mid-run: candles keep closing meanwhile
-                assert proc.wait(10) == -signal.SIGKILL
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+            svc.start()
+            before = await until(lambda: scored(6), 60, "live scores before the kill")
+            await asyncio.sleep(0.3)  # the journal commits within milliseconds
+            svc.kill9()
 
             journaled = {(s, c) for s, c in _rows(db, "SELECT symbol, candle_start FROM signals")}
             assert served <= journaled, "a signal served over HTTP is missing from the journal"
             n_before = len(journaled)
 
-            proc = start()
+            svc.start()
             try:
                 # right after the restart the scores are the journal's (rebuilt), not zero
-                first = await _until(lambda: scored(1), 60, "the restarted service")
+                first = await until(lambda: scored(1), 60, "the restarted service")
                 for sym in SYMBOLS:
                     for head in ("direction", "volatility"):
                         was = before["symbols"][sym][head]["scored_total"]
@@ -113,7 +71,7 @@ async def test_kill9_restart_journal_and_scores_continue(
                 target = max(
                     h["scored_total"] for sym in before["symbols"].values() for h in sym.values()
                 )
-                await _until(lambda: scored(target + 8), 60, "scores after the restart")
+                await until(lambda: scored(target + 8), 60, "scores after the restart")
 
                 async def live_signals() -> bool:  # only live candles observe the latency
                     text = (await http.get("/metrics")).text
@@ -124,10 +82,9 @@ async def test_kill9_restart_journal_and_scores_continue(
                     )
                     return float(line.split()[-1]) >= 2 * len(SYMBOLS)
 
-                await _until(live_signals, 60, "live candles after the catch-up")
+                await until(live_signals, 60, "live candles after the catch-up")
             finally:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) in (0, -signal.SIGTERM)
+                svc.stop()
 
     assert len(_rows(db, "SELECT * FROM signals")) > n_before
     for sym in SYMBOLS:

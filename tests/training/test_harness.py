@@ -72,8 +72,6 @@ def test_fit_is_deterministic_for_a_seed() -> None:
 
 
 def test_feature_reference_reads_each_bar_once() -> None:
-    from types import SimpleNamespace
-
     from training.data import Split
     from training.report_export import feature_reference
 
@@ -83,7 +81,7 @@ def test_feature_reference_reads_each_bar_once() -> None:
     ends = np.arange(t - 1, n_bars, 3)  # overlapping windows, every 3rd bar
     x = fx.make_windows(feats.astype(np.float64), ends)
     split = Split(x, np.zeros((len(ends), 2), np.int64), ends.astype(np.int64), ends * 300_000)
-    ref = feature_reference(SimpleNamespace(last=SimpleNamespace(train=split)))  # type: ignore[arg-type]
+    ref = feature_reference(split)
     seen = feats[: ends[-1] + 1]  # bars 0 .. last end, each once
     assert ref.rows == seen.shape[0]
     name = fx.FEATURE_NAMES[3]

@@ -82,6 +82,7 @@ def test_tiny_report_runs_end_to_end(tmp_path: Path) -> None:
         "kd from slice-only teacher",
         "scratch (teacher's data + slice)",
         "1m teacher",
+        "1m+5m teacher",
         "5m teacher",
         "GOOG teacher (zero-shot)",
     ):
