@@ -5,9 +5,11 @@ On setting A's last fold, one student of every pre-registered size is trained (m
 scored on the *validation* split, as is the ensemble teacher. The candidates may read more of
 the fold's training and validation windows than A's runs (`select.train_stride`,
 `select.val_stride`: A keeps every 6th window to fit 120 runs in the budget, but every window
-carries its own label; three fits can afford them all, and a rule with a tolerance of 0.005
+carries its own label; a few fits can afford them all, and a rule with a tolerance of 0.005
 AUC needs more than A's 2.9k validation windows, whose AUC has a standard error of ~0.01);
-the test rows are A's. The committed size is the
+the test rows are A's. Then the ensemble teacher is trained again on the same windows (same
+member seeds and recipe): it is the candidates' KD teacher, the rule's reference, and the
+committed student's teacher in its card and in runs/train/teacher/. The committed size is the
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
 says so. Test bars are never read by the rule; the chosen student's test metrics are
@@ -23,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from service.model_card import HEADS
-from training.exp_common import Env, teacher_targets
+from training.exp_common import Env, teacher_targets, train_members
 from training.exp_pooled import PooledOutcome
 from training.harness import Preds, average, fit, predict
 from training.metrics_eval import roc_auc
@@ -32,8 +34,17 @@ from training.report_config import ReportConfig
 from training.series import PooledFold, pooled_fold
 
 
+def reads_more(cfg: ReportConfig) -> bool:
+    """Whether the selection reads other windows than A's runs (and so trains its teacher)."""
+    pc, sel = cfg.pooled, cfg.select
+    strides = (sel.train_stride or pc.train_stride, sel.val_stride or pc.val_stride)
+    return strides != (pc.train_stride, pc.val_stride)
+
+
 def n_runs(cfg: ReportConfig) -> int:
-    return len(cfg.select.sizes) if cfg.pooled.enabled else 0
+    if not cfg.pooled.enabled:
+        return 0
+    return len(cfg.select.sizes) + (len(cfg.members) if reads_more(cfg) else 0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class Selection:
     spec: NetSpec | None = None
     teacher_test: Preds = field(default_factory=dict)
     data: PooledFold | None = None  # the fold the candidates trained on
+    members: list[nn.Module] = field(default_factory=list)  # the candidates' ensemble teacher
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,10 +99,10 @@ def choose(
 def selection_fold(cfg: ReportConfig, a: PooledOutcome) -> PooledFold:
     """A's last fold with the strides of `[select]` (0: A's); the test windows are A's."""
     pc, sel = cfg.pooled, cfg.select
+    if not reads_more(cfg):
+        return a.last
     train_stride = sel.train_stride or pc.train_stride
     val_stride = sel.val_stride or pc.val_stride
-    if (train_stride, val_stride) == (pc.train_stride, pc.val_stride):
-        return a.last
     pf = pooled_fold(a.series, a.last_fold, train_stride, val_stride=val_stride)
     if not np.array_equal(pf.test.start_ms, a.last.test.start_ms):
         raise AssertionError("the selection fold must keep A's test rows")
@@ -105,11 +117,15 @@ def run(env: Env, a: PooledOutcome) -> Selection:
         f"{len(a.last.train)} / {len(a.last.val)})"
     )
     val_y = data.val.y
-    t_val = average([predict(m, data.val.x) for m in a.members])
+    # the rule's reference must read what the candidates read: a teacher on 1/6 of their
+    # windows is weaker than all of them on validation, and every size would "hold" it
+    members = train_members(env, data, "select", cfg.members) if reads_more(cfg) else a.members
+    t_val = average([predict(m, data.val.x) for m in members])
     sel_out = Selection({h: roc_auc(val_y[:, i], t_val[h]) for i, h in enumerate(HEADS)})
-    sel_out.teacher_test = average([predict(m, data.test.x) for m in a.members])
+    sel_out.teacher_test = average([predict(m, data.test.x) for m in members])
     sel_out.data = data
-    targets = teacher_targets(env, a.members, data.train.x)
+    sel_out.members = members
+    targets = teacher_targets(env, members, data.train.x)
     nets: list[nn.Module] = []
     specs: list[NetSpec] = []
     for channels in sel.sizes:

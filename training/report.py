@@ -135,7 +135,7 @@ def run_report(cfg: ReportConfig, quick: bool = False, command: str = "make trai
             selection = sel.as_dict()
             if cfg.export:
                 exported = export_committed(env, a, sel)
-                save_teacher(env, a)
+                save_teacher(env, a, sel)
         d_res: SettingResult | None = None
         if a is not None and cfg.cross_asset.enabled:
             bs, kept = exp_cross_asset.run(env, a)

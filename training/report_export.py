@@ -45,25 +45,27 @@ def feature_reference(tr: Split) -> FeatureReference:
     )
 
 
-def _ensemble(env: Env, a: PooledOutcome) -> nn.Module:
+def _ensemble(env: Env, trained: Sequence[nn.Module]) -> nn.Module:
     import copy
 
     from training.ensemble import Ensemble
 
     # a member that served as a distillation teacher was frozen (requires_grad off), and
     # parameter counts only count trainable tensors: count (and save) unfrozen copies
-    members = [copy.deepcopy(m).requires_grad_(True).eval() for m in a.members]
+    members = [copy.deepcopy(m).requires_grad_(True).eval() for m in trained]
     return Ensemble(
         members,
-        feature_member=min(env.cfg.feature_member, len(a.members) - 1),
+        feature_member=min(env.cfg.feature_member, len(members) - 1),
         seeds=env.cfg.members,
         info={"trained_on": list(env.cfg.pooled.symbols), "by": "python -m training report"},
     )
 
 
-def save_teacher(env: Env, a: PooledOutcome) -> Path:
-    """The last fold's ensemble members, as `training.ensemble.load_ensemble` reads them."""
-    path = _ensemble(env, a).save(Path(env.cfg.teacher_dir))  # type: ignore[operator]
+def save_teacher(env: Env, a: PooledOutcome, sel: Selection) -> Path:
+    """The committed student's ensemble teacher (the selection's; A's last-fold members when
+    the selection reads A's windows), as `training.ensemble.load_ensemble` reads it."""
+    members = sel.members or a.members
+    path = _ensemble(env, members).save(Path(env.cfg.teacher_dir))  # type: ignore[operator]
     env.log(f"saved the ensemble teacher to {path}")
     return Path(path)
 
@@ -74,7 +76,7 @@ def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, An
 
     cfg = env.cfg
     assert sel.net is not None and sel.spec is not None
-    teacher = _ensemble(env, a)
+    teacher = _ensemble(env, sel.members or a.members)
     data = sel.data or a.last
     test = data.test
     if getattr(test, "symbol", None) is None:

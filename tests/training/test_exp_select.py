@@ -9,7 +9,7 @@ import numpy as np
 
 from service.klines import interval_ms
 from training.exp_pooled import PooledOutcome
-from training.exp_select import selection_fold
+from training.exp_select import n_runs, reads_more, selection_fold
 from training.report_config import load_report_config
 from training.results import SettingResult
 from training.series import calendar_folds, load_series, pooled_fold
@@ -35,5 +35,8 @@ def test_the_selection_fold_reads_every_window_and_keeps_as_test() -> None:
     # A's own windows are among the selection's: the first of them is the same window
     np.testing.assert_array_equal(pf.train.x[0], last.train.x[0])
     # stride 0 (or A's own) reuses A's fold
-    same = replace(cfg.select, train_stride=0, val_stride=0)
-    assert selection_fold(replace(cfg, select=same), a) is last
+    same = replace(cfg, select=replace(cfg.select, train_stride=0, val_stride=0))
+    assert selection_fold(same, a) is last
+    # reading more windows, the selection trains its own ensemble teacher on them
+    assert reads_more(cfg) and not reads_more(same)
+    assert n_runs(cfg) == n_runs(same) + len(cfg.members)

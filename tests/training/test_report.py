@@ -40,8 +40,10 @@ def tiny(tmp_path: Path):  # type: ignore[no-untyped-def]
             folds=2,
             last_bars=900,
             methods=("kd", "fitnet"),
+            train_stride=2,
         ),
-        select=replace(cfg.select, sizes=((16, 16), (8,))),
+        # the selection reads every training window, so it trains its own ensemble teacher
+        select=replace(cfg.select, sizes=((16, 16), (8,)), train_stride=1),
         cross_asset=replace(cfg.cross_asset, targets=("XRPUSDT",), last_bars=900),
         cross_timeframe=replace(cfg.cross_timeframe, last_bars=600, methods=("kd",)),
         cross_domain=replace(cfg.cross_domain, sources=("GOOG",)),
@@ -117,6 +119,10 @@ def test_tiny_report_runs_end_to_end(tmp_path: Path) -> None:
 
     ens = load_ensemble(tmp_path / "teacher")
     assert len(ens) == len(cfg.members)
+    # ... and it is the selection's own ensemble, trained on the candidates' windows
+    assert all(f"select teacher seed {s}" in log for s in cfg.members)
+    a_train = int(re.search(r"A fold 1: train (\d+)", log).group(1))  # type: ignore[union-attr]
+    assert card.distillation["selection"]["train_windows"] > a_train
     # the card counts every member (one of them was frozen as a distillation teacher)
     assert card.teacher.params == ens.param_count() == len(cfg.members) * ens.member_param_count()
     assert (path.parent / "results.json").exists()
