@@ -3,16 +3,14 @@
 :class:`ModelMonitor` is fed by the pipeline — one :meth:`offer` per closed kline it used,
 with the feature vector and the signal it made (if any). The pipeline runs on the candle
 thread (:mod:`service.candle_loop`), the monitor on the API's loop: ``offer`` appends to a
-deque (thread-safe) and, once per burst and after it (``HANDOFF_DELAY_S`` after its first
-candle, timed on the candle loop), schedules :meth:`_drain` on the monitor's loop with
+deque (thread-safe) and, once per burst, schedules :meth:`_drain` on the monitor's loop with
 ``call_soon_threadsafe``, so the candle's own path pays an append (and one loop wake-up per
-burst, once its candles are stored); everything the API reads is then only touched on its
-own loop. The drain scores the previous candle (:class:`service.live_score.LiveScorer`),
-keeps the last live feature vectors for drift and the chart points, and hands the rows to
-the journal writer task, which commits them in batches on its own thread
-(:class:`service.signal_journal.SignalJournal`). A committed row survives kill -9; the rows
-of the last few milliseconds before a kill may not (they are re-made from backfill on
-restart, flagged as such).
+burst); everything the API reads is then only touched on its own loop. The drain scores
+the previous candle (:class:`service.live_score.LiveScorer`), keeps the last live feature
+vectors for drift and the chart points, and hands the rows to the journal writer task, which
+commits them in batches on its own thread (:class:`service.signal_journal.SignalJournal`).
+A committed row survives kill -9; the rows of the last few milliseconds before a kill may
+not (they are re-made from backfill on restart, flagged as such).
 
 On start the scores, drift vectors and chart are rebuilt from the journal by replaying it
 through the same code, so a restart continues where the service stopped.
@@ -32,7 +30,6 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from service.candle_loop import HANDOFF_DELAY_S
 from service.features import batch_features
 from service.health_report import drift_report, score_report
 from service.klines import Kline, KlineEvent, interval_ms
@@ -106,28 +103,12 @@ class ModelMonitor:
         """A closed kline the pipeline used, its feature vector and signal: O(1), no I/O,
         callable from any thread. Before :meth:`start` (tests) it is drained at once."""
         self._inbox.append((event, vec, signal))  # append first, then look at the flag:
-        if self._scheduled:  # a drain that already cleared it will be followed by ours
-            return
-        self._scheduled = True
-        if self._loop is None:
-            self._drain()
-            return
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is None or here is self._loop:
-            self._loop.call_soon_threadsafe(self._drain)
-        else:
-            # On the candle loop: wake the monitor's loop once the burst is over, not on
-            # its first candle; its drain and the journal's commit then run beside the
-            # candles still in flight, on the same CPU (bench.trace_path measured that).
-            here.call_later(HANDOFF_DELAY_S, self._post)
-
-    def _post(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():  # closed: aclose drained the inbox
-            loop.call_soon_threadsafe(self._drain)
+        if not self._scheduled:  # a drain that already cleared it will be followed by ours
+            self._scheduled = True
+            if self._loop is None:
+                self._drain()
+            else:
+                self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         self._scheduled = False  # cleared before taking: a later offer schedules again
