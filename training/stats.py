@@ -147,13 +147,7 @@ def block_bootstrap(
     share of centred bootstrap differences at least as far from 0 as the observed one
     (two-sided), floored at 1 / (n_boot + 1).
     """
-    ya = np.asarray(y).astype(np.int64).ravel()
-    pa = np.asarray(p_a, dtype=np.float64).ravel()
-    pb = np.asarray(p_b, dtype=np.float64).ravel()
-    bl = np.asarray(blocks).astype(np.int64).ravel()
-    if not (ya.shape == pa.shape == pb.shape == bl.shape):
-        raise ValueError("block_bootstrap needs equal lengths")
-    return runs_bootstrap(ya, [pa], [pb], bl, metric, n_boot, seed)
+    return runs_bootstrap(y, [p_a], [p_b], blocks, metric, n_boot, seed)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -203,10 +197,7 @@ class _RunsAUC:
 
     def __init__(self, y: NDArray[np.int64], runs: Runs, blocks: NDArray[np.int64]) -> None:
         self.parts = []
-        for r in runs:
-            p = np.asarray(r, dtype=np.float64).ravel()
-            if p.shape != y.shape:
-                raise ValueError("every run needs one prediction per row")
+        for p in _as_runs(y, runs):
             o, g, n = _auc_sorter(y, p)
             self.parts.append((y[o], g, n, blocks[o]))
         if not self.parts:
@@ -219,6 +210,14 @@ class _RunsAUC:
             for ys, g, n, b in self.parts
         ]
         return float(np.mean(vals))
+
+
+def _as_runs(y: NDArray[np.int64], runs: Runs) -> list[NDArray[np.float64]]:
+    """Each run as a flat float array, checked to hold one prediction per row of y."""
+    out = [np.asarray(r, dtype=np.float64).ravel() for r in runs]
+    if any(p.shape != y.shape for p in out):
+        raise ValueError("every run needs one prediction per row")
+    return out
 
 
 def _prep(y: ArrayLike, blocks: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -258,8 +257,8 @@ def runs_bootstrap(
     n_blocks = int(bl.max()) + 1
     counts = _block_weights(n_blocks, n_boot, seed)
     if metric == "log_loss":
-        la = np.mean([_row_losses(ya, np.asarray(r, np.float64).ravel()) for r in runs_a], 0)
-        lb = np.mean([_row_losses(ya, np.asarray(r, np.float64).ravel()) for r in runs_b], 0)
+        la = np.mean([_row_losses(ya, p) for p in _as_runs(ya, runs_a)], 0)
+        lb = np.mean([_row_losses(ya, p) for p in _as_runs(ya, runs_b)], 0)
         d_row = la - lb
         obs = float(d_row.mean())
         block_sum = np.bincount(bl, weights=d_row, minlength=n_blocks)
