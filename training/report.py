@@ -134,8 +134,8 @@ def run_report(cfg: ReportConfig, quick: bool = False, command: str = "make trai
             sel = exp_select.run(env, a)
             selection = sel.as_dict()
             if cfg.export:
-                exported = export_committed(env, a, sel)
-                save_teacher(env, a, sel)
+                exported = export_committed(env, sel)
+                save_teacher(env, sel)
         d_res: SettingResult | None = None
         if a is not None and cfg.cross_asset.enabled:
             bs, kept = exp_cross_asset.run(env, a)

@@ -18,7 +18,6 @@ from service import features as fx
 from service.model_card import FeatureReference, NetworkSpec
 from training.data import Split
 from training.exp_common import Env
-from training.exp_pooled import PooledOutcome
 from training.exp_select import Selection
 from training.export import REFERENCE_QUANTILES
 from training.networks import NetSpec, build_network, count_parameters
@@ -61,23 +60,23 @@ def _ensemble(env: Env, trained: Sequence[nn.Module]) -> nn.Module:
     )
 
 
-def save_teacher(env: Env, a: PooledOutcome, sel: Selection) -> Path:
+def save_teacher(env: Env, sel: Selection) -> Path:
     """The committed student's ensemble teacher (the selection's; A's last-fold members when
     the selection reads A's windows), as `training.ensemble.load_ensemble` reads it."""
-    members = sel.members or a.members
-    path = _ensemble(env, members).save(Path(env.cfg.teacher_dir))  # type: ignore[operator]
+    path = _ensemble(env, sel.members).save(Path(env.cfg.teacher_dir))  # type: ignore[operator]
     env.log(f"saved the ensemble teacher to {path}")
     return Path(path)
 
 
-def export_committed(env: Env, a: PooledOutcome, sel: Selection) -> dict[str, Any]:
+def export_committed(env: Env, sel: Selection) -> dict[str, Any]:
     """Export the selected student with its card (per-head test metrics on A's last fold)."""
     from training.export import card_metrics, export_student, teacher_network_spec
 
     cfg = env.cfg
     assert sel.net is not None and sel.spec is not None
-    teacher = _ensemble(env, sel.members or a.members)
-    data = sel.data or a.last
+    assert sel.data is not None
+    teacher = _ensemble(env, sel.members)
+    data = sel.data
     test = data.test
     if getattr(test, "symbol", None) is None:
         from dataclasses import replace
