@@ -55,15 +55,16 @@ class Env:
         return count_parameters(build_network(spec))
 
 
-def with_min_steps(env: Env, n: int) -> Env:
-    """The same environment with every fit running at least `n` optimiser steps."""
+def with_fits(env: Env, **changes: int) -> Env:
+    """The same environment with every fit, teacher and student alike, changed the same way
+    (e.g. `min_steps=120`: at least 120 optimiser steps)."""
     cfg = env.cfg
     return replace(
         env,
         cfg=replace(
             cfg,
-            student_fit=replace(cfg.student_fit, min_steps=n),
-            teacher_fit=replace(cfg.teacher_fit, min_steps=n),
+            student_fit=replace(cfg.student_fit, **changes),
+            teacher_fit=replace(cfg.teacher_fit, **changes),
         ),
     )
 

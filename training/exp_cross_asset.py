@@ -28,7 +28,7 @@ from training.exp_common import (
     teacher_targets,
     train_members,
     train_students,
-    with_min_steps,
+    with_fits,
 )
 from training.exp_pooled import ENSEMBLE, SINGLE, PooledOutcome
 from training.harness import Preds, average, predict
@@ -81,7 +81,7 @@ class TargetData:
 
 def run(env: Env, a: PooledOutcome) -> tuple[list[SettingResult], dict[str, TargetData]]:
     """Setting B for every target alt."""
-    env = with_min_steps(env, env.cfg.cross_asset.min_steps)
+    env = with_fits(env, min_steps=env.cfg.cross_asset.min_steps)
     cfg, ca = env.cfg, env.cfg.cross_asset
     step = interval_ms(cfg.interval)
     t_params = env.params(env.t_spec)

@@ -18,7 +18,7 @@ from training.exp_common import (
     teacher_targets,
     train_members,
     train_students,
-    with_min_steps,
+    with_fits,
 )
 from training.exp_cross_asset import SCRATCH, TargetData
 from training.harness import average, predict
@@ -46,7 +46,7 @@ def source_fold(s: Series, embargo: int) -> PooledFold:
 
 
 def run(env: Env, b: SettingResult, target: TargetData) -> SettingResult:
-    env = with_min_steps(env, env.cfg.cross_domain.min_steps)
+    env = with_fits(env, min_steps=env.cfg.cross_domain.min_steps)
     cfg, d = env.cfg, env.cfg.cross_domain
     small = target.small
     t_params = env.params(env.t_spec)

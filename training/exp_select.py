@@ -7,9 +7,13 @@ the fold's training and validation windows than A's runs (`select.train_stride`,
 `select.val_stride`: A keeps every 6th window to fit 120 runs in the budget, but every window
 carries its own label; a few fits can afford them all, and a rule with a tolerance of 0.005
 AUC needs more than A's 2.9k validation windows, whose AUC has a standard error of ~0.01);
-the test rows are A's. Then the ensemble teacher is trained again on the same windows (same
-member seeds and recipe): it is the candidates' KD teacher, the rule's reference, and the
-committed student's teacher in its card and in runs/train/teacher/. The committed size is the
+the test rows are A's. With `select.whole_schedule` every selection fit runs its whole
+schedule and keeps its best validation check (A's patience, 3 checks of 30 batches, is ~1.5 of
+A's epochs but under a quarter of an epoch of every window, and stops fits mid-schedule while
+the validation loss is still falling). When the selection's fits differ from A's in either
+way, the ensemble teacher is trained again as the candidates are (same windows, member seeds
+and recipe): it is the candidates' KD teacher, the rule's reference, and the committed
+student's teacher in its card and in runs/train/teacher/. The committed size is the
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
 says so. Test bars are never read by the rule; the chosen student's test metrics are
@@ -25,7 +29,7 @@ import numpy as np
 from torch import nn
 
 from service.model_card import HEADS
-from training.exp_common import Env, teacher_targets, train_members
+from training.exp_common import Env, teacher_targets, train_members, with_fits
 from training.exp_pooled import PooledOutcome
 from training.harness import Preds, average, fit, predict
 from training.metrics_eval import roc_auc
@@ -33,18 +37,25 @@ from training.networks import NetSpec, count_parameters
 from training.report_config import ReportConfig
 from training.series import PooledFold, pooled_fold
 
+NEVER = 2**31 - 1  # patience of a fit that runs its whole schedule
+
 
 def reads_more(cfg: ReportConfig) -> bool:
-    """Whether the selection reads other windows than A's runs (and so trains its teacher)."""
+    """Whether the selection reads other windows than A's runs."""
     pc, sel = cfg.pooled, cfg.select
     strides = (sel.train_stride or pc.train_stride, sel.val_stride or pc.val_stride)
     return strides != (pc.train_stride, pc.val_stride)
 
 
+def own_teacher(cfg: ReportConfig) -> bool:
+    """Whether the selection's fits differ from A's, so that it trains its own teacher."""
+    return reads_more(cfg) or cfg.select.whole_schedule
+
+
 def n_runs(cfg: ReportConfig) -> int:
     if not cfg.pooled.enabled:
         return 0
-    return len(cfg.select.sizes) + (len(cfg.members) if reads_more(cfg) else 0)
+    return len(cfg.select.sizes) + (len(cfg.members) if own_teacher(cfg) else 0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class Candidate:
     params: int
     val_auc: dict[str, float]
     test: Preds
+    best_step: int  # the optimiser step of the validation check kept
+    steps: int  # optimiser steps the fit ran
 
 
 @dataclass
@@ -75,7 +88,13 @@ class Selection:
         return {
             "teacher_val_auc": self.teacher_val_auc,
             "candidates": [
-                {"channels": list(c.channels), "params": c.params, "val_auc": c.val_auc}
+                {
+                    "channels": list(c.channels),
+                    "params": c.params,
+                    "val_auc": c.val_auc,
+                    "best_step": c.best_step,
+                    "steps": c.steps,
+                }
                 for c in self.candidates
             ],
             "chosen": list(self.candidates[self.chosen].channels) if self.candidates else None,
@@ -110,6 +129,8 @@ def selection_fold(cfg: ReportConfig, a: PooledOutcome) -> PooledFold:
 
 
 def run(env: Env, a: PooledOutcome) -> Selection:
+    if env.cfg.select.whole_schedule:
+        env = with_fits(env, patience=NEVER)
     cfg, sel = env.cfg, env.cfg.select
     data = selection_fold(cfg, a)
     env.log(
@@ -117,9 +138,9 @@ def run(env: Env, a: PooledOutcome) -> Selection:
         f"{len(a.last.train)} / {len(a.last.val)})"
     )
     val_y = data.val.y
-    # the rule's reference must read what the candidates read: a teacher on 1/6 of their
+    # the rule's reference must be trained as the candidates are: a teacher on 1/6 of their
     # windows is weaker than all of them on validation, and every size would "hold" it
-    members = train_members(env, data, "select", cfg.members) if reads_more(cfg) else a.members
+    members = train_members(env, data, "select", cfg.members) if own_teacher(cfg) else a.members
     t_val = average([predict(m, data.val.x) for m in members])
     sel_out = Selection({h: roc_auc(val_y[:, i], t_val[h]) for i, h in enumerate(HEADS)})
     sel_out.teacher_test = average([predict(m, data.test.x) for m in members])
@@ -146,6 +167,8 @@ def run(env: Env, a: PooledOutcome) -> Selection:
                 count_parameters(res.net),
                 {h: roc_auc(val_y[:, i], pv[h]) for i, h in enumerate(HEADS)},
                 predict(res.net, data.test.x),
+                res.best_step,
+                int(res.history[-1]["step"]) if res.history else 0,
             )
         )
         nets.append(res.net)

@@ -92,6 +92,10 @@ class SelectSettings:
     # every k-th validation window (0: A's own strides); the test windows are A's
     train_stride: int = 0
     val_stride: int = 0
+    # the selection's fits (its teacher's members and the candidates) run their whole
+    # schedule and keep their best validation check, instead of stopping after `patience`
+    # checks without improvement
+    whole_schedule: bool = False
 
 
 @dataclass(frozen=True)

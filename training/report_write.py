@@ -216,19 +216,26 @@ def write_report(
             f"{selection.get('val_windows', 0):,} validation windows (every "
             f"{cfg_dict['select']['train_stride'] or cfg_dict['pooled']['train_stride']}. and "
             f"{cfg_dict['select']['val_stride'] or cfg_dict['pooled']['val_stride']}.; A's "
-            f"runs read every {cfg_dict['pooled']['train_stride']}.).\n"
+            f"runs read every {cfg_dict['pooled']['train_stride']}.)"
+            + (
+                "; every selection fit (teacher members and candidates) runs its whole "
+                "schedule and keeps its best validation check.\n"
+                if cfg_dict["select"].get("whole_schedule")
+                else ".\n"
+            )
         )
-        w("| size | params | val AUC direction | val AUC volatility | chosen |")
-        w("|---|---|---|---|---|")
+        w("| size | params | val AUC direction | val AUC volatility | best check (step) | chosen |")
+        w("|---|---|---|---|---|---|")
         w(
             f"| ensemble teacher | – | {selection['teacher_val_auc']['direction']:.4f} "
-            f"| {selection['teacher_val_auc']['volatility']:.4f} | |"
+            f"| {selection['teacher_val_auc']['volatility']:.4f} | | |"
         )
         for c in selection["candidates"]:
             mark = "**yes**" if c["channels"] == selection["chosen"] else ""
             w(
                 f"| {c['channels']} | {c['params']:,} | {c['val_auc']['direction']:.4f} "
-                f"| {c['val_auc']['volatility']:.4f} | {mark} |"
+                f"| {c['val_auc']['volatility']:.4f} | {c['best_step']} of {c['steps']} "
+                f"| {mark} |"
             )
         w("")
     if exported:
