@@ -125,7 +125,7 @@ class Distiller(nn.Module):
             self.gammas: tuple[float, ...] = ()
             return
         s_shapes = _shapes(student, input_shape)
-        t_shapes = _shapes(teacher, input_shape)
+        t_shapes = _shapes(teacher, _own_input(teacher, input_shape))
         self.pairs = [tuple(p) for p in cfg.pairs] or default_pairs(len(t_shapes), len(s_shapes))  # type: ignore[misc]
         for t, s in self.pairs:
             if not (0 <= t < len(t_shapes) and 0 <= s < len(s_shapes)):
@@ -253,6 +253,15 @@ class Distiller(nn.Module):
             torch.cat([e_t, old_t])[:k],
             torch.cat([p, old_p])[:k],
         )
+
+
+def _own_input(model: nn.Module, default: Shape) -> Shape:
+    """(F, T) a network reads, from its spec; `default` (the student's) for one without.
+    A teacher may read more channels than the student (the 1m+5m teacher of setting C)."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return default
+    return (int(spec.n_features), int(spec.window))
 
 
 def _shapes(model: nn.Module, input_shape: Shape) -> list[Shape]:

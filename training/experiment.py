@@ -172,6 +172,7 @@ class CachedTeacher(nn.Module):
     ) -> None:
         super().__init__()
         self.teacher = teacher
+        self.spec = getattr(teacher, "spec", None)  # what it reads (the distiller's probe)
         self.logits = logits  # (N, H, 2)
         self.channels = channels or {}
         self.feats = {k: self._subset(k, v) for k, v in feats.items()}  # (N, C_k, T)
@@ -187,12 +188,6 @@ class CachedTeacher(nn.Module):
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         if self._rows is None:
-            # a teacher may read other inputs than the student (more channels: the 1m+5m
-            # teacher of setting C); a shape probe then gets zeros of the teacher's own shape
-            spec = getattr(self.teacher, "spec", None)
-            n_in = getattr(spec, "n_features", x.shape[1])
-            if n_in != x.shape[1]:
-                x = x.new_zeros(x.shape[0], n_in, *x.shape[2:])
             lg, fs = self.teacher.forward_with_features(x)  # type: ignore[operator]
             return lg, [self._subset(k, f) for k, f in enumerate(fs)]
         r = self._rows

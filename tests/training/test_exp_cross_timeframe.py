@@ -9,6 +9,7 @@ import torch
 
 from service import features as fx
 from service.klines import interval_ms
+from training.distill import Distiller
 from training.exp_common import Env
 from training.exp_cross_timeframe import T1, T5, T15, reading, teacher_fold
 from training.experiment import CachedTeacher
@@ -48,9 +49,9 @@ def test_every_teacher_reads_the_same_rows_with_the_five_minute_labels() -> None
     assert np.all(s1.times[idx] == pf5.test.start_ms[:5] + 4 * interval_ms("1"))
 
 
-def test_a_wider_teacher_can_be_probed_with_the_students_input() -> None:
-    """The distiller probes feature shapes with the student's input shape: a cached teacher
-    that reads 24 channels answers with its own shapes, not an error."""
+def test_a_wider_teacher_is_probed_with_its_own_input() -> None:
+    """The distiller probes each network's feature shapes with the input that network reads:
+    a cached teacher of 24 channels gets projection heads onto its own feature shapes."""
     cfg = load_report_config(None)
     env = Env.make(cfg, Progress(1, None, enabled=False))
     spec = replace(env.t_spec, n_features=2 * fx.N_FEATURES)
@@ -58,7 +59,23 @@ def test_a_wider_teacher_can_be_probed_with_the_students_input() -> None:
     x = torch.zeros(4, 2 * fx.N_FEATURES, fx.WINDOW)
     with torch.no_grad():
         logits, feats = teacher.forward_with_features(x)  # type: ignore[operator]
-    cached = CachedTeacher(teacher, logits, {0: feats[0]})
-    lg, fs = cached.forward_with_features(torch.zeros(2, fx.N_FEATURES, fx.WINDOW))
-    assert lg.shape == (2, 2, 2)
-    assert [f.shape[1:] for f in fs] == [f.shape[1:] for f in feats]
+    cached = CachedTeacher(teacher, logits, {k: f for k, f in enumerate(feats)})
+    student = build_network(env.s_spec)
+    distiller = Distiller(
+        student,
+        cached,
+        replace(cfg.distill, method="fitnet"),
+        epochs=1,
+        input_shape=(fx.N_FEATURES, fx.WINDOW),
+        window=fx.WINDOW,
+    )
+    assert distiller.pairs
+    for (t, s), head in zip(distiller.pairs, distiller.heads, strict=True):
+        out = head(torch.zeros(2, *student_shape(student, s)))
+        assert out.shape[1:] == feats[t].shape[1:]
+
+
+def student_shape(net: torch.nn.Module, layer: int) -> tuple[int, ...]:
+    with torch.no_grad():
+        _, fs = net.forward_with_features(torch.zeros(2, fx.N_FEATURES, fx.WINDOW))  # type: ignore[operator]
+    return tuple(fs[layer].shape[1:])
