@@ -17,7 +17,7 @@ student's teacher in its card and in runs/train/teacher/. The committed size is 
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
 says so. Test bars are never read by the rule; the chosen student's test metrics are
-reported afterwards (the last fold's pooled test bars).
+reported afterwards (the last fold's pooled test bars, AUC with a day-block interval).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from training.metrics_eval import roc_auc
 from training.networks import NetSpec, count_parameters
 from training.report_config import ReportConfig
 from training.series import PooledFold, pooled_fold
+from training.stats import AUCInterval, auc_interval, day_blocks
 
 NEVER = 2**31 - 1  # patience of a fit that runs its whole schedule
 
@@ -83,6 +84,8 @@ class Selection:
     teacher_test: Preds = field(default_factory=dict)
     data: PooledFold | None = None  # the fold the candidates trained on
     members: list[nn.Module] = field(default_factory=list)  # the candidates' ensemble teacher
+    # the chosen student's test AUC per head with its day-block 95 % interval (after the rule)
+    chosen_test: dict[str, AUCInterval] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +104,10 @@ class Selection:
             "held": self.held,
             "train_windows": len(self.data.train) if self.data is not None else 0,
             "val_windows": len(self.data.val) if self.data is not None else 0,
+            "chosen_test_auc": {
+                h: {"auc": r.auc, "ci_low": r.ci_low, "ci_high": r.ci_high, "days": r.n_blocks}
+                for h, r in self.chosen_test.items()
+            },
         }
 
 
@@ -183,6 +190,11 @@ def run(env: Env, a: PooledOutcome) -> Selection:
     sel_out.net = nets[sel_out.chosen]
     sel_out.spec = specs[sel_out.chosen]
     c = sel_out.candidates[sel_out.chosen]
+    days = day_blocks(data.test.start_ms)
+    sel_out.chosen_test = {
+        h: auc_interval(data.test.y[:, i], c.test[h], days, cfg.bootstrap)
+        for i, h in enumerate(HEADS)
+    }
     env.log(
         f"select: {list(c.channels)} ({c.params} params), val AUC {sel.head} "
         f"{c.val_auc[sel.head]:.4f} vs teacher {sel_out.teacher_val_auc[sel.head]:.4f} "

@@ -13,6 +13,7 @@ from training.report_analysis import Comparison, Gap, SettingAnalysis
 
 ALPHA = 0.05
 UNION = "scratch (teacher's data + slice)"
+BAR = 0.70  # the issue's bar for the committed student's test volatility AUC
 
 
 def fmt_p(p: float) -> str:
@@ -164,7 +165,7 @@ def answers(
             f"{rows}."
         )
     if selection is not None:
-        w.append(_selection(selection, exported))
+        w.append(committed_answer(selection, exported))
     return "\n".join(w) + "\n"
 
 
@@ -220,7 +221,8 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
     )
 
 
-def _selection(sel: dict[str, Any], exported: dict[str, Any] | None) -> str:
+def committed_answer(sel: dict[str, Any], exported: dict[str, Any] | None) -> str:
+    """The committed student's answer: its size, the rule's outcome and the test bar."""
     ch = sel["chosen"]
     cand = next(c for c in sel["candidates"] if c["channels"] == ch)
     out = (
@@ -235,9 +237,20 @@ def _selection(sel: dict[str, Any], exported: dict[str, Any] | None) -> str:
     if exported:
         m = exported["card"]["metrics"]
         auc = m["volatility"]["auc"]
+        ci = sel.get("chosen_test_auc", {}).get("volatility")
+        if ci is None:
+            span, bar = "", "met" if auc >= BAR else "not met"
+        else:
+            span = f" [{ci['ci_low']:.4f}, {ci['ci_high']:.4f}] ({ci['days']} days)"
+            bar = (
+                "not met"
+                if auc < BAR
+                else "met, the whole interval above it"
+                if ci["ci_low"] >= BAR
+                else f"met by the point estimate; the interval's lower end is {ci['ci_low']:.4f}"
+            )
         out += (
-            f"; on the last fold's pooled test bars volatility AUC {auc:.4f} (the issue's bar "
-            f"of 0.70: {'met' if auc >= 0.70 else 'not met'}), direction AUC "
-            f"{m['direction']['auc']:.4f}"
+            f"; on the last fold's pooled test bars volatility AUC {auc:.4f}{span} (the "
+            f"issue's bar of {BAR:.2f}: {bar}), direction AUC {m['direction']['auc']:.4f}"
         )
     return out + "."

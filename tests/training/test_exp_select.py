@@ -82,6 +82,11 @@ def test_whole_schedule_fits_run_every_step_and_train_their_own_teacher(tmp_path
     assert "select teacher seed 0" in log  # the reference is trained as the candidates are
     c = whole.candidates[0]
     assert c.steps == 12 and 1 <= c.best_step <= 12
+    # after the rule, the chosen student's test AUC per head with its day-block interval
+    ci = whole.chosen_test["volatility"]
+    assert set(whole.chosen_test) == {"direction", "volatility"}
+    assert ci.ci_low <= ci.auc <= ci.ci_high and ci.n_blocks >= 1
+    assert whole.as_dict()["chosen_test_auc"]["volatility"]["auc"] == ci.auc
     # the same candidate with the recipe's patience, distilled from that teacher, stops early
     early_cfg = replace(cfg, select=replace(cfg.select, whole_schedule=False))
     early_a = replace(a, members=whole.members)

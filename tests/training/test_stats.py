@@ -130,3 +130,25 @@ def test_runs_bootstrap_scores_the_mean_single_model_not_the_seed_average() -> N
     ll = runs_bootstrap(y, [pa1, pa2], [pb], blocks, "log_loss", n_boot=50)
     want = 0.5 * (log_loss(y, pa1) + log_loss(y, pa2)) - log_loss(y, pb)
     assert ll.diff == pytest.approx(want, abs=1e-9)
+
+
+def test_auc_interval_is_the_bootstrap_against_a_constant_shifted_by_a_half() -> None:
+    from training.stats import auc_interval, runs_bootstrap
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 100  # 30 "days"
+    p = y + rng.normal(0, 2.0, n)
+    got = auc_interval(y, p, blocks, n_boot=200, seed=4)
+    assert got.auc == pytest.approx(roc_auc(y, p)) and got.n_blocks == 30
+    assert got.ci_low < got.auc < got.ci_high
+    # a constant scores AUC 0.5 under every resample: the paired interval is this one − 0.5
+    vs_const = runs_bootstrap(y, [p], [np.zeros(n)], blocks, "auc", n_boot=200, seed=4)
+    assert got.ci_low - 0.5 == pytest.approx(vs_const.ci_low)
+    assert got.ci_high - 0.5 == pytest.approx(vs_const.ci_high)
+    # more days of the same signal: a narrower interval
+    big = np.arange(4 * n) // 100
+    y4 = rng.integers(0, 2, 4 * n)
+    wide = auc_interval(y4, y4 + rng.normal(0, 2.0, 4 * n), big, n_boot=200)
+    assert wide.ci_high - wide.ci_low < got.ci_high - got.ci_low
