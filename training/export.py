@@ -83,7 +83,26 @@ def export_onnx(student: nn.Module, path: str | Path, n_features: int, window: i
     stray = out.with_name(out.name + ".data")
     if stray.exists():
         raise RuntimeError(f"{stray} was written: the export must be a single file")
+    drop_stack_traces(out)
     return out
+
+
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # per-node metadata the dynamo exporter adds
+
+
+def drop_stack_traces(path: Path) -> None:
+    """Remove each node's Python stack trace from the file: it names the source files by
+    their absolute paths, so the bytes (and the card's sha256) would depend on where the
+    checkout lies, and a shipped model would carry the trainer's directory layout."""
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    for node in nodes:
+        keep = [m for m in node.metadata_props if m.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(model, str(path))
 
 
 def check_onnx(path: str | Path) -> None:

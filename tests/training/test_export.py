@@ -12,7 +12,7 @@ import torch
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, WINDOW
 from service.model_card import ModelCard, NetworkSpec, sha256_file, verify_model
-from training.export import INPUT_NAME, OUTPUT_NAMES, export_student, ort_outputs
+from training.export import INPUT_NAME, OUTPUT_NAMES, STACK_TRACE, export_student, ort_outputs
 from training.networks import build_network, count_parameters, default_spec
 
 F = len(FEATURE_NAMES)
@@ -65,6 +65,18 @@ def test_single_self_contained_file_with_contract(exported: Exported) -> None:
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [F, WINDOW]
+
+
+def test_the_file_does_not_depend_on_where_the_checkout_lies(exported: Exported) -> None:
+    """The exporter's per-node stack traces name source files by absolute path; they are
+    dropped, so the same network exports to the same bytes from any directory."""
+    import training
+
+    _, path, _ = exported
+    checkout = str(Path(training.__file__).resolve().parents[1])
+    assert checkout.encode() not in path.read_bytes()
+    keys = {m.key for n in onnx.load(str(path)).graph.node for m in n.metadata_props}
+    assert STACK_TRACE not in keys
 
 
 def test_ort_matches_torch_on_other_batch_sizes(exported: Exported) -> None:
