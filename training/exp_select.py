@@ -8,7 +8,7 @@ the fold's training and validation windows than A's runs (`select.train_stride`,
 carries its own label; a few fits can afford them all, and a rule with a tolerance of 0.005
 AUC needs more than A's 2.9k validation windows, whose AUC has a standard error of ~0.01);
 the test rows are A's. With `select.whole_schedule` every selection fit runs its whole
-schedule and keeps its best validation check (A's patience, 3 checks of 30 batches, is ~1.5 of
+schedule and keeps its best validation check (A's patience, 3 checks of 30 batches, is ~1.4 of
 A's epochs but under a quarter of an epoch of every window, and stops fits mid-schedule while
 the validation loss is still falling). When the selection's fits differ from A's in either
 way, the ensemble teacher is trained again as the candidates are (same windows, member seeds
@@ -37,8 +37,6 @@ from training.networks import NetSpec, count_parameters
 from training.report_config import ReportConfig
 from training.series import PooledFold, pooled_fold
 from training.stats import AUCInterval, auc_interval, day_blocks
-
-NEVER = 2**31 - 1  # patience of a fit that runs its whole schedule
 
 
 def reads_more(cfg: ReportConfig) -> bool:
@@ -137,7 +135,7 @@ def selection_fold(cfg: ReportConfig, a: PooledOutcome) -> PooledFold:
 
 def run(env: Env, a: PooledOutcome) -> Selection:
     if env.cfg.select.whole_schedule:
-        env = with_fits(env, patience=NEVER)
+        env = with_fits(env, patience=0)  # no early stop: the whole schedule
     cfg, sel = env.cfg, env.cfg.select
     data = selection_fold(cfg, a)
     env.log(

@@ -43,14 +43,15 @@ class FitSettings:
     warm-up over ``warmup`` of all steps then cosine decay to 5 % (or constant), validation
     every ``eval_every`` batches (0: once per epoch) on the validation log loss of
     ``select_head`` ("sum": head-weighted sum over both heads), ``patience`` checks without
-    improvement stop the run, and the best check's weights are restored.
+    improvement stop the run (0: it runs its whole schedule), and the best check's weights
+    are restored.
     """
 
     epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 3  # validation checks without improvement before stopping
+    patience: int = 3  # validation checks without improvement before stopping; 0 = never
     max_batches: int = 0  # per epoch; 0 = all
     eval_every: int = 0  # batches between validation checks; 0 = once per epoch
     warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up
@@ -326,7 +327,7 @@ def fit(
                 result.best_epoch, result.best_step = epoch, step
             else:
                 waited += 1
-                if waited >= settings.patience:
+                if settings.patience and waited >= settings.patience:
                     stop = True
                     break
         if cached is not None:

@@ -58,7 +58,7 @@ class FitSettings:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 4  # validation checks without improvement before stopping
+    patience: int = 4  # validation checks without improvement before stopping; 0 = never
     max_batches: int = 0  # per epoch; 0 = all
     eval_every: int = 0  # batches between validation checks; 0 = once per epoch
     warmup: float = 0.05  # share of all steps with a linear warm-up

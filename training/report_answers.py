@@ -237,20 +237,20 @@ def committed_answer(sel: dict[str, Any], exported: dict[str, Any] | None) -> st
     if exported:
         m = exported["card"]["metrics"]
         auc = m["volatility"]["auc"]
-        ci = sel.get("chosen_test_auc", {}).get("volatility")
-        if ci is None:
-            span, bar = "", "met" if auc >= BAR else "not met"
-        else:
-            span = f" [{ci['ci_low']:.4f}, {ci['ci_high']:.4f}] ({ci['days']} days)"
-            bar = (
-                "not met"
-                if auc < BAR
-                else "met, the whole interval above it"
-                if ci["ci_low"] >= BAR
-                else f"met by the point estimate; the interval's lower end is {ci['ci_low']:.4f}"
-            )
+        ci = sel["chosen_test_auc"]["volatility"]
         out += (
-            f"; on the last fold's pooled test bars volatility AUC {auc:.4f}{span} (the "
-            f"issue's bar of {BAR:.2f}: {bar}), direction AUC {m['direction']['auc']:.4f}"
+            f"; on the last fold's pooled test bars volatility AUC {auc:.4f} "
+            f"[{ci['ci_low']:.4f}, {ci['ci_high']:.4f}] ({ci['days']} days) (the issue's bar "
+            f"of {BAR:.2f}: {_bar_verdict(auc, ci['ci_low'])}), direction AUC "
+            f"{m['direction']['auc']:.4f}"
         )
     return out + "."
+
+
+def _bar_verdict(auc: float, ci_low: float) -> str:
+    """Whether the test AUC meets the bar: not at all, by the point estimate, or wholly."""
+    if auc < BAR:
+        return "not met"
+    if ci_low >= BAR:
+        return "met, the whole interval above it"
+    return f"met by the point estimate; the interval's lower end is {ci_low:.4f}"

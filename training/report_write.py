@@ -220,7 +220,7 @@ def write_report(
             + (
                 "; every selection fit (teacher members and candidates) runs its whole "
                 "schedule and keeps its best validation check.\n"
-                if cfg_dict["select"].get("whole_schedule")
+                if cfg_dict["select"]["whole_schedule"]
                 else ".\n"
             )
         )
