@@ -18,7 +18,7 @@ import numpy.typing as npt
 from bench.report import Section, Target
 from bench.timing import interleaved
 from service import features as fx
-from service.kline_io import load_bundled
+from service.market.kline_io import load_bundled
 
 F64 = npt.NDArray[np.float64]
 LENGTHS = (100, 1_000, 10_000, 100_000)

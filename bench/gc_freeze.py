@@ -30,8 +30,8 @@ def _times(gen: int, n: int = 15) -> tuple[float, float]:
 
 def probe() -> dict[str, Any]:
     """Measure in this process (call it in a fresh one: see :func:`measure`)."""
-    from service.app import create_app
-    from service.predictor import Predictor
+    from service.http.app import create_app
+    from service.model.predictor import Predictor
     from service.settings import Settings
 
     settings = Settings()

@@ -13,28 +13,16 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench import models, procs, stack
+from bench import models, procs, pyload, stack
+from bench.load_result import WrkResult
 from bench.report import Section, Target
 from service.demo import pin
 
 CONNECTIONS = 8
 THREADS = 1
 _UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    """Requests/s and latency percentiles (µs) of one wrk run."""
-
-    rps: float
-    requests: int
-    non_2xx: int
-    p50: float
-    p90: float
-    p99: float
 
 
 def _us(text: str) -> float:
@@ -63,9 +51,7 @@ def parse_wrk(out: str) -> WrkResult:
 def wrk(port: int, path: str, seconds: float) -> WrkResult:
     """One bounded wrk run on loopback (the Python generator when wrk is not installed)."""
     if shutil.which("wrk") is None:
-        from bench.pyload import load
-
-        return load(port, path, seconds, CONNECTIONS)
+        return pyload.load(port, path, seconds, CONNECTIONS)
     cmd = [
         "wrk",
         f"-t{THREADS}",
@@ -98,7 +84,7 @@ def _cpus(pid: int) -> set[int] | None:
 def _signal_is_async() -> bool:
     import inspect
 
-    from service import api
+    from service.http import routes as api
 
     return inspect.iscoroutinefunction(api.get_signal)
 

@@ -3,7 +3,7 @@
 Contenders (same real input window(s) from the bundled BTCUSDT 5m klines):
 the Identity floor through ``run`` and through I/O binding; the student through ``run``,
 through I/O binding, and exactly as the service calls it on a close
-(``service.predictor.Predictor.predict``: the full graph, the float64 (F, T) window view
+(``service.model.predictor.Predictor.predict``: the full graph, the float64 (F, T) window view
 copied into the bound float32 buffer); the student and teacher in torch eager (one
 thread, inference_mode); the teacher exported to ONNX; the student dynamically quantised to
 int8.

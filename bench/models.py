@@ -34,7 +34,7 @@ class Student:
 
 def real_windows(n: int, symbol: str = "BTCUSDT", interval: str = "5") -> npt.NDArray[np.float32]:
     """The last n model inputs (n, F, T) float32 from the bundled klines (real data)."""
-    from service.kline_io import load_bundled
+    from service.market.kline_io import load_bundled
 
     t = load_bundled(symbol, interval)
     feats = fx.batch_features(t.open, t.high, t.low, t.close, t.volume)
@@ -62,7 +62,7 @@ def identity_onnx(path: Path, n_features: int = fx.N_FEATURES, window: int = fx.
 
 def _spec(arch: dict[str, Any] | None, family: str, role: str) -> Any:
     """A NetSpec from a model card's ``arch`` (any of its spellings), else the family default."""
-    from training.networks import NetSpec, default_spec
+    from training.nets.networks import NetSpec, default_spec
 
     base = default_spec(family, role, fx.N_FEATURES, fx.WINDOW)
     if not arch:
@@ -93,7 +93,7 @@ def load_student(tmp: Path) -> Student:
     import torch
 
     from training.export import export_onnx
-    from training.networks import build_network
+    from training.nets.networks import build_network
 
     torch.manual_seed(0)
     spec = _spec(None, "tcn", "student")
@@ -105,7 +105,7 @@ def load_student(tmp: Path) -> Student:
 
 def _standin_card(path: Path, spec: Any) -> dict[str, Any]:
     """A valid model card beside the stand-in, so the real service will load it."""
-    from service.model_card import NetworkSpec
+    from service.model.card import NetworkSpec
     from training.export import build_card
 
     t_spec = _spec(None, spec.family, "teacher")
@@ -135,7 +135,7 @@ def torch_student(student: Student) -> tuple[Any, str]:
     import torch
     from onnx import numpy_helper
 
-    from training.networks import build_network
+    from training.nets.networks import build_network
 
     s = student.card.get("student", {})
     net = build_network(_spec(s.get("arch"), s.get("family", "tcn"), "student")).eval()
@@ -169,7 +169,7 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
     card's teacher architecture with seeded random weights (latency does not depend on them)."""
     import torch
 
-    from training.networks import build_network
+    from training.nets.networks import build_network
 
     t = student.card.get("teacher", {})
     family = t.get("family", "tcn")
@@ -181,7 +181,7 @@ def torch_teacher(student: Student) -> tuple[Any, str]:
         family, arch = student.card.get("student", {}).get("family", "tcn"), None
     for ckpt in sorted((ROOT / "runs").glob(f"{family}-teacher*/checkpoint.pt")):
         try:
-            from training.train import model_from_checkpoint
+            from training.distill.train import model_from_checkpoint
 
             return model_from_checkpoint(ckpt), f"trained checkpoint {ckpt.relative_to(ROOT)}"
         except (OSError, ValueError, KeyError, RuntimeError):
@@ -197,7 +197,7 @@ def mlp_student(tmp: Path) -> Path:
     import torch
 
     from training.export import export_onnx
-    from training.networks import build_network
+    from training.nets.networks import build_network
 
     torch.manual_seed(0)
     net = build_network(_spec(None, "mlp", "student")).eval()
@@ -237,8 +237,8 @@ def service_predictor(student: Student) -> Any:
     """helper-4's Predictor on the student (a minimal card for a stand-in model)."""
     import onnxruntime as ort
 
-    from service.model_card import ModelCard, NetworkSpec, TensorSpec, sha256_file
-    from service.predictor import Predictor, session_options
+    from service.model.card import ModelCard, NetworkSpec, TensorSpec, sha256_file
+    from service.model.predictor import Predictor, session_options
 
     if not student.origin.startswith("STAND-IN"):  # the service's own load and checks
         return Predictor.load(student.path)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from service.kline_io import load_bundled
+from service.market.kline_io import load_bundled
 from service.metrics import Metrics
-from service.monitor import ModelMonitor
-from service.pipeline import Pipeline
-from service.predictor import ModelSlot, Predictor
-from service.signals import SignalStore
+from service.model.predictor import ModelSlot, Predictor
+from service.monitor.model_monitor import ModelMonitor
+from service.pipeline.scoring import Pipeline
+from service.pipeline.signals import SignalStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

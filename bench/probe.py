@@ -130,7 +130,7 @@ def fill_journal(state_dir: Path, n: int, symbols: tuple[str, ...] = ("BTCUSDT",
     """Write ``n`` flat round-trip fills into a fresh account of the service's journal at
     ``state_dir`` (before the service starts; their candles lie long before the replay's).
     Returns the account's epoch."""
-    from service.journal import Journal
+    from service.paper.journal import Journal
 
     j = Journal(state_dir)
     j.open()

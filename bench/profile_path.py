@@ -1,8 +1,8 @@
 """Hot-path profile: websocket frame text → parsed kline → features → student → stored signal.
 
-Drives the service's own code in-process on real BTCUSDT 5m klines: ``service.bybit``'s
+Drives the service's own code in-process on real BTCUSDT 5m klines: ``service.market.bybit``'s
 ``parse_frame`` on frames built by the replay exchange's ``push_frame``, then
-``service.pipeline.Pipeline.process`` with the real ``Predictor``, ``SignalStore`` and
+``service.pipeline.scoring.Pipeline.process`` with the real ``Predictor``, ``SignalStore`` and
 ``Metrics``. Stages are timed per frame, pyinstrument samples a second pass, and the
 asyncio queue hand-off between the feed task and the pipeline task (the part of the live
 path not in these calls) is measured on the same event loop the service gets (uvloop).
@@ -21,14 +21,14 @@ import numpy as np
 from bench import gc_freeze, models
 from bench.report import Section
 from bench.timing import Summary, interleaved
-from service.bybit import KlineFrame, _parse_kline_checked, parse_frame, parse_kline
-from service.kline_io import load_bundled
-from service.klines import Kline, KlineEvent, interval_ms
+from service.market.bybit import KlineFrame, _parse_kline_checked, parse_frame, parse_kline
+from service.market.kline_io import load_bundled
+from service.market.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.predictor import ModelSlot
+from service.model.predictor import ModelSlot
+from service.pipeline.scoring import Pipeline
+from service.pipeline.signals import SignalStore
 from service.replay.tape import push_frame, ws_item
-from service.signals import SignalStore
 
 SYMBOL, INTERVAL = "BTCUSDT", "5"
 WARM = 400
@@ -243,7 +243,7 @@ def _keepers(sec: Section, frames: list[str], quick: bool) -> None:
     sec.add(
         "### What stays only because it pays",
         "",
-        f"Lean kline parse (`service.bybit.parse_kline`'s fast path) vs the checked path "
+        f"Lean kline parse (`service.market.bybit.parse_kline`'s fast path) vs the checked path "
         f"that accepts exactly the same elements, one real kline element, interleaved: p50 "
         f"{lean.p50:.2f} vs {checked.p50:.2f} µs ({checked.p50 / lean.p50:.2f}×), p99 "
         f"{lean.p99:.2f} vs {checked.p99:.2f} µs.",

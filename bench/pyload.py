@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from bench.http_load import WrkResult
+from bench.load_result import WrkResult
 
 
 async def _worker(port: int, request: bytes, stop: float, lat: list[int], bad: list[int]) -> None:

@@ -5,7 +5,7 @@ one thing in memory, then runs ``service.__main__.main`` (same settings, same uv
 arguments). They answer "what does this part of the request path cost?":
 
 * ``model-response``: ``GET /signal`` as it was before its body was encoded once per signal
-  (``service.signal_json``): the route returns a ``SignalOut`` that FastAPI validates and
+  (``service.http.signal_json``): the route returns a ``SignalOut`` that FastAPI validates and
   serialises per request (its ``response_model`` pass);
 * ``no-timer``: the app without its per-request timing middleware (``RequestTimer``).
 """
@@ -24,8 +24,8 @@ def patch_model_response() -> None:
     """Replace the ``/signal/{symbol}`` endpoint with one that returns a ``SignalOut``."""
     from fastapi import Request
 
-    from service import api
-    from service.schemas import SignalOut
+    from service.http import routes as api
+    from service.http.schemas import SignalOut
 
     for route in api.router.routes:
         endpoint: Callable[..., Any] | None = getattr(route, "endpoint", None)
@@ -50,12 +50,12 @@ def patch_model_response() -> None:
         model.__name__ = endpoint.__name__
         route.endpoint = model  # type: ignore[attr-defined]
         return
-    raise RuntimeError("no /signal/{symbol} route in service.api.router")
+    raise RuntimeError("no /signal/{symbol} route in service.http.routes.router")
 
 
 def patch_no_timer() -> None:
     """Make ``create_app`` drop the ``RequestTimer`` middleware (added before first use)."""
-    from service import app as app_module
+    from service.http import app as app_module
 
     original = app_module.create_app
 

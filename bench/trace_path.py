@@ -77,8 +77,9 @@ class _Threads:
 
 def serve() -> int:
     """The service with the two trace points patched in (see the module docstring)."""
-    from service import pipeline as pipeline_mod
-    from service import signals, stamped_ws
+    from service.market import stamped_ws
+    from service.pipeline import scoring as pipeline_mod
+    from service.pipeline import signals
 
     out_path = Path(os.environ[TRACE_ENV])
     threads = _Threads()
@@ -104,7 +105,8 @@ def serve() -> int:
         entries[event.received_ns] = time.perf_counter_ns()
         return process(self, event)
 
-    from service import features, predictor
+    from service import features
+    from service.model import predictor
 
     stage: dict[str, tuple[int, int]] = {}  # stage -> (wall ns, thread CPU ns), last call
 

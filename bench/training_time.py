@@ -1,6 +1,6 @@
 """Section 5: training wall time for the teacher and every distillation method.
 
-Each method trains one full epoch through helper-1's real loop (``training.train.run``) on
+Each method trains one full epoch through helper-1's real loop (``training.distill.train.run``) on
 the pooled training set of configs/common.toml (five 5m symbols) with one torch thread; the
 students distil from the teacher trained here (its quality does not matter for timing). A
 second, short table runs the teacher and the scratch student for a few steps with the
@@ -39,8 +39,8 @@ def _config(name: str, overrides: dict[str, Any]) -> Any:
 
 def run(quick: bool = False) -> Section:
     """Measure and return the section."""
-    from training.data import load_dataset
-    from training.train import run as train_run
+    from training.data.dataset import load_dataset
+    from training.distill.train import run as train_run
 
     sec = Section("5. Training")
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))

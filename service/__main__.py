@@ -88,10 +88,10 @@ def precheck(settings: Settings) -> None:
     """Refuse to start, before binding the port, on an address that cannot be listened on, a
     model that does not match its card or a state directory where the paper journal cannot
     be written."""
-    from service.journal import Journal, JournalError
-    from service.listen import listen_problem
-    from service.model_card import ModelCardError
-    from service.predictor import Predictor
+    from service.http.listen import listen_problem
+    from service.model.card import ModelCardError
+    from service.model.predictor import Predictor
+    from service.paper.journal import Journal, JournalError
 
     try:
         Predictor.load(settings.model, settings.model_card_path)
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvicorn
 
-    from service.app import create_app
-    from service.connection_limits import uvicorn_options
+    from service.http.app import create_app
+    from service.http.connection_limits import uvicorn_options
 
     uvicorn.run(
         create_app(settings),

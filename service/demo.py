@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.journal import Journal
-from service.listen import listen_problem
+from service.http.listen import listen_problem
+from service.monitor.signal_journal import JOURNAL_FILE as SIGNAL_JOURNAL_FILE
+from service.paper.journal import Journal
 from service.settings import SettingsError, load_settings
-from service.signal_journal import JOURNAL_FILE as SIGNAL_JOURNAL_FILE
 
 DEMO_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
 STATUS_EVERY_S = 15.0

@@ -3,7 +3,7 @@
 ``Runtime(settings)`` only builds plain objects (no I/O, no event loop needed), so
 ``create_app`` stays cheap and testable. :meth:`Runtime.start` (from the lifespan) loads and
 verifies the model, opens the paper journal and resumes the account, then starts the
-feed and pipeline tasks on the candle thread (:mod:`service.candle_loop`: closed candles
+feed and pipeline tasks on the candle thread (:mod:`service.pipeline.candle_loop`: closed candles
 never wait behind HTTP requests) and the paper task on the API's loop; :meth:`Runtime.stop`
 cancels them and awaits them with a timeout, then stops the candle thread. Live signals
 reach the paper trader once per burst (``candle_loop.Handoff``) into its bounded queue.
@@ -23,26 +23,31 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from service.candle_loop import CandleLoop, Handoff
-from service.feed import KlineFeed
-from service.journal import Journal
-from service.klines import KlineEvent, interval_ms
+from service.market.feed import KlineFeed
+from service.market.klines import KlineEvent, interval_ms
+from service.market.rest import RestKlines
 from service.metrics import Metrics
-from service.monitor import ModelMonitor
-from service.paper import EQUITY_POINTS, PaperAccount, PaperTrader, check_terms, replay_fills
-from service.pipeline import BARS_TO_FIRST_SIGNAL, Pipeline
-from service.predictor import ModelSlot, Predictor
-from service.rest import RestKlines
+from service.model.predictor import ModelSlot, Predictor
+from service.monitor.model_monitor import ModelMonitor
+from service.paper.account import (
+    EQUITY_POINTS,
+    PaperAccount,
+    PaperTrader,
+    check_terms,
+    replay_fills,
+)
+from service.paper.journal import Journal
+from service.pipeline.candle_loop import CandleLoop, Handoff
+from service.pipeline.scoring import BARS_TO_FIRST_SIGNAL, Pipeline
+from service.pipeline.signals import Signal, SignalStore
 from service.settings import Settings
-from service.signal_json import SignalBodies
-from service.signals import Signal, SignalStore
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
 
 
 class Feed(Protocol):
-    """What the runtime needs from a market-data feed (``service.feed.KlineFeed``)."""
+    """What the runtime needs from a market-data feed (``service.market.feed.KlineFeed``)."""
 
     @property
     def connected(self) -> bool: ...
@@ -94,7 +99,6 @@ class Runtime:
         self.stale_after_s = settings.stale_after_intervals * self.interval_s
         self.slot = ModelSlot()
         self.store = SignalStore(settings.symbols)
-        self.signal_bodies = SignalBodies(settings.vol_regime_threshold)  # GET /signal's JSON
         self.journal = Journal(settings.state_dir) if settings.paper_enabled else None
         self.trader: PaperTrader | None = None
         self.monitor = ModelMonitor(

@@ -16,8 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from service.bybit import short
-from service.klines import VALID_INTERVALS
+from service.market.bybit import short
+from service.market.klines import VALID_INTERVALS
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
 MAINNET_REST = "https://api.bybit.com"
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         0.45, gt=0, lt=1, description="probability_up <= this: short (else flat)"
     )
     paper_enabled: bool = Field(True, description="paper-trade the signals (true/false)")
-    # the bounds of service.paper.check_terms: an account outside them could not trade
+    # the bounds of service.paper.account.check_terms: an account outside them could not trade
     paper_initial_usdt: float = Field(10_000.0, ge=1.0, le=1e12, description="a new account's USDT")
     paper_notional_usdt: float = Field(
         1_000.0, ge=1.0, le=1e12, description="position size per symbol"
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     paper_fee_bps: float = Field(5.5, ge=0, le=1000, description="taker fee per fill, bps")
     paper_slippage_bps: float = Field(1.0, ge=0, le=1000, description="adverse fill slippage, bps")
 
-    # HTTP server limits (service.connection_limits): idle sockets cannot exhaust descriptors
+    # HTTP server limits (service.http.connection_limits): idle sockets cannot exhaust descriptors
     http_max_connections: int = Field(
         512, ge=8, le=100_000, description="open connections at most (fewer if ulimit -n is low)"
     )

@@ -95,7 +95,7 @@ DEMO_VARIABLES = {"APPRENTICE_REPLAY_PORT"}  # read by `make demo` (service/demo
 
 @functools.cache
 def _app_routes() -> set[tuple[str, str]]:
-    from service.app import create_app
+    from service.http.app import create_app
     from service.settings import load_settings
 
     app = create_app(load_settings())  # builds the routes; loads and connects nothing

@@ -1,4 +1,5 @@
 """Offline training: teacher/student networks, feature distillation, evaluation, ONNX export.
 
-Entry point: ``python -m training <command>`` (``--help`` lists the commands).
+Packages, lowest first: ``data`` and ``nets``, ``distill``, ``scoring``, ``experiments``,
+then ``export`` and ``report``. Entry point: ``python -m training <command>`` (``--help``).
 """

@@ -15,19 +15,19 @@ from pathlib import Path
 from typing import Any
 
 DELEGATED = {
-    "fetch": ("training.fetch", "download Bybit klines into data/ (REST, paginated)"),
+    "fetch": ("training.data.fetch", "download Bybit klines into data/ (REST, paginated)"),
     "evaluate": (
-        "training.evaluate",
+        "training.scoring.evaluate",
         "score an exported student with onnxruntime on held-out bars, plus the backtest",
     ),
-    "report": ("training.report", "the evaluation report (tables + figures)"),
+    "report": ("training.report.study", "the evaluation report (tables + figures)"),
     "export": ("training.export", "export a student checkpoint to ONNX + model card"),
     "journal": (
-        "training.journal_data",
+        "training.data.journal",
         "export the service's journaled klines (STATE_DIR/signals.sqlite3) as kline CSVs",
     ),
     "audit": (
-        "training.audit",
+        "training.scoring.audit",
         "re-score the journaled live signals with the offline teacher ensemble",
     ),
 }
@@ -94,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
 
-    from training import ddp
     from training.config import ConfigError
-    from training.train import run
+    from training.distill import ddp
+    from training.distill.train import run
 
     try:
         if args.command in ("teacher", "distill"):

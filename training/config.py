@@ -78,7 +78,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     method: str = "scratch"
-    teacher: str = ""  # teacher checkpoint, or an ensemble directory (training.ensemble)
+    teacher: str = ""  # teacher checkpoint, or an ensemble directory (training.nets.ensemble)
     alpha: float = 0.3
     beta: float = 0.3
     temperature: float = 4.0

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from service import features as fx
-from service.model_card import (
+from service.model.card import (
     HEAD_OUTPUTS,
     HEADS,
     FeatureReference,
@@ -276,7 +276,7 @@ def export_student(
 
 def feature_reference(pool: Any, train_rows: NDArray[np.int64]) -> FeatureReference:
     """Per-feature quantiles (deciles 0..1) of the feature rows the training windows read."""
-    from training.data import feature_quantiles, feature_rows_count
+    from training.data.dataset import feature_quantiles, feature_rows_count
 
     return FeatureReference(
         quantiles=list(REFERENCE_QUANTILES),
@@ -296,11 +296,11 @@ def card_metrics(
     Brier, AUC, ... and agreement with the teacher), ``teacher_test`` per head,
     ``per_symbol`` {symbol: {head: metrics}}, and linear CKA per matched layer pair.
 
-    ``test`` is a :class:`training.data.Split`; ``teacher`` a network or an ensemble.
+    ``test`` is a :class:`training.data.dataset.Split`; ``teacher`` a network or an ensemble.
     """
     from training.analysis import linear_cka
-    from training.experiment import network_outputs, predict_proba
-    from training.metrics_eval import head_reports, per_symbol_reports
+    from training.experiments.fit import network_outputs, predict_proba
+    from training.scoring.metrics import head_reports, per_symbol_reports
 
     p = predict_proba(student, test.x)
     t = predict_proba(teacher, test.x) if teacher is not None else None
@@ -328,8 +328,8 @@ def _flat(f: Tensor) -> NDArray[np.float64]:
 
 def teacher_network_spec(teacher: nn.Module | None) -> NetworkSpec:
     """The card's teacher entry: a network's spec, or an ensemble's members and total."""
-    from training.ensemble import Ensemble
-    from training.networks import NetSpec, count_parameters
+    from training.nets.ensemble import Ensemble
+    from training.nets.networks import NetSpec, count_parameters
 
     if teacher is None:
         return NetworkSpec(family="none", arch={}, params=0)
@@ -357,8 +357,8 @@ def export_checkpoint(
     purged) test split; the feature reference comes from its training rows.
     """
     from training.config import from_dict
-    from training.data import load_dataset
-    from training.train import load_checkpoint, load_teacher_path, model_from_checkpoint
+    from training.data.dataset import load_dataset
+    from training.distill.train import load_checkpoint, load_teacher_path, model_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     student = model_from_checkpoint(ckpt)
@@ -400,7 +400,8 @@ def write_parity_fixture(
     student: nn.Module, card: ModelCard, x: NDArray[np.float32], path: str | Path
 ) -> Path:
     """Save x and torch's outputs for it (every graph output) with the export's sha256: the
-    fixture tests/service/test_committed_model.py checks onnxruntime against, without torch."""
+    fixture tests/service/model/test_committed_model.py checks onnxruntime against, without
+    torch."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"x": x, "sha256": np.array(card.sha256)}

@@ -27,9 +27,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from service.bybit import parse_topic
-from service.kline_io import load_bundled
-from service.klines import VALID_INTERVALS, Kline, KlineTable, interval_ms
+from service.market.bybit import parse_topic
+from service.market.kline_io import load_bundled
+from service.market.klines import VALID_INTERVALS, Kline, KlineTable, interval_ms
 from service.replay.faults import Faults
 from service.replay.malformed import malformed_frame
 from service.replay.protocol import handle_op, kline_envelope

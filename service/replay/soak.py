@@ -1,7 +1,7 @@
 """Soak the kline feed against the replay exchange and compare with what the exchange closed.
 
 ``python -m service.replay.soak --faults all --candles 200`` starts a replay exchange on a
-free loopback port, runs a :class:`~service.feed.KlineFeed` against it with fast timeouts,
+free loopback port, runs a :class:`~service.market.feed.KlineFeed` against it with fast timeouts,
 and checks that the closed candles delivered per symbol equal the exchange's own series bar
 for bar (backfill included). Tests use :func:`soak` directly.
 """
@@ -20,13 +20,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from service.backfill import Backoff
-from service.feed import KlineFeed
-from service.klines import Kline, KlineEvent
+from service.market.backfill import Backoff
+from service.market.feed import KlineFeed
+from service.market.klines import Kline, KlineEvent
+from service.market.rest import RestKlines
 from service.metrics import Metrics
 from service.replay.exchange import ReplayConfig, ReplayExchange
 from service.replay.faults import Faults
-from service.rest import RestKlines
 
 
 @dataclass

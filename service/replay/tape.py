@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from service.klines import Kline, KlineTable, interval_ms
+from service.market.klines import Kline, KlineTable, interval_ms
 
 
 def decimal_str(x: float) -> str:

@@ -200,8 +200,8 @@ def test_probe_reads_the_newest_confirmed_start_of_its_topic_only() -> None:
 
 def test_filled_journal_resumes_as_a_flat_account(tmp_path: Path) -> None:
     from bench.probe import fill_journal
-    from service.journal import Journal
-    from service.paper import replay_fills
+    from service.paper.account import replay_fills
+    from service.paper.journal import Journal
 
     epoch = fill_journal(tmp_path, 1_000, symbols=("BTCUSDT", "ETHUSDT"))
     j = Journal(tmp_path)

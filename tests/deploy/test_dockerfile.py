@@ -281,7 +281,7 @@ def test_dockerignore_keeps_what_the_image_copies_and_nothing_else(helpers: Modu
     for path in (
         ".venv/bin/python",
         ".git/HEAD",
-        "training/train.py",
+        "training/distill/train.py",
         "tests/deploy/test_dockerfile.py",
         "reports/report.md",
         "state/journal.sqlite",

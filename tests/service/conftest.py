@@ -32,9 +32,9 @@ from service.features import (
     WINDOW,
     batch_features,
 )
-from service.kline_io import load_bundled
-from service.klines import KlineEvent, KlineTable
-from service.model_card import FeatureReference, ModelCard, NetworkSpec, TensorSpec, sha256_file
+from service.market.kline_io import load_bundled
+from service.market.klines import KlineEvent, KlineTable
+from service.model.card import FeatureReference, ModelCard, NetworkSpec, TensorSpec, sha256_file
 from service.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

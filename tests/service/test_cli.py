@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.klines import KlineTable
+from service.http.app import create_app
+from service.market.klines import KlineTable
 from service.replay.faults import Faults
 from service.settings import DEFAULT_MODEL, Settings
 

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
     "module",
     [
         "service.features",
-        "service.kline_io",
+        "service.market.kline_io",
         "service.settings",
         "service.metrics",
-        "service.model_card",
+        "service.model.card",
     ],
 )
 def test_service_modules_import_without_torch(module: str) -> None:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import uvicorn
 
-from service.app import create_app, runtime_of
 from service.features import batch_features, make_windows
-from service.kline_io import load_bundled
-from service.predictor import Predictor
+from service.http.app import create_app, runtime_of
+from service.market.kline_io import load_bundled
+from service.model.predictor import Predictor
 from service.replay import ReplayConfig, ReplayExchange
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

@@ -25,7 +25,7 @@ from service.features import (
     make_windows,
     window_ends,
 )
-from service.kline_io import DATA_DIR, load_klines
+from service.market.kline_io import DATA_DIR, load_klines
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

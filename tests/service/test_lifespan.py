@@ -11,9 +11,9 @@ import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app, runtime_of
-from service.klines import KlineTable
-from service.model_card import ModelCardError
+from service.http.app import create_app, runtime_of
+from service.market.klines import KlineTable
+from service.model.card import ModelCardError
 
 
 async def test_lifespan_starts_and_leaves_no_pending_task(

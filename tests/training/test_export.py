@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from service.features import FEATURE_NAMES, FEATURE_SPEC_HASH, WINDOW
-from service.model_card import ModelCard, NetworkSpec, sha256_file, verify_model
+from service.model.card import ModelCard, NetworkSpec, sha256_file, verify_model
 from training.export import INPUT_NAME, OUTPUT_NAMES, STACK_TRACE, export_student, ort_outputs
-from training.networks import build_network, count_parameters, default_spec
+from training.nets.networks import build_network, count_parameters, default_spec
 
 F = len(FEATURE_NAMES)
 Exported = tuple[Any, Path, ModelCard]
@@ -140,8 +140,8 @@ def test_parity_check_fails_on_a_different_model(exported: Exported) -> None:
 
 def test_export_cli_from_a_distill_checkpoint(tmp_path: Path) -> None:
     from training.config import ExperimentConfig
+    from training.distill.train import run
     from training.export import main
-    from training.train import run
 
     base = ExperimentConfig().replace(
         **{

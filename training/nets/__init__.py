@@ -1,0 +1,4 @@
+"""Teacher and student networks (``tcn``, ``mlp``) and the ensemble teacher.
+
+May import ``service.model.card``, ``training.config`` and torch.
+"""
