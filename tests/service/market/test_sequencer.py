@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from service.market.backfill import Backoff, CandleSequencer, FillRange, Verdict
+from service.market.rest import Backoff
+from service.market.sequencer import CandleSequencer, FillRange, Verdict
 from service.market.klines import Kline
 
 STEP = 300_000
