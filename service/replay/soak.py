@@ -27,6 +27,7 @@ from service.market.rest import RestKlines
 from service.metrics import Metrics
 from service.replay.exchange import ReplayConfig, ReplayExchange
 from service.replay.faults import Faults
+from service.replay.hostile import HostileRest
 
 
 @dataclass
@@ -43,6 +44,22 @@ class SoakResult:
     registry: CollectorRegistry
     mismatches: list[str] = field(default_factory=list)
     direct: int = 0  # closed candles handed to the direct callback (``soak(direct=True)``)
+    # per symbol, seconds from the candle's close on the exchange to its delivery, live
+    # candles only (the warm-up's history is not late, it is old)
+    lag_s: dict[str, list[float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # the feed's /ready reasons at the end
+
+    def lag_figures(self, symbol: str) -> dict[str, float]:
+        """Median, 99th percentile and maximum delivery lag of ``symbol``'s live candles."""
+        lags = sorted(self.lag_s.get(symbol, []))
+        if not lags:
+            return {"n": 0}
+        return {
+            "n": len(lags),
+            "median_s": round(lags[len(lags) // 2], 4),
+            "p99_s": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 4),
+            "max_s": round(lags[-1], 4),
+        }
 
     @property
     def ok(self) -> bool:
@@ -65,6 +82,7 @@ class SoakResult:
             "feed": self.feed_stats,
             "rejected_by_reason": self.rejected,
             "mismatches": self.mismatches[:10],
+            "lag": {s: self.lag_figures(s) for s in self.closed},
         }
 
 
@@ -121,13 +139,18 @@ async def soak(
     consumer_delay_s: float = 0.0,
     direct: bool = False,
     script: Callable[[ReplayExchange], Coroutine[Any, Any, None]] | None = None,
+    hostile: HostileRest | None = None,
+    rest_options: dict[str, Any] | None = None,
+    on_feed: Callable[[KlineFeed], object] | None = None,
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
 
     A consumer task records each event as it takes it from the queue. ``direct``: also the
     service's hand-off — closed candles that find the queue empty go to a callback instead
     (``SoakResult.direct`` counts the callback's share). ``script(exchange)`` runs beside the
-    feed (a hostile exchange's extra frames, via ``ReplayExchange.inject``).
+    feed (a hostile exchange's extra frames, via ``ReplayExchange.inject``). ``hostile``: the
+    feed's REST goes to that server instead (started on the exchange); its ``target`` symbol
+    is then not required to reach ``candles``, only to be exact as far as it got.
     """
     cfg = ReplayConfig(
         symbols=symbols,
@@ -141,9 +164,16 @@ async def soak(
     t0 = time.perf_counter()
     async with ReplayExchange(cfg) as ex:
         out: asyncio.Queue[KlineEvent] = asyncio.Queue(maxsize=queue_size)
-        rest = RestKlines(
-            ex.rest_url, backoff=lambda: Backoff(0.01, 0.05), max_attempts=8, timeout_s=5.0
-        )
+        rest_url = ex.rest_url
+        if hostile is not None:
+            await hostile.start(ex)
+            rest_url = hostile.url
+        options: dict[str, Any] = {
+            "backoff": lambda: Backoff(0.01, 0.05),
+            "max_attempts": 8,
+            "timeout_s": 5.0,
+        }
+        rest = RestKlines(rest_url, **(options | (rest_options or {})))
         wanted = feed_symbols or list(symbols)
         feed = KlineFeed(
             symbols=wanted,
@@ -159,11 +189,18 @@ async def soak(
         interim: dict[str, list[KlineEvent]] = {s: [] for s in wanted}
         target = ex.start_ms + candles * ex.step
         live = [s for s in wanted if f"kline.{cfg.interval}.{s}" not in faults.reject_topics]
+        if hostile is not None:
+            live = [s for s in live if s != hostile.target]
+        lag_s: dict[str, list[float]] = {s: [] for s in wanted}
         arrived = asyncio.Event()
         handed = [0]
 
         def record(ev: KlineEvent) -> None:
-            (closed if ev.kline.confirm else interim)[ev.kline.symbol].append(ev)
+            k = ev.kline
+            (closed if k.confirm else interim)[k.symbol].append(ev)
+            at = ex.closed_at_ns[k.symbol].get(k.start) if k.confirm else None
+            if at is not None:
+                lag_s[k.symbol].append((time.perf_counter_ns() - at) / 1e9)
             arrived.set()
 
         def direct_record(ev: KlineEvent) -> None:
@@ -179,6 +216,8 @@ async def soak(
 
         if direct:
             feed.direct = direct_record
+        if on_feed is not None:
+            on_feed(feed)
         consumer = asyncio.create_task(consume(), name="soak-consumer")
         task = asyncio.create_task(feed.run(), name="soak-feed")
         helpers = [consumer]
@@ -205,7 +244,11 @@ async def soak(
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            if hostile is not None:
+                await hostile.stop()
         mismatches = [m for s in live for m in _compare(s, closed[s], ex, backfill_bars)]
+        if hostile is not None and hostile.target in closed and closed[hostile.target]:
+            mismatches += _compare(hostile.target, closed[hostile.target], ex, 0)
         for s in live:
             if not closed[s] or closed[s][-1].kline.start < target:
                 mismatches.append(f"{s}: timed out before candle {target}")
@@ -227,6 +270,8 @@ async def soak(
             registry=registry,
             mismatches=mismatches,
             direct=handed[0],
+            lag_s=lag_s,
+            problems=feed.problems(),
         )
 
 

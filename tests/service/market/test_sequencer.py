@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from service.market.klines import Kline
 from service.market.rest import Backoff
 from service.market.sequencer import CandleSequencer, FillRange, Verdict
-from service.market.klines import Kline
 
 STEP = 300_000
 T0 = 1_743_999_900_000  # on the 5-minute grid
