@@ -49,7 +49,8 @@ async def run(mode: str, candles: int = 14, **kw: Any) -> tuple[SoakResult, Host
         hostile=hostile,
         script=lambda ex: turn(hostile, mode),
         feed_options=options(**kw.pop("feed", {})),
-        rest_options={"timeout_s": 1.5, "max_attempts": 2} | kw.pop("rest", {}),
+        # the production retry policy (5 attempts, backoff 0.5 s doubling), a short deadline
+        rest_options={"timeout_s": 1.5} | kw.pop("rest", {}),
         timeout_s=40,
         **kw,
     )
