@@ -12,7 +12,7 @@ import logging
 import sys
 import textwrap
 
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings, redact_logs, scrub
 
 ROUTES = """\
 routes: /signal/{symbol} /signals /health /ready /metrics /model /paper /paper/trades,
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         precheck(settings)
     except SettingsError as exc:
-        print(exc, file=sys.stderr)
+        print(scrub(str(exc)), file=sys.stderr)  # a start-up check may name a path or a host
         return 2
+    redact_logs(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
