@@ -91,6 +91,7 @@ def precheck(settings: Settings) -> None:
     from service.http.listen import listen_problem
     from service.model.card import ModelCardError
     from service.model.predictor import Predictor
+    from service.monitor.signal_journal import JournalOpenError, SignalJournal
     from service.paper.journal import Journal, JournalError
 
     try:
@@ -99,7 +100,12 @@ def precheck(settings: Settings) -> None:
             journal = Journal(settings.state_dir)
             journal.open()
             journal.close()
-    except (ModelCardError, JournalError) as exc:
+        # the signal journal too: damaged or read-only is exit 2 with a message, not a
+        # traceback from the lifespan (exit 3, which a supervisor restarts in a loop)
+        signals = SignalJournal(settings.state_dir)
+        signals.open()
+        signals.close()
+    except (ModelCardError, JournalError, JournalOpenError) as exc:
         raise SettingsError(f"refusing to start: {exc}") from None
     # last, as close to uvicorn's bind as it gets: a port taken meanwhile still fails there
     problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
