@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     backfill_bars: int = Field(
         300, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
     )
+    signal_horizon_bars: int = Field(
+        300,
+        ge=1,
+        le=5000,
+        description="closed candles of history before a symbol's first signal is published: "
+        "RSI has infinite memory and features match the full history's only after ~300 "
+        "(fewer than a full window, 79, means 79)",
+    )
     queue_size: int = Field(4096, ge=16, le=1_000_000, description="feed -> pipeline queue length")
     ping_interval_s: float = Field(
         20.0, ge=1.0, le=300.0, description="websocket JSON ping every N seconds (1 to 300)"
