@@ -289,7 +289,10 @@ class KlineFeed:
                 return self.forbidden_backoff_s
             log.warning("websocket handshake refused with HTTP %d", status)
         except (_Reconnect, ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as e:
-            log.warning("websocket session ended: %s: %s", type(e).__name__, e)
+            if isinstance(e, ConnectionClosed) and e.sent is not None and e.sent.code == 1009:
+                # a frame over the size limit: the library closes the socket; count the frame
+                self._reject("oversized_frame")
+            log.warning("websocket session ended: %s: %s", type(e).__name__, short(str(e), 200))
         except Exception:  # a bug must not kill the feed: log it loudly and reconnect
             log.exception("websocket session failed unexpectedly")
         self._set_connected(False)

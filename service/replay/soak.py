@@ -11,18 +11,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from service.market.backfill import Backoff
 from service.market.feed import KlineFeed
-from service.market.klines import Kline, KlineEvent
+from service.market.klines import Kline, KlineEvent, KlineTable
 from service.market.rest import RestKlines
 from service.metrics import Metrics
 from service.replay.exchange import ReplayConfig, ReplayExchange
@@ -142,6 +145,7 @@ async def soak(
     hostile: HostileRest | None = None,
     rest_options: dict[str, Any] | None = None,
     on_feed: Callable[[KlineFeed], object] | None = None,
+    tables: dict[str, KlineTable] | None = None,
 ) -> SoakResult:
     """Run the feed until ``candles`` replayed candles per symbol are delivered (or timeout).
 
@@ -159,6 +163,7 @@ async def soak(
         faults=faults,
         seed=seed,
         history_bars=backfill_bars + 100,
+        tables=tables,  # e.g. one bundled file under many names: a many-symbol soak
     )
     registry = CollectorRegistry()
     t0 = time.perf_counter()
@@ -275,27 +280,77 @@ async def soak(
         )
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), in MB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the soak figures as JSON; exit 1 if the series differ."""
     p = argparse.ArgumentParser(prog="python -m service.replay.soak", description=__doc__)
     p.add_argument("--faults", type=Faults.parse, default=Faults.all())
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT")
     p.add_argument("--candles", type=int, default=200)
+    p.add_argument("--minutes", type=float, help="run this long instead (sets --candles)")
     p.add_argument("--speed", type=float, default=6000.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--hostile-symbol",
+        help="this symbol's REST goes to a hostile server (service.replay.hostile); the "
+        "others must stay exact and on time",
+    )
+    p.add_argument("--hostile-modes", default="hang,trickle,http500,html,malformed,ok")
+    p.add_argument("--hostile-every-s", type=float, default=60.0, help="next mode after this")
     args = p.parse_args(argv)
     symbols = tuple(s for s in args.symbols.split(",") if s)
+    candles = args.candles
+    if args.minutes:
+        candles = int(args.minutes * 60 * args.speed / 300)  # 5-minute candles
+    hostile = None
+    script = None
+    options = fast_feed_options() | {"silence_timeout_s": 5.0, "data_timeout_s": 10.0}
+    if args.hostile_symbol:
+        modes = [m for m in args.hostile_modes.split(",") if m]
+        hostile = HostileRest(target=args.hostile_symbol, trickle_s=1.0)
+
+        async def cycle(ex: ReplayExchange) -> None:
+            assert hostile is not None
+            for n in itertools.count():
+                hostile.mode = modes[n % len(modes)]
+                await asyncio.sleep(args.hostile_every_s)
+                rss.append(_rss_mb())  # one sample per mode: the trend, after the warm-up
+
+        script = cycle
+    rss0 = _rss_mb()
+    rss: list[float] = []
     result = asyncio.run(
         soak(
             args.faults,
             symbols=symbols,
-            candles=args.candles,
+            candles=candles,
             speed=args.speed,
             seed=args.seed,
-            timeout_s=600,
+            timeout_s=max(600.0, 3 * candles * 300 / args.speed),
+            hostile=hostile,
+            script=script,
+            feed_options=options if hostile else None,
         )
     )
-    json.dump(result.summary(), sys.stdout, indent=2)
+    summary = result.summary() | {
+        "rss_mb": {
+            "before": round(rss0, 1),
+            "first_sample": round(rss[0], 1) if rss else None,
+            "max_sample": round(max(rss), 1) if rss else None,
+            "end": round(_rss_mb(), 1),
+        }
+    }
+    if hostile is not None:
+        summary["hostile_answers"] = dict(hostile.stats)
+    json.dump(summary, sys.stdout, indent=2)
     print()
     return 0 if result.ok else 1
 

@@ -213,3 +213,25 @@ async def test_notice_floods_are_logged_a_few_times_and_counted(
     suppressed = r.registry.get_sample_value("apprentice_log_suppressed_total", {"kind": "notice"})
     assert counted is not None and counted >= 7_900
     assert suppressed is not None and suppressed >= counted - 6
+
+
+async def test_a_frame_over_the_size_limit_is_counted_as_rejected() -> None:
+    """A 10 MB frame costs a reconnect (the library closes with 1009) and is counted."""
+    sent: list[int] = []
+
+    async def huge(ex: ReplayExchange) -> None:
+        await asyncio.sleep(0.5)
+        sent.append(await ex.inject(b"x" * (10 << 20)))
+
+    r = await soak(
+        Faults(),
+        symbols=(ETH,),
+        candles=8,
+        speed=SPEED,
+        script=huge,
+        feed_options=options(),
+        timeout_s=60,
+    )
+    assert r.ok, r.mismatches
+    assert sent == [1] and r.feed_stats["reconnects"] >= 1
+    assert rejected(r, "oversized_frame") == 1
