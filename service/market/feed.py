@@ -184,6 +184,7 @@ class KlineFeed:
         self._connected = False
         self._started = False  # a candle was delivered: exchange refusals are no longer fatal
         self._topic_retry_at: float | None = None  # when refused topics are asked for again
+        self._next_due: float = -math.inf  # exchange time from which some idle symbol is due
         metrics.queue_depth.set_function(out.qsize)
         for s in self.symbols:
             metrics.last_kline_age_seconds.labels(s).set_function(functools.partial(self._age, s))
@@ -412,14 +413,20 @@ class KlineFeed:
         self._last_rx[symbol] = received_ns
         if not self._connected:
             self._set_connected(True)
-        # exchange time is one: another symbol's overdue confirm is noticed on this frame too
-        # (a plain check per symbol; only a due one costs anything, and only its own lane)
-        for other in self._seq.values():
-            if other is not seq and not other.busy and other.last_start is not None:
+        # exchange time is one: another symbol's overdue confirm is noticed on this frame too;
+        # the scan runs only once some idle symbol can be due (_next_due), not on every frame
+        if frame.ts >= self._next_due:
+            soonest = math.inf
+            for other in self._seq.values():
+                if other is seq or other.busy:
+                    continue
                 due = other.on_time(frame.ts)
                 if due.fetch is not None:
                     self.stats["late_fills"] = self.stats.get("late_fills", 0) + 1
                     self.lanes[other.symbol].request(due.fetch)
+                else:
+                    soonest = min(soonest, other.due_from())
+            self._next_due = soonest
         if d.fetch is not None and d.fetch.latest == 0 and not d.deliver:
             self._count("gaps" if seq.held else "late_fills")
         await self._apply(seq, d)
@@ -438,6 +445,8 @@ class KlineFeed:
             self._offer_interim(event)
         if d.fetch is not None:
             self.lanes[seq.symbol].request(d.fetch)
+        elif not seq.busy:  # idle again: it may be due on a later frame of another symbol
+            self._next_due = min(self._next_due, seq.due_from())
         if d.probe:
             self._probe(seq)
 

@@ -23,6 +23,7 @@ last delivered close or the previous row, within ``max_jump``.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,13 @@ class CandleSequencer:
         if n < 0:
             return None
         return self._bounded(first, first + n * self.step)
+
+    def due_from(self) -> float:
+        """The exchange time from which :meth:`due_fill` asks for something (inf: never yet),
+        so a feed can skip a symbol's check on every other symbol's frame until then."""
+        if self.last_start is None:
+            return math.inf
+        return max(self.last_start + 2 * self.step + self.grace_ms, self._retry_at_ts)
 
     def defer(self, exchange_ts: int, delay_ms: int) -> None:
         """Do not retry a fill before ``exchange_ts + delay_ms`` (REST empty or failing)."""
