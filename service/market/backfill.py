@@ -10,8 +10,9 @@ request costs BTC its deadline; ETH's candles go on being read and delivered.
 
 How answers are treated (classified once in :mod:`service.market.rest`):
 - retryable errors and malformed answers: a range fill is tried again after ``fill_retry_ms``
-  of exchange time, the warm-up after its backoff (capped, jittered); three failures in a
-  row make the symbol a /ready reason and ``apprentice_symbol_problem{symbol}`` 1;
+  of exchange time, the warm-up after its backoff (capped, jittered); a failed fill (its
+  request already retried) or warm-up makes the symbol a /ready reason and
+  ``apprentice_symbol_problem{symbol}`` 1 until REST answers again;
 - HTTP 403: the same, after ``forbidden_backoff_s``;
 - a refusal (``retCode`` 10001/10029): before the symbol ever had a candle it is the
   configuration's fault and ends the feed (the service refuses to start); after that (a
@@ -36,7 +37,7 @@ from service.metrics import Metrics
 
 __all__ = ["Backoff", "Lane"]
 log = logging.getLogger(__name__)
-FAILING_AFTER = 3  # consecutive failed fills before a symbol is a /ready reason
+FAILING_AFTER = 1  # failed fills (each already retried) before a symbol is a /ready reason
 
 
 class Lane:

@@ -235,3 +235,18 @@ async def test_a_frame_over_the_size_limit_is_counted_as_rejected() -> None:
     assert r.ok, r.mismatches
     assert sent == [1] and r.feed_stats["reconnects"] >= 1
     assert rejected(r, "oversized_frame") == 1
+
+
+async def test_a_symbol_whose_fills_keep_failing_is_named_while_the_other_serves() -> None:
+    """/ready's reasons (the feed's problems) and apprentice_symbol_problem name BTC."""
+    r, hostile = await run("hang", rest={"timeout_s": 0.5, "max_attempts": 1})
+    assert r.ok, r.mismatches
+    assert hostile.stats["hang"] >= 2
+    assert any(p.startswith("BTCUSDT: REST fills failing") for p in r.problems), r.problems
+    assert not any(p.startswith("ETHUSDT") for p in r.problems), r.problems
+    assert r.registry.get_sample_value("apprentice_symbol_problem", {"symbol": BTC}) == 1
+    assert r.registry.get_sample_value("apprentice_symbol_problem", {"symbol": ETH}) == 0
+    failed = r.registry.get_sample_value(
+        "apprentice_rest_failures_total", {"symbol": BTC, "outcome": "error"}
+    )
+    assert failed is not None and failed >= 2
