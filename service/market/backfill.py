@@ -95,10 +95,23 @@ class Lane:
         """Take fetches from the queue and run them, forever (a bug is logged, not fatal)."""
         while True:
             fetch = await self.fetches.get()
-            if fetch.latest:
-                await self._warm_up(fetch)
-            else:
-                await self._fill(fetch)
+            try:
+                if fetch.latest:
+                    await self._warm_up(fetch)
+                else:
+                    await self._fill(fetch)
+            except (ConfigError, asyncio.CancelledError):
+                raise  # ConfigError only before the symbol's first candle: start-up
+            except Exception:  # a bug: log it, free the sequencer, keep the lane
+                self.logs.log(
+                    logging.ERROR,
+                    f"lane-{self.symbol}",
+                    "lane %s failed",
+                    self.symbol,
+                    exc_info=True,
+                )
+                if self.seq.busy:
+                    await self._hand_over(self.seq.on_fetch_failed(self.fill_retry_ms))
 
     # internals ----------------------------------------------------------------------------
     def _count(self, key: str) -> None:
