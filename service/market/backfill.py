@@ -105,7 +105,7 @@ class Lane:
             except Exception:  # a bug: log it, free the sequencer, keep the lane
                 self.logs.log(
                     logging.ERROR,
-                    f"lane-{self.symbol}",
+                    "lane",
                     "lane %s failed",
                     self.symbol,
                     exc_info=True,
@@ -187,7 +187,7 @@ class Lane:
                 self._failed(outcome, f"REST backfill failing ({short(str(e), 120)})")
                 self.logs.log(
                     logging.WARNING,
-                    f"warm-up-{self.symbol}",
+                    "warm-up",
                     "backfill %s failed (%s); retrying in %.2f s",
                     self.symbol,
                     e if isinstance(e, RestError) else f"{type(e).__name__}: {e}",
@@ -230,7 +230,7 @@ class Lane:
                 self._count("fill_errors")
                 self.logs.log(
                     logging.WARNING,
-                    f"fill-{self.symbol}",
+                    "fill",
                     "REST fill %s [%d, %d] failed: %s",
                     self.symbol,
                     fetch.first,

@@ -34,6 +34,7 @@ import orjson
 from service.market import http_get
 from service.market.bybit import MAINNET_REST_URL, short
 from service.market.klines import Kline, interval_ms
+from service.market.log_limit import LogLimit
 
 log = logging.getLogger(__name__)
 MAX_LIMIT = 1000
@@ -277,6 +278,7 @@ class RestKlines:
         self.limit = max(1, min(limit, MAX_LIMIT))
         self._backoff = backoff or (lambda: Backoff(initial_s=0.5, max_s=8.0))
         self.requests_made = 0
+        self.logs = LogLimit(log, burst=6)
 
     async def _call(self, params: dict[str, Any]) -> dict[str, Any]:
         """One request, its answer classified (module docstring)."""
@@ -304,8 +306,17 @@ class RestKlines:
                 if not e.retryable or attempt == n:
                     raise
                 delay = backoff.next_delay()
-                # every wait is logged as it is taken: the log's timing is the real timing
-                log.warning("REST %s (attempt %d/%d); retrying in %.2f s", e, attempt, n, delay)
+                # a wait is logged as it is taken (the log's timing is the real timing), a
+                # few per minute: in an outage every symbol retries (the rest are counted)
+                self.logs.log(
+                    logging.WARNING,
+                    "rest-retry",
+                    "REST %s (attempt %d/%d); retrying in %.2f s",
+                    e,
+                    attempt,
+                    n,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
