@@ -170,7 +170,8 @@ class KlineFeed:
                 stats=self.stats,
                 apply=self._apply,
                 logs=self.logs,
-                warmup_backoff=warmup_backoff or Backoff(),
+                # each lane its own: one symbol's failures never lengthen another's waits
+                warmup_backoff=warmup_backoff.copy() if warmup_backoff else Backoff(),
                 fill_retry_ms=fill_retry_ms,
                 forbidden_backoff_s=forbidden_backoff_s,
                 refused_retry_s=refused_retry_s,

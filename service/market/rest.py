@@ -75,6 +75,10 @@ class Backoff:
         self.attempt = 0
         self._base = initial_s
 
+    def copy(self) -> Backoff:
+        """A fresh backoff with the same parameters (and its own random generator)."""
+        return Backoff(self.initial_s, self.max_s, self.factor, self.jitter)
+
     def next_delay(self) -> float:
         """The delay before the next attempt (grows until :meth:`reset`)."""
         base = self._base
