@@ -359,11 +359,15 @@ class CandleSequencer:
 
     def _screen(self, klines: Iterable[Kline], d: Decision) -> list[Kline]:
         """REST rows in order, each within ``max_jump`` of the last delivered close or the
-        previous row kept (the first warm-up row: of the page's median close)."""
+        previous row kept. The warm-up's first row has no close before it: it is held to the
+        median of the page's first five (one bad row cannot be the anchor, and a market that
+        moved over the page's whole span does not refuse its oldest rows)."""
         rows = sorted(klines, key=lambda k: k.start)
         if not rows:
             return rows
-        ref = self.last_close if self.last_close is not None else median(k.close for k in rows)
+        ref = self.last_close
+        if ref is None:
+            ref = median(k.close for k in rows[:5])
         kept = []
         for k in rows:
             if self._plausible(k, ref):
