@@ -187,7 +187,7 @@ class Lane:
                 self._failed(outcome, f"REST backfill failing ({short(str(e), 120)})")
                 self.logs.log(
                     logging.WARNING,
-                    "warm-up",
+                    "warmup",
                     "backfill %s failed (%s); retrying in %.2f s",
                     self.symbol,
                     e if isinstance(e, RestError) else f"{type(e).__name__}: {e}",

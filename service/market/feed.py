@@ -482,7 +482,7 @@ class KlineFeed:
             seq.observe_time(await self.rest.exchange_time(seq.symbol, self.interval))
         except RestError as e:
             self.logs.log(
-                logging.INFO, "clock-probe", "exchange time for %s unavailable (%s)", seq.symbol, e
+                logging.INFO, "clock_probe", "exchange time for %s unavailable (%s)", seq.symbol, e
             )
 
     def _offer_interim(self, event: KlineEvent) -> None:

@@ -314,7 +314,7 @@ class RestKlines:
                 # few per minute: in an outage every symbol retries (the rest are counted)
                 self.logs.log(
                     logging.WARNING,
-                    "rest-retry",
+                    "rest_retry",
                     "REST %s (attempt %d/%d); retrying in %.2f s",
                     e,
                     attempt,
