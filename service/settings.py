@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     def _check_rest(cls, value: str) -> str:
         return _url(value, ("http", "https")).rstrip("/")
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        # compose passes APPRENTICE_ADMIN_TOKEN= through empty when the shell has none
+        return None if value == "" else value
+
     @field_validator("admin_token")
     @classmethod
     def _check_token(cls, value: SecretStr | None) -> SecretStr | None:

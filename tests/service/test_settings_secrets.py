@@ -174,3 +174,8 @@ def test_log_lines_never_carry_the_token(caplog: pytest.LogCaptureFixture) -> No
         logging.setLogRecordFactory(previous)
     assert caplog.records and all(TOKEN not in r.getMessage() for r in caplog.records)
     assert "/m/***.onnx" in caplog.records[-1].getMessage()
+
+
+def test_an_empty_token_means_admin_routes_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPRENTICE_ADMIN_TOKEN", "")  # docker compose's pass-through
+    assert load_settings().admin_token is None
