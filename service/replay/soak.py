@@ -292,7 +292,12 @@ def _rss_mb() -> float:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the soak figures as JSON; exit 1 if the series differ."""
     p = argparse.ArgumentParser(prog="python -m service.replay.soak", description=__doc__)
-    p.add_argument("--faults", type=Faults.parse, default=Faults.all())
+    p.add_argument(
+        "--faults",
+        type=Faults.parse,
+        help="default: all; with --hostile-symbol: the websocket drops now and then "
+        "(disconnect=0.03) and that symbol loses confirms (missing_confirm=0.3, gap=0.05)",
+    )
     p.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT")
     p.add_argument("--candles", type=int, default=200)
     p.add_argument("--minutes", type=float, help="run this long instead (sets --candles)")
@@ -310,6 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     candles = args.candles
     if args.minutes:
         candles = int(args.minutes * 60 * args.speed / 300)  # 5-minute candles
+    faults = args.faults
+    if faults is None:
+        faults = Faults.all()
+        if args.hostile_symbol:  # its REST is then needed, and hostile
+            faults = Faults(
+                disconnect=0.03,
+                missing_confirm=0.3,
+                gap=0.05,
+                only=frozenset({args.hostile_symbol}),
+            )
     hostile = None
     script = None
     options = fast_feed_options() | {"silence_timeout_s": 5.0, "data_timeout_s": 10.0}
@@ -329,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     rss: list[float] = []
     result = asyncio.run(
         soak(
-            args.faults,
+            faults,
             symbols=symbols,
             candles=candles,
             speed=args.speed,
