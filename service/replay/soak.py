@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,8 @@ def _compare(symbol: str, got: list[KlineEvent], ex: ReplayExchange, backfill: i
     first = got[0].kline.start
     for i, ev in enumerate(got):
         want = tape.closed(first + i * step)
+        if want is not None and want.symbol != symbol:  # one file served under many names
+            want = replace(want, symbol=symbol)
         if ev.kline != want:
             out.append(f"{symbol}[{i}]: delivered {ev.kline} ({ev.source}), exchange has {want}")
             break
