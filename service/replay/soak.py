@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from service.market.backfill import Backoff
 from service.market.feed import KlineFeed
+from service.market.kline_io import load_bundled
 from service.market.klines import Kline, KlineEvent, KlineTable
 from service.market.rest import RestKlines
 from service.metrics import Metrics
@@ -310,10 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         help="this symbol's REST goes to a hostile server (service.replay.hostile); the "
         "others must stay exact and on time",
     )
+    p.add_argument(
+        "--clones",
+        type=int,
+        default=0,
+        help="serve the first symbol's bundled file under this many names (S000USDT ...): "
+        "the many-symbol measurement behind the 100-symbol ceiling",
+    )
     p.add_argument("--hostile-modes", default="hang,trickle,http500,html,malformed,ok")
     p.add_argument("--hostile-every-s", type=float, default=60.0, help="next mode after this")
     args = p.parse_args(argv)
     symbols = tuple(s for s in args.symbols.split(",") if s)
+    tables = None
+    if args.clones:
+        table = load_bundled(symbols[0], "5")
+        symbols = tuple(f"S{i:03d}USDT" for i in range(args.clones))
+        tables = dict.fromkeys(symbols, table)
     candles = args.candles
     if args.minutes:
         candles = int(args.minutes * 60 * args.speed / 300)  # 5-minute candles
@@ -354,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=max(600.0, 3 * candles * 300 / args.speed),
             hostile=hostile,
             script=script,
-            feed_options=options if hostile else None,
+            feed_options=options if hostile or tables else None,
+            tables=tables,
         )
     )
     summary = result.summary() | {
