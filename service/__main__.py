@@ -12,7 +12,7 @@ import logging
 import sys
 import textwrap
 
-from service.settings import Settings, SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings, redact_logs, scrub
 
 ROUTES = """\
 routes: /signal/{symbol} /signals /health /ready /metrics /model /paper /paper/trades,
@@ -91,6 +91,7 @@ def precheck(settings: Settings) -> None:
     from service.http.listen import listen_problem
     from service.model.card import ModelCardError
     from service.model.predictor import Predictor
+    from service.monitor.signal_journal import JournalOpenError, SignalJournal
     from service.paper.journal import Journal, JournalError
 
     try:
@@ -99,7 +100,12 @@ def precheck(settings: Settings) -> None:
             journal = Journal(settings.state_dir)
             journal.open()
             journal.close()
-    except (ModelCardError, JournalError) as exc:
+        # the signal journal too: damaged or read-only is exit 2 with a message, not a
+        # traceback from the lifespan (exit 3, which a supervisor restarts in a loop)
+        signals = SignalJournal(settings.state_dir)
+        signals.open()
+        signals.close()
+    except (ModelCardError, JournalError, JournalOpenError) as exc:
         raise SettingsError(f"refusing to start: {exc}") from None
     # last, as close to uvicorn's bind as it gets: a port taken meanwhile still fails there
     problem = listen_problem(settings.host, settings.port, "APPRENTICE_HOST", "APPRENTICE_PORT")
@@ -114,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         precheck(settings)
     except SettingsError as exc:
-        print(exc, file=sys.stderr)
+        print(scrub(str(exc)), file=sys.stderr)  # a start-up check may name a path or a host
         return 2
+    redact_logs(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

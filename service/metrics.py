@@ -243,3 +243,26 @@ class Metrics:
             self.paper_errors.labels(reason)
         for kind in NOTICE_KINDS:
             self.exchange_notices.labels(kind)
+        # feed reliability (issue 27): a symbol out of service, REST failures, log floods
+        self.symbol_problem = Gauge(
+            "symbol_problem",
+            "1 while the feed cannot keep this symbol current (REST warm-up or fills failing, "
+            "refused by the exchange); /ready names the reason",
+            ["symbol"],
+            namespace=ns,
+            registry=r,
+        )
+        self.rest_failures = Counter(
+            "rest_failures",
+            "Failed REST kline requests of the feed, by outcome (error, forbidden, refused)",
+            ["symbol", "outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.log_suppressed = Counter(
+            "log_suppressed",
+            "Log lines not written because their kind exceeded its rate (counted here instead)",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )

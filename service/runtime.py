@@ -38,7 +38,7 @@ from service.paper.account import (
 )
 from service.paper.journal import Journal
 from service.pipeline.candle_loop import CandleLoop, Handoff
-from service.pipeline.scoring import BARS_TO_FIRST_SIGNAL, Pipeline
+from service.pipeline.scoring import Pipeline
 from service.pipeline.signals import Signal, SignalStore
 from service.settings import Settings
 
@@ -119,6 +119,8 @@ class Runtime:
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
             observer=self.monitor.offer,
+            # no signal from features that are not exact yet (EXACT_HORIZON_BARS by default)
+            horizon_bars=settings.signal_horizon_bars,
         )
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
@@ -317,9 +319,7 @@ class Runtime:
         for symbol in self.settings.symbols:
             st = self.pipeline.states[symbol]
             if not st.warm:
-                reasons.append(
-                    f"{symbol}: warming up ({st.bars}/{BARS_TO_FIRST_SIGNAL} closed candles)"
-                )
+                reasons.append(f"{symbol}: warming up ({st.bars}/{st.needed} closed candles)")
                 continue
             signal = self.store.latest(symbol)
             if signal is None:
@@ -337,7 +337,7 @@ class Runtime:
         st = self.pipeline.states[symbol]
         if st.bars == 0:
             return 5  # nothing yet: backfill is on its way (or the feed is reconnecting)
-        missing = max(1, BARS_TO_FIRST_SIGNAL - st.bars)
+        missing = max(1, st.needed - st.bars)
         return int(min(missing * self.interval_s, 3600))
 
     def refresh_gauges(self) -> None:

@@ -1,11 +1,24 @@
-"""The feed's REST side: warm-up history, and per-symbol sequencing of closed candles.
+"""One symbol's REST side, in that symbol's own task: warm-up history and gap repair.
 
-:class:`CandleSequencer` (pure) is the single place that decides, for one symbol, whether
-a closed candle is the next one to deliver, a duplicate, or the far side of a gap, and which
-range must be fetched by REST because its confirm never arrived. Every decision is made on
-exchange time (candle ``start`` and the frame's ``ts``), never on the local clock, so an
-accelerated replay of old data behaves like the live exchange. :class:`Backfiller` does the I/O: it
-fetches what the sequencer asks for and puts it on the feed's queue with ``source="rest"``.
+Why a task per symbol: REST answers can hang, trickle, fail or lie, and each of those once
+stalled every symbol, because fills ran inside the websocket read loop. Now the read loop
+only parses and routes; a symbol's :class:`~service.market.sequencer.CandleSequencer`
+decides what to fetch, and its :class:`Lane` runs the fetch here, beside the socket, taking
+requests from a bounded queue (one at a time: the sequencer never asks for a second before
+the first is answered, and holds that symbol's later confirms meanwhile). A hanging BTC
+request costs BTC its deadline; ETH's candles go on being read and delivered.
+
+How answers are treated (classified once in :mod:`service.market.rest`):
+- retryable errors and malformed answers: a range fill is tried again after ``fill_retry_ms``
+  of exchange time, the warm-up after its backoff (capped, jittered); a failed fill (its
+  request already retried) or warm-up makes the symbol a /ready reason and
+  ``apprentice_symbol_problem{symbol}`` 1 until REST answers again;
+- HTTP 403: the same, after ``forbidden_backoff_s``;
+- a refusal (``retCode`` 10001/10029): before the symbol ever had a candle it is the
+  configuration's fault and ends the feed (the service refuses to start); after that (a
+  delisted symbol, a transient answer) the symbol is out of service with a log line, the
+  metric and a /ready reason, and asked again every ``refused_retry_s``. Nothing the
+  exchange says ends this task after start-up.
 """
 
 from __future__ import annotations
@@ -13,328 +26,219 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Container, Iterable, Sequence
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Awaitable, Callable
 
 from service.market.bybit import short
-from service.market.klines import Kline, KlineEvent, interval_ms
+from service.market.klines import Kline
+from service.market.log_limit import LogLimit
 from service.market.rest import Backoff, ConfigError, RestError, RestForbidden, RestKlines
+from service.market.sequencer import CandleSequencer, Decision, Fetch
 from service.metrics import Metrics
 
-__all__ = ["Backfiller", "Backoff", "CandleSequencer", "FillRange", "Verdict"]
+__all__ = ["Backoff", "Lane"]
 log = logging.getLogger(__name__)
+FAILING_AFTER = 1  # failed fills (each already retried) before a symbol is a /ready reason
 
 
-@dataclass(frozen=True, slots=True)
-class FillRange:
-    """Closed candles to fetch by REST: starts ``first``..``last`` inclusive."""
+class Lane:
+    """A symbol's sequencer and the task that runs its fetches (module docstring).
 
-    first: int
-    last: int
-
-
-class Verdict(Enum):
-    """What to do with a closed candle from the websocket."""
-
-    NEXT = "next"  # deliver it now
-    DUPLICATE = "duplicate"  # already delivered (duplicate confirm, replayed old data)
-    GAP = "gap"  # fetch the missing range first, then deliver it
-
-
-class CandleSequencer:
-    """Ordering state and clock of one symbol: ``last_start`` is the newest closed candle
-    delivered, ``clock`` the newest exchange time the symbol has shown (a frame's ``ts`` that
-    was admitted, or REST's ``time``).
-
-    ``grace_ms`` is how long (exchange time) after a candle's end its confirm may still
-    arrive before the candle is fetched by REST instead. ``history_bars`` bounds every fill
-    range (a gap larger than the history kept is fetched as that history). ``ahead_intervals``
-    is the tolerance of :meth:`admit`: one frame moves the clock by at most that much.
-    ``max_jump`` and ``early_ms`` are the websocket-confirm checks of :meth:`check_confirm`.
+    ``apply`` is the feed's hand-off of a :class:`Decision` (deliver, count, queue a fetch);
+    the lane calls it with what each REST answer decided.
     """
 
     def __init__(
         self,
-        symbol: str,
-        interval: str,
-        *,
-        grace_ms: int = 10_000,
-        history_bars: int = 1000,
-        ahead_intervals: int = 3,
-        max_jump: float = 0.2,
-        early_ms: int = 1_000,
-    ) -> None:
-        self.symbol = symbol
-        self.interval = interval
-        self.step = interval_ms(interval)
-        self.grace_ms = grace_ms
-        self.history_bars = max(1, history_bars)
-        self.ahead_ms = ahead_intervals * self.step
-        self.max_jump = max_jump
-        self.early_ms = early_ms
-        self.last_start: int | None = None
-        self.last_close: float | None = None
-        self.clock: int | None = None
-        self._retry_at_ts = 0
-        self._open: Kline | None = None  # the latest update of the open candle, if seen
-
-    # the clock ----------------------------------------------------------------------------
-    def observe_time(self, exchange_ts: int) -> None:
-        """The exchange's own clock from REST (``time``): moves the clock forward."""
-        if self.clock is None or exchange_ts > self.clock:
-            self.clock = exchange_ts
-
-    def admit(self, ts: int, klines: Sequence[Kline]) -> str | None:
-        """None if a frame with this ``ts`` and these klines may be used (the clock moves to
-        ``ts``), else the reason it is refused (the clock stays where it was).
-
-        Refused: a ``ts`` or a candle start more than ``ahead_intervals`` intervals ahead of
-        the clock. Before the symbol has shown any time (no REST answer, no frame), a frame is
-        admitted only if it describes its own present: its newest candle around its ``ts``.
-        """
-        newest = max(k.start for k in klines)
-        base = self.clock
-        if self.last_start is not None:  # a delivered candle has ended: time is past it
-            ended = self.last_start + self.step
-            base = ended if base is None else max(base, ended)
-        if base is None:
-            if not newest - self.ahead_ms <= ts <= newest + self.step + self.ahead_ms:
-                return "future"
-            self.clock = ts
-            return None
-        limit = base + self.ahead_ms
-        if ts > limit or newest > limit:
-            return "future"
-        self.clock = max(base, ts)
-        return None
-
-    # websocket candles --------------------------------------------------------------------
-    def _plausible(self, k: Kline, ref: float | None) -> bool:
-        if ref is None:
-            return True
-        lo, hi = ref / (1.0 + self.max_jump), ref * (1.0 + self.max_jump)
-        return lo <= k.close <= hi and lo <= k.open <= hi
-
-    def _reference(self, start: int) -> float | None:
-        """The price a kline of candle ``start`` is held against: the candle's own latest
-        update if one was seen, else the last delivered close."""
-        seen = self._open
-        return seen.close if seen is not None and seen.start == start else self.last_close
-
-    def note_interim(self, k: Kline) -> str | None:
-        """Record an interim update of the open candle; the reason if it is implausible."""
-        if not self._plausible(k, self._reference(k.start)):
-            return "implausible_price"
-        if self.last_start is None or k.start > self.last_start:
-            self._open = k
-        return None
-
-    def check_confirm(self, k: Kline, ts: int) -> str | None:
-        """None if a websocket confirm can be trusted, else why not. A refused confirm is not
-        lost: its candle stays due and is fetched by REST (the exchange's history) after
-        ``grace_ms``, so a false alarm costs latency, never a wrong candle.
-
-        - ``early_confirm``: stamped more than ``early_ms`` before its window ends (a candle
-          cannot close before its end on the exchange's clock);
-        - ``inconsistent_confirm``: it contradicts the candle's own latest update, whose
-          open is fixed and whose high, volume only grow and low only falls (each push
-          carries the candle's full state);
-        - ``implausible_price``: open or close more than ``max_jump`` away from the candle's
-          own latest update (or, if none was seen, from the previous close).
-        """
-        if ts < k.start + self.step - self.early_ms:
-            return "early_confirm"
-        seen = self._open
-        if (
-            seen is not None
-            and seen.start == k.start
-            and not (
-                k.open == seen.open
-                and k.high >= seen.high
-                and k.low <= seen.low
-                and k.volume >= seen.volume
-            )
-        ):
-            return "inconsistent_confirm"
-        if not self._plausible(k, self._reference(k.start)):
-            return "implausible_price"
-        return None
-
-    # sequencing ---------------------------------------------------------------------------
-    def classify(self, kline: Kline) -> Verdict:
-        """Where a closed candle stands relative to what was delivered."""
-        last = self.last_start
-        if last is None or kline.start == last + self.step:
-            return Verdict.NEXT
-        if kline.start <= last:
-            return Verdict.DUPLICATE
-        return Verdict.GAP
-
-    def _bounded(self, first: int, last: int) -> FillRange:
-        return FillRange(max(first, last - (self.history_bars - 1) * self.step), last)
-
-    def gap_before(self, kline: Kline) -> FillRange:
-        """The missing closed candles between the last delivered one and ``kline``, at most
-        ``history_bars`` of them (the newest)."""
-        assert self.last_start is not None
-        return self._bounded(self.last_start + self.step, kline.start - self.step)
-
-    def is_live(self, kline: Kline) -> bool:
-        """True for an interim update of a candle newer than the last closed one."""
-        return self.last_start is None or kline.start > self.last_start
-
-    def accept(self, kline: Kline) -> None:
-        """Record ``kline`` as delivered (call only for NEXT candles or take() results)."""
-        self.last_start = kline.start
-        self.last_close = kline.close
-
-    def take(self, klines: Iterable[Kline], *, before: int | None = None) -> list[Kline]:
-        """REST candles newer than the last delivered (and older than ``before``), in order.
-
-        Advances ``last_start``; duplicates inside ``klines`` are dropped. A candle that REST
-        does not have is not waited for: the exchange's history is the truth.
-        """
-        out: list[Kline] = []
-        for k in sorted(klines, key=lambda k: k.start):
-            if before is not None and k.start >= before:
-                continue
-            if self.last_start is None or k.start > self.last_start:
-                out.append(k)
-                self.accept(k)
-        return out
-
-    def due_fill(self, exchange_ts: int) -> FillRange | None:
-        """Candles whose window ended more than ``grace_ms`` ago with no confirm seen, at most
-        ``history_bars`` of them (the newest).
-
-        Covers both a missing confirm and the bars lost while disconnected: the first frame
-        after a reconnect carries an exchange ``ts`` far past the last delivered candle.
-        """
-        if self.last_start is None or exchange_ts < self._retry_at_ts:
-            return None
-        first = self.last_start + self.step
-        n = (exchange_ts - self.grace_ms - first - self.step) // self.step  # extra closed bars
-        if n < 0:
-            return None
-        return self._bounded(first, first + n * self.step)
-
-    def defer(self, exchange_ts: int, delay_ms: int) -> None:
-        """Do not retry a fill before ``exchange_ts + delay_ms`` (REST empty or failing)."""
-        self._retry_at_ts = exchange_ts + delay_ms
-
-
-class Backfiller:
-    """Fetches closed candles by REST and delivers them in order onto ``out``.
-
-    ``stats`` is the feed's counter dict (shared, so one snapshot shows both sides);
-    ``backoff`` paces the warm-up's retries (its own: the websocket's reconnects do not
-    share it).
-    """
-
-    def __init__(
-        self,
+        seq: CandleSequencer,
         *,
         rest: RestKlines,
-        interval: str,
-        out: asyncio.Queue[KlineEvent],
         metrics: Metrics,
-        backoff: Backoff,
         stats: dict[str, int],
+        apply: Callable[[CandleSequencer, Decision], Awaitable[None]],
+        logs: LogLimit,
+        warmup_backoff: Backoff,
         fill_retry_ms: int = 5_000,
         forbidden_backoff_s: float = 600.0,
+        refused_retry_s: float = 600.0,
     ) -> None:
+        self.seq = seq
+        self.symbol = seq.symbol
         self.rest = rest
-        self.interval = interval
-        self.step = interval_ms(interval)
-        self.out = out
         self.metrics = metrics
-        self.backoff = backoff
         self.stats = stats
+        self.apply = apply
+        self.logs = logs
+        self.backoff = warmup_backoff
         self.fill_retry_ms = fill_retry_ms
         self.forbidden_backoff_s = forbidden_backoff_s
-        self.problems: dict[str, str] = {}  # symbol -> why its warm-up is still waiting
+        self.refused_retry_s = refused_retry_s
+        self.fetches: asyncio.Queue[Fetch] = asyncio.Queue(maxsize=1)
+        self.problem: str | None = None  # why this symbol is not current, for /ready
+        self.failures = 0  # consecutive failed requests
+        self._m_problem = metrics.symbol_problem.labels(self.symbol)
+        self._m_problem.set(0)
 
+    # public face --------------------------------------------------------------------------
+    def request(self, fetch: Fetch) -> None:
+        """Queue the sequencer's fetch (never blocks: one is outstanding at a time)."""
+        self.fetches.put_nowait(fetch)
+
+    def reason(self) -> str | None:
+        """Why /ready should name this symbol, if it should."""
+        if self.problem is not None:
+            return f"{self.symbol}: {self.problem}"
+        if self.seq.last_start is None and self.seq.busy:
+            return f"{self.symbol}: REST backfill in progress"
+        return None
+
+    async def run(self) -> None:
+        """Take fetches from the queue and run them, forever (a bug is logged, not fatal)."""
+        while True:
+            fetch = await self.fetches.get()
+            try:
+                if fetch.latest:
+                    await self._warm_up(fetch)
+                else:
+                    await self._fill(fetch)
+            except (ConfigError, asyncio.CancelledError):
+                raise  # ConfigError only before the symbol's first candle: start-up
+            except Exception:  # a bug: log it, free the sequencer, keep the lane
+                self.logs.log(
+                    logging.ERROR,
+                    "lane",
+                    "lane %s failed",
+                    self.symbol,
+                    exc_info=True,
+                )
+                if self.seq.busy:
+                    await self._hand_over(self.seq.on_fetch_failed(self.fill_retry_ms))
+
+    # internals ----------------------------------------------------------------------------
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
 
-    async def warm_up(self, seq: CandleSequencer, bars: int) -> list[Kline]:
-        """The newest ``bars`` closed candles, delivered; retried with ``backoff`` until REST
-        answers (ConfigError raises). Each request is one attempt, so every wait is the one
-        logged here; ``problems[symbol]`` says why it is still waiting."""
+    def _set_problem(self, problem: str | None) -> None:
+        self.problem = problem
+        self._m_problem.set(0 if problem is None else 1)
+
+    def _failed(self, outcome: str, why: str) -> None:
+        self.failures += 1
+        self.metrics.rest_failures.labels(self.symbol, outcome).inc()
+        if self.failures >= FAILING_AFTER or self.seq.last_start is None:
+            self._set_problem(why)
+
+    async def _answered(self, rows: list[Kline]) -> None:
+        self.failures = 0
+        self._set_problem(None)
+        d = self.seq.on_fetched(rows, self.rest.server_time, time.perf_counter_ns())
+        for _ in d.deliver:
+            self.metrics.backfilled_klines.labels(self.symbol).inc()
+            self._count("closed_rest")
+        await self.apply(self.seq, d)
+        await self._hand_over(self.seq.handed_over())
+
+    async def _hand_over(self, d: Decision) -> None:
+        """Hand on decisions until the sequencer is idle or has asked for the next fetch."""
+        while True:
+            await self.apply(self.seq, d)
+            if d.fetch is not None or not d.deliver:
+                return
+            d = self.seq.handed_over()
+
+    async def _refused(self, e: ConfigError) -> None:
+        """A refusal after start-up: out of service, asked again slowly (module docstring)."""
+        if self.seq.last_start is None:
+            raise e  # never had a candle: the configuration is wrong (start-up)
+        self._failed("refused", f"refused by the exchange ({short(str(e), 120)})")
+        self._set_problem(
+            f"refused by the exchange ({short(str(e), 120)}); retrying every "
+            f"{self.refused_retry_s:g} s"
+        )
+        self.logs.log(
+            logging.ERROR,
+            f"refused-{self.symbol}",
+            "REST refused %s (%s); out of service, retrying every %g s",
+            self.symbol,
+            e,
+            self.refused_retry_s,
+        )
+        await asyncio.sleep(self.refused_retry_s)
+
+    async def _warm_up(self, fetch: Fetch) -> None:
+        """The newest ``fetch.latest`` closed candles; retried with ``backoff`` until REST
+        answers. Each request is one attempt, so every wait is the one logged here."""
         while True:
             try:
-                klines = await self.rest.fetch_latest(seq.symbol, self.interval, bars, attempts=1)
-                break
-            except ConfigError:
+                klines = await self.rest.fetch_latest(
+                    self.symbol, self.seq.interval, fetch.latest, attempts=1
+                )
+            except ConfigError as e:
+                await self._refused(e)
+                continue
+            except asyncio.CancelledError:
                 raise
-            except RestError as e:
+            except Exception as e:  # RestError, or a bug: never the end of the warm-up
                 wait = (
                     self.forbidden_backoff_s
                     if isinstance(e, RestForbidden)
                     else self.backoff.next_delay()
                 )
-                self.problems[seq.symbol] = f"REST backfill failing ({short(str(e), 120)})"
-                log.warning("backfill %s failed (%s); retrying in %.2f s", seq.symbol, e, wait)
+                outcome = "forbidden" if isinstance(e, RestForbidden) else "error"
+                self._failed(outcome, f"REST backfill failing ({short(str(e), 120)})")
+                self.logs.log(
+                    logging.WARNING,
+                    "warmup",
+                    "backfill %s failed (%s); retrying in %.2f s",
+                    self.symbol,
+                    e if isinstance(e, RestError) else f"{type(e).__name__}: {e}",
+                    wait,
+                    exc_info=not isinstance(e, RestError),
+                )
                 await asyncio.sleep(wait)
-        self.backoff.reset()
-        self.problems.pop(seq.symbol, None)
-        self._observe(seq)
-        got = seq.take(klines)
-        await self._deliver(seq.symbol, got)
-        log.info("backfilled %d closed %s klines for %s", len(klines), self.interval, seq.symbol)
-        return got
-
-    def _observe(self, seq: CandleSequencer) -> None:
-        if self.rest.server_time is not None:
-            seq.observe_time(self.rest.server_time)
-
-    def due(
-        self, seqs: Iterable[CandleSequencer], ts: int, skip: Container[str]
-    ) -> list[tuple[CandleSequencer, FillRange]]:
-        """Sequencers whose confirm is overdue at exchange time ``ts``, with their ranges
-        (a plain check, so the usual frame with nothing due costs no coroutine)."""
-        out = []
-        for seq in seqs:
-            if seq.symbol in skip:
                 continue
-            r = seq.due_fill(ts)
-            if r is not None:
-                out.append((seq, r))
-        return out
+            break
+        self.backoff.reset()
+        log.info(
+            "backfilled %d closed %s klines for %s", len(klines), self.seq.interval, self.symbol
+        )
+        await self._answered(klines)
 
-    async def fill_due(self, due: Iterable[tuple[CandleSequencer, FillRange]], ts: int) -> None:
-        """Fetch every overdue range found by :meth:`due`."""
-        for seq, r in due:
-            self._count("late_fills")
-            await self.fill(seq, r.first, r.last, ts)
-
-    async def fill(
-        self, seq: CandleSequencer, first: int, last: int, ts: int, before: int | None = None
-    ) -> bool:
-        """Fetch closed candles [first, last] and deliver them; False if REST failed."""
-        try:
-            klines = await self.rest.fetch_range(
-                seq.symbol, self.interval, first, last, max_candles=seq.history_bars
-            )
-        except ConfigError:
-            raise
-        except RestError as e:
-            wait_ms = int(self.forbidden_backoff_s * 1000) if isinstance(e, RestForbidden) else 0
-            log.warning("REST fill %s [%d, %d] failed: %s", seq.symbol, first, last, e)
-            seq.defer(ts, max(wait_ms, self.fill_retry_ms))
-            self._count("fill_errors")
-            return False
-        self._observe(seq)
-        got = seq.take(klines, before=before)
-        if not got and before is None:
-            seq.defer(ts, self.fill_retry_ms)  # not on REST yet: ask again a little later
-        await self._deliver(seq.symbol, got)
-        return True
-
-    async def _deliver(self, symbol: str, klines: list[Kline]) -> None:
-        for k in klines:
-            self.metrics.backfilled_klines.labels(symbol).inc()
-            self._count("closed_rest")
-            # exchange_ts: the candle's close; received_ns: when it reached us
-            await self.out.put(KlineEvent(k, k.start + self.step, time.perf_counter_ns(), "rest"))
+    async def _fill(self, fetch: Fetch) -> None:
+        """One range fill; a failure defers the range on exchange time (the sequencer)."""
+        self._count("fills")
+        while True:
+            try:
+                klines = await self.rest.fetch_range(
+                    self.symbol,
+                    self.seq.interval,
+                    fetch.first,
+                    fetch.last,
+                    max_candles=self.seq.history_bars,
+                )
+            except ConfigError as e:
+                await self._refused(e)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # RestError, or a bug: the range stays due
+                forbidden = isinstance(e, RestForbidden)
+                wait_ms = int(self.forbidden_backoff_s * 1000) if forbidden else 0
+                self._failed(
+                    "forbidden" if forbidden else "error",
+                    f"REST fills failing ({short(str(e), 120)})",
+                )
+                self._count("fill_errors")
+                self.logs.log(
+                    logging.WARNING,
+                    "fill",
+                    "REST fill %s [%d, %d] failed: %s",
+                    self.symbol,
+                    fetch.first,
+                    fetch.last,
+                    e if isinstance(e, RestError) else f"{type(e).__name__}: {e}",
+                    exc_info=not isinstance(e, RestError),
+                )
+                await self._hand_over(self.seq.on_fetch_failed(max(wait_ms, self.fill_retry_ms)))
+                return
+            await self._answered(klines)
+            return

@@ -1,23 +1,30 @@
-"""The Bybit kline feed: one websocket that never loses a closed candle.
+"""The Bybit kline feed: one websocket that never loses a closed candle, and never gives up.
+
+Shape (why): the read loop only reads, parses and routes. Each frame goes socket → parse
+(:mod:`service.market.bybit`) → its symbol's sequencer (:mod:`service.market.sequencer`, pure)
+→ the consumer, and never comes back; whatever REST a sequencer asks for runs in that
+symbol's own task (:class:`service.market.backfill.Lane`, a bounded queue), never in the read
+loop, so one symbol's hanging, trickling or failing REST cannot delay another symbol's
+candles. Each REST request has a total deadline and capped bytes (:mod:`service.market.rest`).
 
 ``KlineFeed.run()`` opens the websocket at once and, beside it, backfills ``backfill_bars``
-closed candles per symbol by REST (a symbol's websocket confirms wait, bounded, until its
-history is in; a failing REST never keeps the socket closed). It keeps one websocket open
-for good: subscribe in small batches (acks matched by ``req_id``; a topic
-the exchange does not know is dropped and the rest of its batch resubscribed), JSON ping
-every ``ping_interval_s``, a watchdog on both "anything received" and "kline data received",
-reconnect with exponential backoff and jitter after any close or error (minutes after an
-HTTP 403), and REST for every closed candle the socket did not deliver (a gap before a
-confirm, a confirm that never came, the bars missed while disconnected).
+closed candles per symbol by REST (a symbol's confirms are held, bounded, until its history
+is in). It keeps one websocket open for good: subscribe in small batches (acks matched by
+``req_id``; a topic the exchange does not know is dropped, the rest of its batch
+resubscribed, and the topic asked for again every ``refused_retry_s``), JSON ping every
+``ping_interval_s``, a watchdog on both "anything received" and "kline data received",
+reconnect with capped, jittered backoff after any close or error (minutes after an HTTP
+403), and REST for every closed candle the socket did not deliver.
 
-Bad input (DESIGN section 10): every frame is checked against its symbol's clock (the
-newest exchange time it has shown) before it is used — a ``ts`` or candle start more than
-``ahead_intervals`` ahead is refused and counted (``future``), and REST is asked for the
-exchange's time in case the world really moved on; a websocket confirm stamped before its
-candle's end (``early_confirm``), contradicting the candle's own updates
-(``inconsistent_confirm``) or far from them (``implausible_price``) is refused and its
-candle taken from REST after the grace period; exchange notices are counted and logged cut
-short.
+Never stops by itself after start-up: before any candle was delivered, an exchange refusal
+of a symbol or of every topic is a configuration error (:class:`ConfigError`, the service
+refuses to start); after that, a refused or delisted symbol is out of service (log line,
+``apprentice_symbol_problem``, a /ready reason) and retried slowly, while the others serve.
+
+Bad input (DESIGN section 10): every frame is checked against its symbol's clock before it
+is used (``future``; REST is then asked for the exchange's time in case the world really
+moved on); websocket confirms and REST rows that cannot be true are refused and counted;
+exchange notices are counted and logged cut short, a few per minute at most.
 
 Hand-off contract (``out``): every closed candle exactly once, in order per symbol, REST
 backfill first with ``source="rest"``. Overflow policy: closed candles use blocking
@@ -43,14 +50,13 @@ import itertools
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from service.market.backfill import Backfiller, CandleSequencer, Verdict
+from service.market.backfill import Lane
 from service.market.bybit import (
     Ack,
     FrameError,
@@ -63,8 +69,10 @@ from service.market.bybit import (
     ping_message,
     short,
 )
-from service.market.klines import Kline, KlineEvent, interval_ms
+from service.market.klines import KlineEvent, interval_ms
+from service.market.log_limit import LogLimit
 from service.market.rest import Backoff, ConfigError, RestError, RestKlines
+from service.market.sequencer import CandleSequencer, Decision
 from service.market.stamped_ws import StampedConnection, arrival_ns
 from service.metrics import Metrics
 
@@ -108,6 +116,7 @@ class KlineFeed:
         ahead_intervals: int = 3,
         max_jump: float = 0.2,
         probe_every_s: float = 5.0,
+        refused_retry_s: float = 600.0,
     ) -> None:
         self.symbols = list(symbols)
         self.interval = interval
@@ -136,40 +145,47 @@ class KlineFeed:
         self.reconnects = 0
         self.stats: dict[str, int] = {}
         self.probe_every_s = probe_every_s
+        self.refused_retry_s = refused_retry_s
+        # repeated lines (notices, error acks, failing fills) at most a few per minute each
+        self.logs = LogLimit(
+            log,
+            on_suppressed=lambda kind: metrics.log_suppressed.labels(kind.split("-", 1)[0]).inc(),
+        )
         history = backfill_bars or 1000  # what the service keeps: no fill asks for more
-        self._seq = {
-            s: CandleSequencer(
-                s,
-                interval,
-                grace_ms=grace_ms,
-                history_bars=history,
-                ahead_intervals=ahead_intervals,
-                max_jump=max_jump,
+        if rest.on_reject is None:
+            rest.on_reject = self._reject  # refused REST rows count like refused frames
+        self.lanes = {
+            s: Lane(
+                CandleSequencer(
+                    s,
+                    interval,
+                    grace_ms=grace_ms,
+                    history_bars=history,
+                    ahead_intervals=ahead_intervals,
+                    max_jump=max_jump,
+                    fill_retry_ms=fill_retry_ms,
+                ),
+                rest=rest,
+                metrics=metrics,
+                stats=self.stats,
+                apply=self._apply,
+                logs=self.logs,
+                # each lane its own: one symbol's failures never lengthen another's waits
+                warmup_backoff=warmup_backoff.copy() if warmup_backoff else Backoff(),
+                fill_retry_ms=fill_retry_ms,
+                forbidden_backoff_s=forbidden_backoff_s,
+                refused_retry_s=refused_retry_s,
             )
             for s in self.symbols
         }
-        # while a symbol's REST warm-up is pending its websocket confirms wait here (bounded:
-        # older ones are in the history the warm-up fetches), then go through in order
-        self._warming: set[str] = set()
-        self._held: dict[str, deque[tuple[Kline, int, int]]] = {
-            s: deque(maxlen=history) for s in self.symbols
-        }
+        self._seq = {s: lane.seq for s, lane in self.lanes.items()}
         self._probes: set[asyncio.Task[None]] = set()
         self._probe_at: dict[str, float] = {}
         self._last_rx: dict[str, int] = {}
         self._connected = False
-        if rest.on_reject is None:
-            rest.on_reject = self._reject  # refused REST rows count like refused frames
-        self.backfill = Backfiller(
-            rest=rest,
-            interval=interval,
-            out=out,
-            metrics=metrics,
-            backoff=warmup_backoff or Backoff(),
-            stats=self.stats,
-            fill_retry_ms=fill_retry_ms,
-            forbidden_backoff_s=forbidden_backoff_s,
-        )
+        self._started = False  # a candle was delivered: exchange refusals are no longer fatal
+        self._topic_retry_at: float | None = None  # when refused topics are asked for again
+        self._next_due: float = -math.inf  # exchange time from which some idle symbol is due
         metrics.queue_depth.set_function(out.qsize)
         for s in self.symbols:
             metrics.last_kline_age_seconds.labels(s).set_function(functools.partial(self._age, s))
@@ -195,24 +211,30 @@ class KlineFeed:
         return self._seq[symbol].last_start
 
     def problems(self) -> list[str]:
-        """Why symbols cannot get candles yet, for /ready (e.g. a REST warm-up that fails)."""
+        """Why symbols cannot get candles, for /ready: a REST warm-up in progress or failing,
+        fills that keep failing, a symbol or topic the exchange refuses."""
         out = []
-        for s in self.symbols:
-            if s in self._warming:
-                why = self.backfill.problems.get(s)
-                out.append(f"{s}: {why}; retrying" if why else f"{s}: REST backfill in progress")
+        for lane in self.lanes.values():
+            why = lane.reason()
+            if why is not None:
+                out.append(why)
+        for topic in sorted(self.rejected_topics):
+            symbol = self.topics.get(topic, topic)
+            out.append(
+                f"{symbol}: subscription refused by the exchange; retrying every "
+                f"{self.refused_retry_s:g} s"
+            )
         return out
 
     async def run(self) -> None:
-        """Stream forever, with each symbol's REST warm-up running beside the websocket (a
-        failing REST never keeps the socket closed); returns only by cancellation or a
-        ConfigError."""
+        """Stream forever, each symbol's REST in its own task beside the websocket (a
+        failing REST never keeps the socket closed); returns only by cancellation, or raises
+        :class:`ConfigError` when the exchange refuses the configuration at start-up."""
         try:
             async with asyncio.TaskGroup() as tg:
-                if self.backfill_bars > 0:
-                    for seq in self._seq.values():
-                        self._warming.add(seq.symbol)
-                        tg.create_task(self._warm_up(seq), name=f"warm-up-{seq.symbol}")
+                for lane in self.lanes.values():
+                    tg.create_task(lane.run(), name=f"lane-{lane.symbol}")
+                    await self._apply(lane.seq, lane.seq.start(self.backfill_bars))
                 tg.create_task(self._stream(), name="feed-stream")
         except BaseExceptionGroup as group:
             config = [e for e in group.exceptions if isinstance(e, ConfigError)]
@@ -235,23 +257,6 @@ class KlineFeed:
             delay = await self._session_guarded()
             log.info("websocket: reconnecting in %.2f s", delay)  # the wait, as it is taken
             await asyncio.sleep(delay)
-
-    async def _warm_up(self, seq: CandleSequencer) -> None:
-        """REST history first, then the confirms held meanwhile, in order (module docstring)."""
-        while True:
-            try:
-                await self.backfill.warm_up(seq, self.backfill_bars)
-                break
-            except (ConfigError, asyncio.CancelledError):
-                raise
-            except Exception:  # a bug must not end the warm-up for good: log, wait, retry
-                log.exception("warm-up of %s failed unexpectedly", seq.symbol)
-                await asyncio.sleep(self.backfill.backoff.next_delay())
-        held = self._held[seq.symbol]
-        while held:
-            k, ts, received_ns = held.popleft()
-            await self._closed(seq, k, ts, received_ns)
-        self._warming.discard(seq.symbol)  # no await since the emptiness check: order kept
 
     # internals: lifecycle -----------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
@@ -286,7 +291,10 @@ class KlineFeed:
                 return self.forbidden_backoff_s
             log.warning("websocket handshake refused with HTTP %d", status)
         except (_Reconnect, ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as e:
-            log.warning("websocket session ended: %s: %s", type(e).__name__, e)
+            if isinstance(e, ConnectionClosed) and e.sent is not None and e.sent.code == 1009:
+                # a frame over the size limit: the library closes the socket; count the frame
+                self._reject("oversized_frame")
+            log.warning("websocket session ended: %s: %s", type(e).__name__, short(str(e), 200))
         except Exception:  # a bug must not kill the feed: log it loudly and reconnect
             log.exception("websocket session failed unexpectedly")
         self._set_connected(False)
@@ -333,6 +341,8 @@ class KlineFeed:
                 deadline = min(deadline, ack_deadline)
             if self.recycle_after_s is not None:
                 deadline = min(deadline, opened + self.recycle_after_s)
+            if self._topic_retry_at is not None:
+                deadline = min(deadline, self._topic_retry_at)
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
                 # The floor lets frames buffered during a slow REST fill be read first.
@@ -340,6 +350,8 @@ class KlineFeed:
                     raw = await ws.recv()
             except TimeoutError:
                 now = loop.time()
+                if self._topic_retry_at is not None and now >= self._topic_retry_at:
+                    await self._retry_topics(ws, now)
                 if now >= last_any + self.silence_timeout_s:
                     raise _Reconnect(
                         f"nothing received for {self.silence_timeout_s:.1f} s"
@@ -379,7 +391,13 @@ class KlineFeed:
         if isinstance(frame, Notice):
             # counted, and logged cut short: a notice's size is the exchange's choice
             self.metrics.exchange_notices.labels("notice").inc()
-            log.warning("exchange notice (%d bytes): %s", len(raw), short(raw, NOTICE_LOG_CHARS))
+            self.logs.log(
+                logging.WARNING,
+                "notice",
+                "exchange notice (%d bytes): %s",
+                len(raw),
+                short(raw, NOTICE_LOG_CHARS),
+            )
             return False
         return await self._on_klines(frame, received_ns)
 
@@ -389,39 +407,63 @@ class KlineFeed:
             self._reject("unknown_topic")
             return False
         seq = self._seq[symbol]
-        # the frame's time and candles against the symbol's clock before anything uses them:
-        # one frame never moves the clock (nor a fill range) far beyond what was shown
-        refused = seq.admit(frame.ts, frame.klines)
-        if refused is not None:
-            self._reject(refused)
-            self._probe(seq)
+        d = seq.on_frame(frame.ts, frame.klines, received_ns)
+        if d.probe:  # refused against the symbol's clock: nothing else happened
+            await self._apply(seq, d)
             return False
         self._last_rx[symbol] = received_ns
         if not self._connected:
             self._set_connected(True)
-        # candles that ended more than grace_ms before this frame's ts without a confirm
-        # (lost confirms, bars missed while disconnected) come from REST first
-        skip: set[str] | tuple[()] = ()
-        if self.rejected_topics or self._warming:
-            skip = {self.topics[t] for t in self.rejected_topics} | self._warming
-        due = self.backfill.due(self._seq.values(), frame.ts, skip)
-        if due:
-            await self.backfill.fill_due(due, frame.ts)
-        # a closing candle and the next one may share a frame, in any order
-        klines = frame.klines
-        if len(klines) > 1:
-            klines = tuple(sorted(klines, key=lambda k: (k.start, k.confirm)))
-        for k in klines:
-            if k.confirm:
-                await self._on_closed(seq, k, frame.ts, received_ns)
-            elif seq.is_live(k):
-                implausible = seq.note_interim(k)
-                if implausible is not None:
-                    self._reject(implausible)
+        # exchange time is one: another symbol's overdue confirm is noticed on this frame too;
+        # the scan runs only once some idle symbol can be due (_next_due), not on every frame
+        if frame.ts >= self._next_due:
+            soonest = math.inf
+            for other in self._seq.values():
+                if other is seq or other.busy:
                     continue
-                self._offer_interim(KlineEvent(k, frame.ts, received_ns, "ws"))
+                due = other.on_time(frame.ts)
+                if due.fetch is not None:
+                    self.stats["late_fills"] = self.stats.get("late_fills", 0) + 1
+                    self.lanes[other.symbol].request(due.fetch)
+                else:
+                    soonest = min(soonest, other.due_from())
+            self._next_due = soonest
+        if d.fetch is not None and d.fetch.latest == 0 and not d.deliver:
+            self._count("gaps" if seq.held else "late_fills")
+        await self._apply(seq, d)
+        for k in frame.klines:
             self._m_klines[symbol, k.confirm].inc()  # counted after the hand-off
         return True
+
+    async def _apply(self, seq: CandleSequencer, d: Decision) -> None:
+        """Carry out a sequencer's decision: closed candles on (in order), interim updates
+        offered, refusals counted, a fetch to the symbol's lane, a clock probe started."""
+        for reason in d.refused:
+            self._reject(reason)
+        for event in d.deliver:
+            await self._deliver(event)
+        for event in d.interim:
+            self._offer_interim(event)
+        if d.fetch is not None:
+            self.lanes[seq.symbol].request(d.fetch)
+        elif not seq.busy:  # idle again: it may be due on a later frame of another symbol
+            self._next_due = min(self._next_due, seq.due_from())
+        if d.probe:
+            self._probe(seq)
+
+    async def _deliver(self, event: KlineEvent) -> None:
+        self._started = True
+        if event.source == "rest":
+            await self.out.put(event)
+            return
+        self._count("closed_ws")
+        if self.direct is not None and self.out.empty():
+            self.direct(event)  # nothing queued ahead of it: score it now (module docstring)
+            return
+        await self.out.put(event)
+        # Yield once so the pipeline turns this candle into a signal before the next frame
+        # (often another symbol's close, read in the same burst) is parsed.
+        await asyncio.sleep(0)
 
     def _probe(self, seq: CandleSequencer) -> None:
         """Ask REST for the exchange's time (at most every ``probe_every_s``, in the
@@ -439,38 +481,9 @@ class KlineFeed:
         try:
             seq.observe_time(await self.rest.exchange_time(seq.symbol, self.interval))
         except RestError as e:
-            log.info("exchange time for %s unavailable (%s)", seq.symbol, e)
-
-    async def _on_closed(self, seq: CandleSequencer, k: Kline, ts: int, received_ns: int) -> None:
-        if seq.symbol in self._warming:
-            self._held[seq.symbol].append((k, ts, received_ns))
-            return
-        await self._closed(seq, k, ts, received_ns)
-
-    async def _closed(self, seq: CandleSequencer, k: Kline, ts: int, received_ns: int) -> None:
-        verdict = seq.classify(k)
-        if verdict is Verdict.DUPLICATE:
-            self._reject("duplicate")
-            return
-        untrusted = seq.check_confirm(k, ts)
-        if untrusted is not None:
-            self._reject(untrusted)  # the candle stays due: REST fetches it after the grace
-            return
-        if verdict is Verdict.GAP:
-            gap = seq.gap_before(k)
-            self._count("gaps")
-            if not await self.backfill.fill(seq, gap.first, gap.last, ts, before=k.start):
-                return  # REST failing: this candle is fetched later with the range
-        seq.accept(k)
-        self._count("closed_ws")
-        event = KlineEvent(k, ts, received_ns, "ws")
-        if self.direct is not None and self.out.empty():
-            self.direct(event)  # nothing queued ahead of it: score it now (module docstring)
-            return
-        await self.out.put(event)
-        # Yield once so the pipeline turns this candle into a signal before the next frame
-        # (often another symbol's close, read in the same burst) is parsed.
-        await asyncio.sleep(0)
+            self.logs.log(
+                logging.INFO, "clock_probe", "exchange time for %s unavailable (%s)", seq.symbol, e
+            )
 
     def _offer_interim(self, event: KlineEvent) -> None:
         if not self.emit_interim:
@@ -486,7 +499,12 @@ class KlineFeed:
         if outcome is None:
             if not ack.success:
                 self.metrics.exchange_notices.labels("error_reply").inc()
-                log.warning("exchange error reply: %s", short(ack.ret_msg, NOTICE_LOG_CHARS))
+                self.logs.log(
+                    logging.WARNING,
+                    "error_reply",
+                    "exchange error reply: %s",
+                    short(ack.ret_msg, NOTICE_LOG_CHARS),
+                )
             return
         if outcome.subscribed:
             log.info("subscribed %s (conn_id %s)", ",".join(outcome.subscribed), ack.conn_id)
@@ -500,16 +518,38 @@ class KlineFeed:
             )
             self._count("rejected_topics")
             self.metrics.klines_rejected.labels("subscribe_rejected").inc()
-            if not self.subs.active():
+            symbol = self.topics.get(outcome.rejected)
+            if symbol is not None:
+                self.metrics.symbol_problem.labels(symbol).set(1)
+            if not self.subs.active() and not self._started:
                 raise ConfigError(
                     f"the exchange rejected every topic: {sorted(self.rejected_topics)}"
                 )
+            # after start-up a refusal is that symbol's, not the feed's: ask again slowly
+            if self._topic_retry_at is None:
+                loop_now = asyncio.get_running_loop().time()
+                self._topic_retry_at = loop_now + self.refused_retry_s
         elif not outcome.subscribed:
             self._count("subscribe_retries")
             if outcome.give_up:
                 raise _Reconnect(f"subscribe keeps failing: {short(ack.ret_msg)}")
             log.warning("subscribe failed (%s); retrying", short(ack.ret_msg, NOTICE_LOG_CHARS))
         for request in outcome.resend:
+            await ws.send(request)
+
+    async def _retry_topics(self, ws: ClientConnection, now: float) -> None:
+        """Ask again for the topics the exchange refused (a delisted symbol may come back)."""
+        self._topic_retry_at = None
+        topics = sorted(self.rejected_topics)
+        if not topics:
+            return
+        log.info("asking again for refused topics %s", short(",".join(topics), NOTICE_LOG_CHARS))
+        self.rejected_topics.difference_update(topics)
+        for topic in topics:
+            symbol = self.topics.get(topic)
+            if symbol is not None and self.lanes[symbol].problem is None:
+                self.metrics.symbol_problem.labels(symbol).set(0)
+        for request in self.subs.requests(topics, now):
             await ws.send(request)
 
     def snapshot(self) -> dict[str, Any]:

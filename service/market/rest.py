@@ -1,15 +1,22 @@
-"""Bybit ``GET /v5/market/kline`` through pybit's HTTP client: backfill and history.
+"""Bybit ``GET /v5/market/kline``: backfill and history, on a bounded HTTP client.
 
-pybit is synchronous (``requests``), so each request runs in a worker thread
-(``asyncio.to_thread``) and the retry waits are ``asyncio.sleep`` — cancellable, never on
-the event loop. Facts from ../shared/reference/bybit-v5-public.md section 5: rows are 7
-strings, newest first, and the newest row may be the still-open candle (dropped here using
-the server's ``time``); errors come as HTTP 200 with ``retCode`` ≠ 0.
+Each request is one :func:`service.market.http_get.get`: one total deadline (connect, head
+and whole body), a cap on the bytes read and on the bytes inflated, cancellable at any await
+(no worker thread; pybit's ``requests`` client had only a per-read timeout and no size cap,
+so a trickling or bomb answer held the caller, a thread and gigabytes). Facts from
+../shared/reference/bybit-v5-public.md section 5: rows are 7 strings, newest first, and the
+newest row may be the still-open candle (dropped here using the server's ``time``); errors
+come as HTTP 200 with ``retCode`` ≠ 0.
 
-Error policy: ``retCode`` 10001/10029 (bad symbol or interval) → :class:`ConfigError`, never
-retried; HTTP 429/5xx, network errors and ``retCode`` 10000/10002/10006/10016 → retried with
-backoff, then :class:`RestError`; HTTP 403 (IP ban or geo block) → :class:`RestForbidden`
-at once, so the caller stops REST traffic for minutes.
+Every answer is classified once, here (:func:`classify`):
+- ``retCode`` 10001/10029 (bad symbol or interval) → :class:`ConfigError`: at start-up the
+  configuration is wrong; after start-up the feed treats it as that symbol being refused;
+- HTTP 403 (IP ban or geo block) → :class:`RestForbidden` at once: stop REST for minutes;
+- HTTP 429/5xx, network errors, deadlines, ``retCode`` 10000/10002/10006/10016 → retryable
+  :class:`RestError`, retried with backoff inside one call, then raised;
+- anything else (an HTML page, an envelope of the wrong shape, an oversized body, another
+  ``retCode``) → a :class:`RestError` that is not retried inside the call.
+No answer, however malformed, raises anything but a :class:`RestError`.
 """
 
 from __future__ import annotations
@@ -18,27 +25,33 @@ import asyncio
 import logging
 import math
 import random
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-from pybit.exceptions import FailedRequestError, InvalidRequestError
-from pybit.unified_trading import HTTP
+import orjson
 
+from service.market import http_get
 from service.market.bybit import MAINNET_REST_URL, short
 from service.market.klines import Kline, interval_ms
+from service.market.log_limit import LogLimit
 
 log = logging.getLogger(__name__)
 MAX_LIMIT = 1000
 CONFIG_CODES = frozenset({10001, 10029})  # parameter error / symbol invalid: fix the config
+# prices outside this band are no market's (DESIGN section 10: a REST row is held to the
+# rules of a websocket confirm; these bounds catch a page that is absurd as a whole, such
+# as every row at 1e300 or 1e-300, where no neighbour can serve as a reference)
+MIN_PRICE, MAX_PRICE = 1e-8, 1e9
 RETRY_CODES = frozenset({10000, 10002, 10006, 10016})  # timeouts, server errors, rate limits
 
 
 class Backoff:
     """Exponential backoff with jitter: ``initial · factor^n`` capped at ``max_s``, ±``jitter``.
 
+    The cap is applied step by step, before the next value is computed (``min(max_s,
+    base · factor)``), never by raising ``factor`` to the number of attempts: after thousands
+    of failures (an exchange outage of hours) the delay stays ``max_s`` and nothing overflows.
     Injectable so tests reconnect in milliseconds; :meth:`reset` after a healthy period.
     """
 
@@ -50,7 +63,9 @@ class Backoff:
         jitter: float = 0.25,
         rng: random.Random | None = None,
     ) -> None:
-        if initial_s < 0 or max_s < initial_s or factor < 1 or not 0 <= jitter < 1:
+        if not (0 <= initial_s <= max_s and math.isfinite(max_s)) or not (
+            1 <= factor < math.inf and 0 <= jitter < 1
+        ):
             raise ValueError("Backoff needs 0 <= initial_s <= max_s, factor >= 1, 0 <= jitter < 1")
         self.initial_s = initial_s
         self.max_s = max_s
@@ -58,16 +73,23 @@ class Backoff:
         self.jitter = jitter
         self._rng = rng or random.Random()
         self.attempt = 0
+        self._base = initial_s
+
+    def copy(self) -> Backoff:
+        """A fresh backoff with the same parameters (and its own random generator)."""
+        return Backoff(self.initial_s, self.max_s, self.factor, self.jitter)
 
     def next_delay(self) -> float:
         """The delay before the next attempt (grows until :meth:`reset`)."""
-        base = min(self.max_s, self.initial_s * self.factor**self.attempt)
+        base = self._base
+        self._base = min(self.max_s, base * self.factor)
         self.attempt += 1
         return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
 
     def reset(self) -> None:
         """Back to the initial delay."""
         self.attempt = 0
+        self._base = self.initial_s
 
 
 class RestError(RuntimeError):
@@ -120,6 +142,10 @@ def _decimal(cell: Any, what: str, *, positive: bool) -> float:
         raise RowError("bad_value", f"{what} is not a number: {short(cell)}") from None
     if not math.isfinite(x) or x < 0 or (positive and x == 0):
         raise RowError("bad_price", f"{what} is not finite and positive: {short(cell)}")
+    if positive and not MIN_PRICE <= x <= MAX_PRICE:
+        raise RowError("implausible_price", f"{what} {short(cell)} is outside any market")
+    if not positive and x > 1e18:
+        raise RowError("bad_value", f"{what} {short(cell)} is absurd")
     return x
 
 
@@ -151,7 +177,8 @@ def parse_kline_page(symbol: str, interval: str, payload: dict[str, Any]) -> Kli
     """
     step = interval_ms(interval)
     server_time = payload.get("time")
-    rows = (payload.get("result") or {}).get("list")
+    result = payload.get("result")
+    rows = result.get("list") if isinstance(result, dict) else None
     if (
         not isinstance(server_time, int)
         or isinstance(server_time, bool)
@@ -198,13 +225,37 @@ def bounded(start_ms: int, end_ms: int, step_ms: int, max_candles: int) -> tuple
     return max(start_ms, end_ms - (max_candles - 1) * step_ms), end_ms
 
 
-def _said(e: FailedRequestError | InvalidRequestError) -> str:
-    """The exchange's error text, cut short: it goes into logs and /ready."""
-    return short(str(e.message), 200)
+def classify(status: int, body: bytes, what: str) -> dict[str, Any]:
+    """The envelope of a successful answer, else the :class:`RestError` it amounts to (see
+    the module docstring); pure, so every hostile answer is tested on bytes."""
+    if status == 403:
+        raise RestForbidden(f"{what}: HTTP 403 ({short(body, 120)})")
+    if status != 200:
+        retry = status == 429 or status >= 500
+        raise RestError(f"{what}: HTTP {status}", retryable=retry)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RestError(f"{what}: not JSON ({short(body, 60)})", retryable=True) from None
+    if not isinstance(payload, dict):
+        raise RestError(f"{what}: the answer is not a JSON object", retryable=False)
+    code = payload.get("retCode")
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise RestError(f"{what}: no integer retCode in the answer", retryable=False)
+    if code != 0:
+        said = short(payload.get("retMsg"), 200)
+        if code in CONFIG_CODES:
+            raise ConfigError(f"Bybit refused {what}: {said} (retCode {code})")
+        raise RestError(f"{what}: {said} (retCode {code})", retryable=code in RETRY_CODES)
+    return payload
 
 
 class RestKlines:
-    """Kline history from Bybit (or the replay exchange) at ``base_url``; no I/O on init."""
+    """Kline history from Bybit (or the replay exchange) at ``base_url``; no I/O on init.
+
+    ``timeout_s`` is the total deadline of one request (connect + whole body);
+    ``max_body``/``max_inflated`` cap its bytes on the wire and after gzip.
+    """
 
     def __init__(
         self,
@@ -216,60 +267,60 @@ class RestKlines:
         backoff: Callable[[], Backoff] | None = None,
         limit: int = MAX_LIMIT,
         on_reject: Callable[[str], None] | None = None,
+        max_body: int = http_get.MAX_BODY,
+        max_inflated: int = http_get.MAX_INFLATED,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # called with the reason of each refused row (the feed counts it as a rejected kline)
         self.on_reject = on_reject
         self.server_time: int | None = None  # the newest exchange ``time`` seen on REST
         self.category = category
+        self.timeout_s = timeout_s
         self.max_attempts = max_attempts
+        self.max_body = max_body
+        self.max_inflated = max_inflated
         self.limit = max(1, min(limit, MAX_LIMIT))
         self._backoff = backoff or (lambda: Backoff(initial_s=0.5, max_s=8.0))
-        # pybit retries some retCodes with blocking sleeps; a code that never occurs turns
-        # that off so every retry decision (and wait) is ours and cancellable.
-        self._http = HTTP(testnet=False, timeout=timeout_s, max_retries=1, retry_codes={-1})
-        self._http.endpoint = self.base_url  # read at call time (reference §5.5)
-        self._lock = threading.Lock()  # one requests.Session shared by worker threads
         self.requests_made = 0
+        self.logs = LogLimit(log, burst=6)
 
-    def _call(self, params: dict[str, Any]) -> dict[str, Any]:
-        """One blocking request; pybit/requests errors mapped onto the policy above."""
+    async def _call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One request, its answer classified (module docstring)."""
         what = f"{params.get('symbol')} interval {params.get('interval')}"
+        self.requests_made += 1
         try:
-            with self._lock:
-                self.requests_made += 1
-                resp = self._http.get_kline(category=self.category, **params)
-        except InvalidRequestError as e:
-            code = int(e.status_code)
-            if code in CONFIG_CODES:
-                raise ConfigError(f"Bybit refused {what}: {_said(e)} (retCode {code})") from None
-            raise RestError(
-                f"{what}: {_said(e)} (retCode {code})", retryable=code in RETRY_CODES
-            ) from None
-        except FailedRequestError as e:
-            status = int(e.status_code)
-            if status == 403:
-                raise RestForbidden(f"{what}: HTTP 403 ({_said(e)})") from None
-            retry = status == 429 or status >= 500 or status == 409  # 409: pybit's JSON error
-            raise RestError(f"{what}: HTTP {status}", retryable=retry) from None
-        except requests.RequestException as e:
-            raise RestError(f"{what}: {type(e).__name__}: {e}", retryable=True) from None
-        if not isinstance(resp, dict):
-            raise RestError(f"{what}: unexpected response {type(resp).__name__}", retryable=False)
-        return resp
+            resp = await http_get.get(
+                f"{self.base_url}/v5/market/kline",
+                {"category": self.category, **params},
+                deadline_s=self.timeout_s,
+                max_body=self.max_body,
+                max_inflated=self.max_inflated,
+            )
+        except http_get.HttpError as e:
+            raise RestError(f"{what}: {short(str(e), 160)}", retryable=True) from None
+        return classify(resp.status, resp.body, what)
 
     async def _request(self, params: dict[str, Any], attempts: int | None = None) -> dict[str, Any]:
         backoff = self._backoff()
         n = attempts or self.max_attempts
         for attempt in range(1, n + 1):
             try:
-                return await asyncio.to_thread(self._call, params)
+                return await self._call(params)
             except RestError as e:
                 if not e.retryable or attempt == n:
                     raise
                 delay = backoff.next_delay()
-                # every wait is logged as it is taken: the log's timing is the real timing
-                log.warning("REST %s (attempt %d/%d); retrying in %.2f s", e, attempt, n, delay)
+                # a wait is logged as it is taken (the log's timing is the real timing), a
+                # few per minute: in an outage every symbol retries (the rest are counted)
+                self.logs.log(
+                    logging.WARNING,
+                    "rest_retry",
+                    "REST %s (attempt %d/%d); retrying in %.2f s",
+                    e,
+                    attempt,
+                    n,
+                    delay,
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

@@ -83,6 +83,7 @@ class ModelMonitor:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start(): the drain's loop
         self.errors = 0
         self.write_errors = 0
+        self._write_failing = 0  # failed writes since the last good one (logged once)
         self.rows_written = 0
         self.dropped_rows = 0
         self.retry_s = 1.0  # pause after a failed write
@@ -231,17 +232,24 @@ class ModelMonitor:
             await self.call(self.journal.write, klines, signals)
         except Exception:
             self.write_errors += 1
+            self._write_failing += 1
             self.metrics.journal_errors.inc()
-            log.exception(
-                "signal journal: write failed, %d rows kept for the next try",
-                len(klines) + len(signals),
-            )
+            if self._write_failing == 1:  # once per state change, not once per retry
+                log.exception(
+                    "signal journal: write failed, %d rows kept; retrying every %g s quietly "
+                    "(apprentice_journal_errors_total counts the failures)",
+                    len(klines) + len(signals),
+                    self.retry_s,
+                )
             self._klines[:0], self._signals[:0] = klines, signals
             self._bound_pending()
             await asyncio.sleep(self.retry_s)  # a full disk does not want a busy loop
             return
         self.metrics.journal_write_seconds.observe(_since(t0))
         self.rows_written += len(klines) + len(signals)
+        if self._write_failing:
+            log.warning("signal journal: writing again after %d failed tries", self._write_failing)
+            self._write_failing = 0
 
     def _bound_pending(self) -> None:
         """A journal that keeps failing must not grow memory without bound: keep the newest."""

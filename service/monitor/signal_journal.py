@@ -99,6 +99,17 @@ _kline_values = attrgetter(*_KLINE_COLS)
 _signal_values = attrgetter(*_SIGNAL_COLS)
 
 
+def _quick_check(db: sqlite3.Connection) -> str:
+    """``"ok"`` or what SQLite found wrong (a damaged page, not a database at all)."""
+    try:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        raise  # cannot read or write it (permissions, a read-only directory): not damage
+    except sqlite3.DatabaseError as exc:  # not a database, a damaged header
+        return str(exc)
+    return "; ".join(str(r[0]) for r in rows[:3])
+
+
 class JournalOpenError(RuntimeError):
     """The journal file cannot be opened; the message names it and what to check."""
 
@@ -113,18 +124,40 @@ class SignalJournal:
         self._batches = 0
 
     def open(self) -> None:
-        """Create the directory, the file and the tables (idempotent)."""
+        """Create the directory, the file and the tables (idempotent).
+
+        A damaged file (``PRAGMA quick_check``) or one that cannot be written (a rolled-back
+        write) is refused with :class:`JournalOpenError`, naming the file and what to do,
+        instead of failing later on every write. Nothing is moved or deleted here.
+        """
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            verdict = _quick_check(db)
+            if verdict != "ok":
+                raise JournalOpenError(
+                    f"the signal journal {self.path} is damaged ({verdict[:200]}): move it "
+                    f"aside, e.g. mv {self.path} {self.path}.damaged, and start again (a new "
+                    "one is created; the service never deletes data)"
+                )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            db.execute("BEGIN IMMEDIATE")  # a write probe, rolled back: read-only is refused
+            try:
+                db.execute("CREATE TABLE write_probe (x INTEGER)")
+            finally:
+                db.execute("ROLLBACK")
+        except (OSError, sqlite3.Error, JournalOpenError) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, JournalOpenError):
+                raise
             raise JournalOpenError(
-                f"cannot open the signal journal {self.path}: {exc}; "
-                "check APPRENTICE_STATE_DIR is writable"
+                f"cannot open the signal journal {self.path}: {exc}; make "
+                "APPRENTICE_STATE_DIR and the files in it writable by this user"
             ) from None
         self._db = db
 

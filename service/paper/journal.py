@@ -99,6 +99,40 @@ class JournalError(RuntimeError):
     """The journal cannot be opened or written; the message names the file."""
 
 
+def check_sqlite(db: sqlite3.Connection, path: Path, what: str) -> None:
+    """Raise :class:`JournalError` unless ``db`` passes SQLite's ``quick_check`` (a damaged
+    page, or a file that is not a database at all)."""
+    try:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+        verdict = "; ".join(str(r[0]) for r in rows[:3])
+    except sqlite3.OperationalError:
+        raise  # cannot read or write it (permissions, a read-only directory): not damage
+    except sqlite3.DatabaseError as exc:  # not a database, a damaged header
+        verdict = str(exc)
+    if verdict != "ok":
+        raise JournalError(
+            f"the {what} {path} is damaged ({verdict[:200]}): move it aside, e.g. "
+            f"mv {path} {path}.damaged, and start again (a new, empty one is created; the "
+            "service never deletes data)"
+        )
+
+
+def probe_write(db: sqlite3.Connection, path: Path, what: str) -> None:
+    """Raise :class:`JournalError` if ``db`` cannot be written (a read-only file or
+    directory): a write in a transaction that is rolled back."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE write_probe (x INTEGER)")
+        finally:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"the {what} {path} cannot be written ({exc}): make APPRENTICE_STATE_DIR and the "
+            "files in it writable by this user, or point APPRENTICE_STATE_DIR elsewhere"
+        ) from None
+
+
 class DuplicateFill(JournalError):
     """This (account, symbol, candle_start) already has a fill."""
 
@@ -178,19 +212,32 @@ class Journal:
 
     # ------------------------------------------------------------------ blocking API
     def open(self) -> None:
-        """Create the directory, the file and the schema; WAL + synchronous=FULL."""
+        """Create the directory, the file and the schema; WAL + synchronous=FULL.
+
+        Refuses (:class:`JournalError`, naming the file and what to do) a file that is not a
+        sound SQLite database (``PRAGMA quick_check``) and one that cannot be written (a
+        rolled-back write probe): either would otherwise start a service that fails later,
+        on every fill. The service never moves or deletes a journal itself.
+        """
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            check_sqlite(db, self.path, "paper journal")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            probe_write(db, self.path, "paper journal")
+        except (OSError, sqlite3.Error, JournalError) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, JournalError):
+                raise
             raise JournalError(
-                f"cannot open the paper journal {self.path}: {exc}; "
-                "check APPRENTICE_STATE_DIR is writable"
+                f"cannot open the paper journal {self.path}: {exc}; make "
+                "APPRENTICE_STATE_DIR and the files in it writable by this user"
             ) from None
         self._db = db
 

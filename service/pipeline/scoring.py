@@ -34,6 +34,11 @@ from service.pipeline.signals import Signal, SignalStore, action_of, confidence_
 log = logging.getLogger(__name__)
 F64 = npt.NDArray[np.float64]
 BARS_TO_FIRST_SIGNAL = WARMUP_BARS + WINDOW - 1  # 48 bars for vol_z, then 31 more vectors
+# DESIGN section 3: RSI has infinite memory, so a feature vector matches the full history's
+# to ~1e-10 only with ~300 bars behind it. The service publishes a signal (stored, served,
+# traded, journaled as a signal) only from there on (APPRENTICE_SIGNAL_HORIZON_BARS, this by
+# default); earlier bars warm the state.
+EXACT_HORIZON_BARS = 300
 _NS_PER_US = 1_000.0
 _NS_PER_S = 1e9
 
@@ -47,14 +52,16 @@ class SymbolState:
         "gaps",
         "last_received_ns",
         "last_start",
+        "needed",
         "signals_down",
         "signals_up",
         "symbol",
         "window",
     )
 
-    def __init__(self, symbol: str, metrics: Metrics) -> None:
+    def __init__(self, symbol: str, metrics: Metrics, needed: int = BARS_TO_FIRST_SIGNAL) -> None:
         self.symbol = symbol
+        self.needed = needed  # closed bars before the first published signal
         self.features = IncrementalFeatures()
         self.window = FeatureWindow()
         self.bars = 0
@@ -67,8 +74,8 @@ class SymbolState:
 
     @property
     def warm(self) -> bool:
-        """True once the window is full (a signal can be made)."""
-        return self.window.full
+        """True once the window is full and the horizon is behind it (a signal is made)."""
+        return self.window.full and self.bars >= self.needed
 
 
 class Pipeline:
@@ -86,6 +93,7 @@ class Pipeline:
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
         observer: Callable[[KlineEvent, F64 | None, Signal | None], None] | None = None,
+        horizon_bars: int = 0,
     ) -> None:
         self.interval = interval
         self.step_ms = interval_ms(interval)
@@ -98,7 +106,9 @@ class Pipeline:
         # Sees every closed kline used, its feature vector and signal (the monitor: journal,
         # live scores, drift); called after the signal is stored, and it defers its own work.
         self.observer = observer
-        self.states = {s: SymbolState(s, metrics) for s in symbols}
+        # bars of history before a signal is published (EXACT_HORIZON_BARS in the service)
+        self.needed = max(BARS_TO_FIRST_SIGNAL, horizon_bars)
+        self.states = {s: SymbolState(s, metrics, self.needed) for s in symbols}
         self.processed = 0
         self.errors = 0
         self._m_features = metrics.feature_update_seconds
@@ -130,7 +140,7 @@ class Pipeline:
         st.last_received_ns = event.received_ns
         st.bars += 1
         predictor = self.slot.current
-        if not st.window.full or predictor is None:
+        if not st.window.full or predictor is None or st.bars < st.needed:
             self._m_features.observe((t1 - t0) / _NS_PER_S)
             if self.observer is not None:
                 self.observer(event, vec, None)
@@ -202,7 +212,7 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         """Per-symbol warm-up progress (for /ready and the dashboard)."""
         return {
-            s: {"bars": st.bars, "needed": BARS_TO_FIRST_SIGNAL, "warm": st.warm, "gaps": st.gaps}
+            s: {"bars": st.bars, "needed": st.needed, "warm": st.warm, "gaps": st.gaps}
             for s, st in self.states.items()
         }
 

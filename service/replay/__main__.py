@@ -13,6 +13,7 @@ from datetime import datetime
 
 from service.replay.exchange import ReplayConfig, ReplayExchange
 from service.replay.faults import Faults
+from service.replay.hostile import MODES, HostileRest
 
 
 def _start_ms(text: str) -> int:
@@ -83,10 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(0: exactly on the schedule, whose real period is a whole number of the VM's 4 ms "
         "timer ticks, so every push of a run lands at one phase of them)" + d,
     )
+    p.add_argument(
+        "--hostile",
+        metavar="SYMBOL:MODE",
+        help="also serve REST on a second port where SYMBOL's answers misbehave, MODE one of "
+        f"{', '.join(MODES)} (service.replay.hostile); point APPRENTICE_REST_URL at it",
+    )
     return p
 
 
-async def _serve(cfg: ReplayConfig) -> None:
+async def _serve(cfg: ReplayConfig, hostile_spec: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,12 +102,20 @@ async def _serve(cfg: ReplayConfig) -> None:
     async with ReplayExchange(cfg) as ex:
         start = datetime.fromtimestamp(ex.start_ms / 1000).astimezone().isoformat()
         print(f"replay exchange: ws {ex.ws_url}  rest {ex.rest_url}", flush=True)
+        hostile = None
+        if hostile_spec:
+            symbol, _, mode = hostile_spec.partition(":")
+            hostile = HostileRest(target=symbol, mode=mode or "hang")
+            await hostile.start(ex)
+            print(f"  hostile rest {hostile.url} ({symbol}: {hostile.mode})", flush=True)
         print(
             f"  symbols {','.join(cfg.symbols)} interval {cfg.interval} speed {cfg.speed}x "
             f"from {start}; faults {cfg.faults}",
             flush=True,
         )
         await stop.wait()
+        if hostile is not None:
+            await hostile.stop()
         print(f"replay exchange: stopping; stats {dict(ex.stats)}", flush=True)
 
 
@@ -124,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         push_jitter_ms=args.push_jitter_ms,
     )
     try:
-        asyncio.run(_serve(cfg))
+        asyncio.run(_serve(cfg, args.hostile))
     except (FileNotFoundError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2

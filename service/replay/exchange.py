@@ -105,6 +105,8 @@ class ReplayExchange:
         self._rng_jitter = random.Random(f"{cfg.seed}:jitter")
         self._conns: set[_Conn] = set()
         self._recorded: dict[str, list[Kline]] = {s: [] for s in cfg.symbols}
+        # time.perf_counter_ns() when each candle closed here: a client's lag is measured from it
+        self.closed_at_ns: dict[str, dict[int, int]] = {s: {} for s in cfg.symbols}
         self._gapped: dict[str, int] = {}
         self._refuse = 0
         self._server: Server | None = None
@@ -227,6 +229,15 @@ class ReplayExchange:
                 continue
             alive = True
             self._recorded[symbol].append(k)
+            self.closed_at_ns[symbol][closing] = time.perf_counter_ns()
+            if f.only and symbol not in f.only:
+                frame = push_frame(
+                    topic := f"kline.{tape.interval}.{symbol}",
+                    [ws_item(k, vt - 1)],
+                    vt + CONFIRM_DELAY_MS,
+                )
+                await self._broadcast(topic, frame)
+                continue
             topic = f"kline.{tape.interval}.{symbol}"
             gapped = self._gapped.pop(symbol, None) == closing
             if rng.random() < f.gap and tape.closed(opening) is not None:

@@ -57,6 +57,10 @@ class Faults:
     http_error: float = field(
         default=0.0, metadata={"help": "per REST request: HTTP 429 or 500 instead of the answer"}
     )
+    only: frozenset[str] = field(
+        default_factory=frozenset,
+        metadata={"help": "candle faults hit only these symbols (+-separated; empty: all)"},
+    )
 
     @classmethod
     def all(cls) -> Faults:
@@ -96,7 +100,7 @@ class Faults:
                     f"bad fault {part!r}: use none, all or name=value with name in {sorted(names)}"
                 )
             parsed: object
-            if name == "reject_topics":
+            if name in ("reject_topics", "only"):
                 parsed = frozenset(t for t in value.split("+") if t)
             elif name == "void_batch":
                 parsed = value.lower() in ("1", "true", "yes", "on")

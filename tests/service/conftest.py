@@ -210,6 +210,8 @@ def make_settings(tmp_path: Path, fixture_model: FixtureModel) -> Iterator[objec
             "ws_url": "ws://127.0.0.1:9/v5/public/linear",
             "rest_url": "http://127.0.0.1:9",
             "port": 0,
+            # route tests script ~100 bars; the 300-bar horizon has its own tests
+            "signal_horizon_bars": 79,
         }
         base.update(overrides)
         return load_settings(**base)

@@ -170,14 +170,14 @@ def test_restart_rebuilds_scores_from_the_journal(health_app: Callable[..., Any]
 def test_bad_chart_query_is_422_and_a_one_head_model_is_refused(
     health_app: Callable[..., Any], model_writer: Callable[..., Any]
 ) -> None:
-    with health_app(admin_token="t0ken") as (client, rt, _):
+    with health_app(admin_token="t0ken-t0ken-t0ken") as (client, rt, _):
         for bad in ("0", "301", "abc"):
             assert client.get("/chart", params={"limit": bad}).status_code == 422, bad
         model_dir = rt.settings.model.parent
         model_writer(model_dir, name="one_head", with_vol=False)
         r = client.post(
             "/admin/reload",
-            headers={"Authorization": "Bearer t0ken"},
+            headers={"Authorization": "Bearer t0ken-t0ken-t0ken"},
             json={"model": "one_head.onnx"},
         )
         assert r.status_code == 422 and "'prob_high_vol'" in r.json()["detail"]

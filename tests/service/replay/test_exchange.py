@@ -231,3 +231,8 @@ def test_cli_help() -> None:
     )
     assert "--faults" in out.stdout and "--speed" in out.stdout
     assert "--push-jitter-ms" in out.stdout
+
+
+def test_candle_faults_can_be_scoped_to_symbols() -> None:
+    f = Faults.parse("missing_confirm=1,only=BTCUSDT+ETHUSDT")
+    assert f.missing_confirm == 1.0 and f.only == frozenset({"BTCUSDT", "ETHUSDT"})

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from service.market.backfill import Backoff, CandleSequencer, FillRange, Verdict
-from service.market.klines import Kline
+from service.market.klines import Kline, KlineEvent
+from service.market.rest import Backoff
+from service.market.sequencer import CandleSequencer, Fetch, FillRange, Verdict
 
 STEP = 300_000
 T0 = 1_743_999_900_000  # on the 5-minute grid
@@ -155,3 +156,74 @@ def test_a_confirm_that_contradicts_the_candles_own_updates_is_refused() -> None
         replace(real, volume=7.0),  # the volume only grows
     ):
         assert seq.check_confirm(forged, end) == "inconsistent_confirm", forged
+
+
+# decisions: frames and REST answers in, deliveries and fetches out (no I/O anywhere) -------
+def closed(i: int, close: float = 100.0) -> Kline:
+    return replace(k(i), open=close, close=close, high=close * 1.001, low=close * 0.999)
+
+
+def ts_after(i: int) -> int:
+    return T0 + (i + 1) * STEP + 5  # just after candle i closed
+
+
+def starts(events: list[KlineEvent]) -> list[int]:
+    return [(e.kline.start - T0) // STEP for e in events]
+
+
+def test_warm_up_first_then_held_confirms_in_order() -> None:
+    seq = CandleSequencer("BTCUSDT", "5")
+    d = seq.start(300)
+    assert d.fetch == Fetch("BTCUSDT", latest=300) and seq.busy
+    # confirms arrive while the warm-up is out: held, nothing delivered
+    d = seq.on_frame(ts_after(10), [closed(10)], 1)
+    assert d.deliver == [] and d.fetch is None and seq.held == 1
+    d = seq.on_fetched([closed(i) for i in range(0, 10)], ts_after(10), 2)
+    assert starts(d.deliver) == list(range(10)) and {e.source for e in d.deliver} == {"rest"}
+    assert seq.busy  # handing over: a confirm read now is still held
+    seq.on_frame(ts_after(11), [closed(11)], 3)
+    d = seq.handed_over()
+    assert starts(d.deliver) == [10, 11] and seq.busy  # still handing those over
+    assert seq.handed_over().deliver == [] and not seq.busy
+
+
+def test_a_gap_asks_for_exactly_the_missing_range_and_holds_the_confirm() -> None:
+    seq = CandleSequencer("BTCUSDT", "5")
+    seq.accept(closed(0))
+    seq.observe_time(ts_after(2))  # REST showed the time (one frame moves it 3 bars at most)
+    d = seq.on_frame(ts_after(4), [closed(4)], 1)
+    assert d.fetch == Fetch("BTCUSDT", T0 + STEP, T0 + 3 * STEP) and seq.held == 1
+    d = seq.on_fetched([closed(1), closed(2), closed(3), closed(4)], ts_after(4), 2)
+    assert starts(d.deliver) == [1, 2, 3]  # REST stops before the held confirm
+    assert starts(seq.handed_over().deliver) == [4]
+    assert d.deliver[0].source == "rest"
+
+
+def test_a_failed_fill_waits_on_exchange_time_then_the_due_fill_covers_it() -> None:
+    seq = CandleSequencer("BTCUSDT", "5", fill_retry_ms=60_000)
+    seq.accept(closed(0))
+    seq.observe_time(ts_after(1))
+    d = seq.on_frame(ts_after(3), [closed(3)], 1)
+    assert d.fetch is not None
+    d = seq.on_fetch_failed(60_000)
+    assert d.fetch is None and not seq.busy and seq.held == 1
+    assert seq.on_frame(ts_after(3) + 1_000, [closed(3, 100.5)], 2).fetch is None  # waiting
+    d = seq.on_time(ts_after(3) + 61_000)
+    assert d.fetch is not None and d.fetch.first == T0 + STEP
+
+
+def test_rest_rows_are_held_to_the_last_close() -> None:
+    seq = CandleSequencer("BTCUSDT", "5")
+    seq.accept(closed(0, 100.0))
+    seq._busy = True  # a fill is out
+    seq._fetch = Fetch("BTCUSDT", T0 + STEP, T0 + 3 * STEP)
+    rows = [closed(1, 101.0), closed(2, 1e300), closed(3, 1e-300)]
+    d = seq.on_fetched(rows, ts_after(3), 1)
+    assert starts(d.deliver) == [1] and d.refused == ["implausible_price"] * 2
+
+
+def test_a_frame_from_the_future_is_refused_and_asks_for_the_exchange_time() -> None:
+    seq = CandleSequencer("BTCUSDT", "5")
+    seq.accept(closed(0))
+    d = seq.on_frame(ts_after(100), [closed(100)], 1)
+    assert d.refused == ["future"] and d.probe and d.fetch is None and seq.held == 0
