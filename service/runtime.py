@@ -118,7 +118,7 @@ class Runtime:
             metrics=self.metrics,
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
-            observer=self.monitor.offer,
+            observer=self.monitor.offer_burst,
         )
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None

@@ -95,6 +95,8 @@ class SymbolState:
         return self.window.full
 
 
+Observed = tuple[KlineEvent, F64 | None, Signal | None]  # what the observer sees per candle
+
 # One held candle: its event, its symbol's state, its feature vector, its row in the batch
 # (-1: no window to score yet) and its feature update's duration (ns).
 _Held = tuple[KlineEvent, SymbolState, F64 | None, int, int]
@@ -115,7 +117,7 @@ class Pipeline:
         long_threshold: float,
         short_threshold: float,
         sink: Callable[[Signal], None] | None = None,
-        observer: Callable[[KlineEvent, F64 | None, Signal | None], None] | None = None,
+        observer: Callable[[list[Observed]], None] | None = None,
         window_s: float = BURST_WINDOW_S,
         capacity: int | None = None,
     ) -> None:
@@ -128,8 +130,8 @@ class Pipeline:
         self.short_threshold = short_threshold
         self.sink = sink
         # Sees every closed kline used, its feature vector and signal (the monitor: journal,
-        # live scores, drift); called after the burst's signals are stored, and it defers its
-        # own work.
+        # live scores, drift), once per batched call with the whole batch, after the signals
+        # are stored; it defers its own work.
         self.observer = observer
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.window_s = window_s
@@ -283,6 +285,7 @@ class Pipeline:
             self._m_inference.observe((t2 - t1) / _NS_PER_S)
             self._m_rows.observe(rows)
         last_live_ns = 0
+        observed: list[Observed] = []
         for (event, st, vec, _row, feat_ns), made in zip(held, out, strict=True):
             self._m_features.observe(feat_ns / _NS_PER_S)
             if made is not None:
@@ -299,8 +302,9 @@ class Pipeline:
                 self.processed += 1
                 if self.sink is not None:
                     self.sink(made)
-            if self.observer is not None:
-                self.observer(event, vec, made)
+            observed.append((event, vec, made))
+        if self.observer is not None:
+            self.observer(observed)
         if last_live_ns:
             self._m_burst.observe((t3 - last_live_ns) / _NS_PER_S)
         return out
