@@ -74,6 +74,8 @@ class ScalePoint:
     dropped: float = 0.0
     rejected: float = 0.0
     profile: str = ""
+    paper: bool = True
+    families: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def cpu_per_symbol_us(self) -> float:
@@ -189,9 +191,10 @@ def measure(
     lat_bursts: int = LAT_BURSTS,
     cpu_bursts: int = CPU_BURSTS,
     profile_s: float = 0.0,
+    paper: bool = True,
 ) -> ScalePoint:
     """Run the exchange and the service at ``n`` symbols and measure them (module docstring)."""
-    point = ScalePoint(n)
+    point = ScalePoint(n, paper=paper)
     names = symbol_names(n)
     xport, sport = procs.free_port(), procs.free_port()
     log = tmp / f"bursts-{n}.jsonl"
@@ -221,7 +224,7 @@ def measure(
             "APPRENTICE_HOST": "127.0.0.1",
             "APPRENTICE_PORT": str(sport),
             "APPRENTICE_LOG_LEVEL": "warning",
-            "APPRENTICE_PAPER_ENABLED": "true",
+            "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
         }
         t0 = time.monotonic()
         service = procs.Proc(procs.python("-m", "service"), tmp / f"service-{n}.log", env)
@@ -233,6 +236,7 @@ def measure(
         bursts = BurstLog(log)
         bursts.skip()
         bursts.next(3 * period_s)  # one whole period after ready before measuring
+        before = _metrics(sport)  # histograms from here on: the steady state, not warm-up
         for _ in range(lat_bursts):
             line = bursts.next(3 * period_s + 30)
             seen = _visible(sport, int(line["candle"]), names[-1], n, line["last"] + 10.0)
@@ -263,10 +267,14 @@ def measure(
         point.rss_mib = rss_mib(pid)
         rows = _sample(text, "apprentice_batch_rows_sum")
         calls = _sample(text, "apprentice_batch_rows_count")
+        rows -= _sample(before, "apprentice_batch_rows_sum")
+        calls -= _sample(before, "apprentice_batch_rows_count")
         point.rows_per_batch = rows / calls if calls else math.nan
-        point.burst_complete_p99_ms = 1000.0 * histogram_quantile(
-            0.99, _buckets(text, "apprentice_burst_complete_seconds")
-        )
+        name = "apprentice_burst_complete_seconds"
+        earlier = dict(_buckets(before, name))
+        steady = [(le, c - earlier.get(le, 0.0)) for le, c in _buckets(text, name)]
+        point.burst_complete_p99_ms = 1000.0 * histogram_quantile(0.99, steady)
+        point.families = series_by_family(text)
         point.reconnects = _sample(text, "apprentice_ws_reconnects_total")
         point.dropped = _sample(text, "apprentice_paper_errors_total")
         point.rejected = _sample(text, "apprentice_klines_rejected_total")
@@ -291,8 +299,9 @@ def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | N
 
 
 def top_frames(folded: Path, k: int = 8) -> list[tuple[str, float]]:
-    """Share of samples per innermost frame of the service's own code (or any, else)."""
-    own: dict[str, int] = {}
+    """Share of samples per service package (the innermost ``service/...`` frame's folder,
+    ``other``: no service frame — the interpreter, asyncio, uvicorn between callbacks)."""
+    per: dict[str, int] = {}
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -300,12 +309,29 @@ def top_frames(folded: Path, k: int = 8) -> list[tuple[str, float]]:
             continue
         c = int(count)
         total += c
-        frames = stack.split(";")
-        mine = [f for f in frames if "service/" in f or "service." in f]
-        key = (mine[-1] if mine else frames[-1]).strip()
-        own[key] = own.get(key, 0) + c
-    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:k]
+        mine = [f for f in stack.split(";") if "(service/" in f]
+        key = "other"
+        if mine:
+            path = mine[-1].split("(", 1)[1].rsplit(":", 1)[0]  # service/paper/account.py
+            parts = path.split("/")
+            key = "/".join(parts[:2]) if len(parts) > 2 else path
+            if key == "service/__main__.py":
+                key = "other"  # uvicorn's loop between callbacks
+        per[key] = per.get(key, 0) + c
+    ranked = sorted(per.items(), key=lambda kv: -kv[1])[:k]
     return [(name, c / total) for name, c in ranked] if total else []
+
+
+def series_by_family(text: str, k: int = 6) -> list[tuple[str, int]]:
+    """The metric families with the most samples in one scrape."""
+    per: dict[str, int] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            for suffix in ("_bucket", "_created", "_total", "_sum", "_count"):
+                name = name.removesuffix(suffix)
+            per[name] = per.get(name, 0) + 1
+    return sorted(per.items(), key=lambda kv: -kv[1])[:k]
 
 
 def run(quick: bool = False, ns: Sequence[int] | None = None) -> Section:
@@ -326,6 +352,19 @@ def run(quick: bool = False, ns: Sequence[int] | None = None) -> Section:
                 )
             )
             print(json.dumps({**asdict(points[-1]), "profile": ""}), flush=True)
+        if not quick and 500 in ns:  # where the service stands without the paper trader
+            print("[bench] scale N=500, paper trading off ...", flush=True)
+            points.append(
+                measure(
+                    500,
+                    Path(d),
+                    lat_bursts=LAT_BURSTS,
+                    cpu_bursts=CPU_BURSTS,
+                    paper=False,
+                    profile_s=10.0,
+                )
+            )
+            print(json.dumps({**asdict(points[-1]), "profile": ""}), flush=True)
         profile_lines = _profile_lines(points)
     _write(sec, points, profile_lines)
     return sec
@@ -335,8 +374,13 @@ def _profile_lines(points: Sequence[ScalePoint]) -> list[str]:
     out = []
     for p in points:
         if p.profile and Path(p.profile).exists():
-            out.append(f"py-spy at N = {p.n}, 10 s of steady bursts, innermost service frame:")
+            paper = "paper trading on" if p.paper else "paper trading off"
+            out.append(
+                f"py-spy at N = {p.n} ({paper}), 10 s of steady bursts, samples by the "
+                "service package of the innermost service frame:"
+            )
             out += [f"- {share:.0%} `{name}`" for name, share in top_frames(Path(p.profile))]
+            out.append("")
     return out
 
 
@@ -352,7 +396,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
     for p in points:
         rows.append(
             [
-                p.n,
+                p.n if p.paper else f"{p.n}, paper off",
                 f"{p.warmup_s:.1f} s",
                 f"{p.lat(50):.0f} / {p.lat(99):.0f} / {p.lat(100):.0f} ms"
                 + (f", {p.incomplete} incomplete" if p.incomplete else ""),
@@ -380,7 +424,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
         ),
         rows,
     )
-    by_n = {p.n: p for p in points}
+    by_n = {p.n: p for p in points if p.paper}
     one, big = by_n.get(1), by_n.get(500) or (points[-1] if points else None)
     if one is not None and big is not None and big.n != 1:
         ratio = big.cpu_per_symbol_us / one.cpu_per_symbol_us
@@ -390,6 +434,10 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
             "symbol-candle, measured in this run).",
             "",
         )
+    big_scrape = max(points, key=lambda p: p.n, default=None)
+    if big_scrape is not None and big_scrape.families:
+        fams = ", ".join(f"`{name}` {count}" for name, count in big_scrape.families)
+        sec.add(f"Samples per metric family in one scrape at N = {big_scrape.n}: {fams}.", "")
     sec.add(*profile_lines)
     p500 = by_n.get(500)
     if p500 is not None:
