@@ -27,6 +27,7 @@ demo``: the exchange and this driver on one CPU, the service on the other. Measu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -51,6 +52,7 @@ PERIOD_S = 2.5  # real seconds per 5-minute candle (speed 120x)
 LAT_BURSTS = 8
 CPU_BURSTS = 6
 MODEL = procs.ROOT / "models" / "student_pooled_5m.onnx"
+SHARD_TOOL = procs.ROOT / "deploy" / "shard_symbols.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -75,6 +77,7 @@ class ScalePoint:
     rejected: float = 0.0
     profile: str = ""
     paper: bool = True
+    shards: int = 1
     families: list[tuple[str, int]] = field(default_factory=list)
 
     @property
@@ -183,6 +186,19 @@ def _buckets(text: str, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
+def shard_lists(names: Sequence[str], shards: int) -> list[list[str]]:
+    """``names`` split as ``deploy/shard_symbols.py`` splits them (that file, loaded)."""
+    if shards == 1:
+        return [list(names)]
+    spec = importlib.util.spec_from_file_location("shard_symbols", SHARD_TOOL)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {SHARD_TOOL}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    parts: list[list[str]] = mod.split(names, shards)
+    return parts
+
+
 def measure(
     n: int,
     tmp: Path,
@@ -192,12 +208,18 @@ def measure(
     cpu_bursts: int = CPU_BURSTS,
     profile_s: float = 0.0,
     paper: bool = True,
+    shards: int = 1,
 ) -> ScalePoint:
-    """Run the exchange and the service at ``n`` symbols and measure them (module docstring)."""
-    point = ScalePoint(n, paper=paper)
+    """Run the exchange and the service at ``n`` symbols and measure them (module docstring);
+    ``shards`` > 1: that many replicas, the symbols split between them, measured together
+    (a burst is visible when every replica shows it; CPU and RSS are their sums)."""
+    point = ScalePoint(n, paper=paper, shards=shards)
     names = symbol_names(n)
-    xport, sport = procs.free_port(), procs.free_port()
-    log = tmp / f"bursts-{n}.jsonl"
+    parts = shard_lists(names, shards)
+    xport = procs.free_port()
+    ports = [procs.free_port() for _ in parts]
+    tag = f"{n}-{shards}" + ("" if paper else "-nopaper")
+    log = tmp / f"bursts-{tag}.jsonl"
     mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     plan = cpu_plan(mine) if mine else None
     exchange = procs.Proc(
@@ -205,83 +227,94 @@ def measure(
             "-m", "bench.many_symbols", "--symbols", str(n), "--period-s", str(period_s),
             "--port", str(xport), "--log", str(log),
         ),
-        tmp / f"exchange-{n}.log",
+        tmp / f"exchange-{tag}.log",
     )  # fmt: skip
-    service: procs.Proc | None = None
+    services: list[procs.Proc] = []
     try:
         if plan:
             pin_to(exchange.popen.pid, plan[1])
             pin_to(0, plan[1])
         procs.wait_port(xport, exchange, timeout=120.0)
-        state = tmp / f"state-{n}"
-        env = {
-            "APPRENTICE_SYMBOLS": ",".join(names),
-            "APPRENTICE_INTERVAL": "5",
-            "APPRENTICE_WS_URL": f"ws://127.0.0.1:{xport}/v5/public/linear",
-            "APPRENTICE_REST_URL": f"http://127.0.0.1:{xport}",
-            "APPRENTICE_MODEL": str(MODEL),
-            "APPRENTICE_STATE_DIR": str(state),
-            "APPRENTICE_HOST": "127.0.0.1",
-            "APPRENTICE_PORT": str(sport),
-            "APPRENTICE_LOG_LEVEL": "warning",
-            "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
-        }
         t0 = time.monotonic()
-        service = procs.Proc(procs.python("-m", "service"), tmp / f"service-{n}.log", env)
-        if plan:
-            pin_to(service.popen.pid, plan[0])
-        procs.wait_http(sport, "/ready", service, timeout=300.0)
+        for i, (part, port) in enumerate(zip(parts, ports, strict=True)):
+            env = {
+                "APPRENTICE_SYMBOLS": ",".join(part),
+                "APPRENTICE_INTERVAL": "5",
+                "APPRENTICE_WS_URL": f"ws://127.0.0.1:{xport}/v5/public/linear",
+                "APPRENTICE_REST_URL": f"http://127.0.0.1:{xport}",
+                "APPRENTICE_MODEL": str(MODEL),
+                "APPRENTICE_STATE_DIR": str(tmp / f"state-{tag}-{i}"),
+                "APPRENTICE_HOST": "127.0.0.1",
+                "APPRENTICE_PORT": str(port),
+                "APPRENTICE_LOG_LEVEL": "warning",
+                "APPRENTICE_PAPER_ENABLED": "true" if paper else "false",
+            }
+            svc = procs.Proc(procs.python("-m", "service"), tmp / f"service-{tag}-{i}.log", env)
+            services.append(svc)
+            if plan:
+                pin_to(svc.popen.pid, plan[0])
+        for svc, port in zip(services, ports, strict=True):
+            procs.wait_http(port, "/ready", svc, timeout=300.0)
         point.warmup_s = time.monotonic() - t0
-        pid = service.popen.pid
+        pids = [svc.popen.pid for svc in services]
         bursts = BurstLog(log)
         bursts.skip()
         bursts.next(3 * period_s)  # one whole period after ready before measuring
-        before = _metrics(sport)  # histograms from here on: the steady state, not warm-up
+        before = [_metrics(port) for port in ports]  # histograms: the steady state only
         for _ in range(lat_bursts):
             line = bursts.next(3 * period_s + 30)
-            seen = _visible(sport, int(line["candle"]), names[-1], n, line["last"] + 10.0)
-            if seen is None:
+            deadline = line["last"] + 10.0
+            seen = [
+                _visible(port, int(line["candle"]), part[-1], len(part), deadline)
+                for part, port in zip(parts, ports, strict=True)
+            ]
+            if any(x is None for x in seen):
                 point.incomplete += 1
             else:
-                point.latency_ms.append((seen - line["last"]) * 1000.0)
+                point.latency_ms.append((max(x for x in seen if x) - line["last"]) * 1000.0)
         bursts.next(3 * period_s + 30)
-        c0 = cpu_s(pid)
-        prof = _profile(pid, profile_s, tmp / f"profile-{n}.txt") if profile_s else None
+        c0 = sum(cpu_s(pid) for pid in pids)
+        prof = _profile(pids[0], profile_s, tmp / f"profile-{tag}.txt") if profile_s else None
         for _ in range(cpu_bursts):
             bursts.next(3 * period_s + 30)
-        point.cpu_burst_ms = (cpu_s(pid) - c0) * 1000.0 / cpu_bursts
+        point.cpu_burst_ms = (sum(cpu_s(pid) for pid in pids) - c0) * 1000.0 / cpu_bursts
         if prof is not None:
             prof.wait(timeout=profile_s + 60)
-            point.profile = str(tmp / f"profile-{n}.txt")
+            point.profile = str(tmp / f"profile-{tag}.txt")
         time.sleep(0.3 * period_s)  # mid-candle: the burst is done
-        scrapes, walls, c0 = 0, 0.0, cpu_s(pid)
+        scrapes, walls, c0 = 0, 0.0, cpu_s(pids[0])
         text = ""
         while scrapes < 20 and (scrapes < 5 or walls < 0.5):
             t = time.perf_counter()
-            text = _metrics(sport)
+            text = _metrics(ports[0])
             walls += time.perf_counter() - t
             scrapes += 1
-        point.scrape_cpu_ms = (cpu_s(pid) - c0) * 1000.0 / scrapes
+        point.scrape_cpu_ms = (cpu_s(pids[0]) - c0) * 1000.0 / scrapes
         point.scrape_ms = walls * 1000.0 / scrapes
         point.scrape_bytes = len(text)
-        point.rss_mib = rss_mib(pid)
-        rows = _sample(text, "apprentice_batch_rows_sum")
-        calls = _sample(text, "apprentice_batch_rows_count")
-        rows -= _sample(before, "apprentice_batch_rows_sum")
-        calls -= _sample(before, "apprentice_batch_rows_count")
-        point.rows_per_batch = rows / calls if calls else math.nan
+        point.rss_mib = sum(rss_mib(pid) for pid in pids)
+        texts = [text] + [_metrics(port) for port in ports[1:]]
+        rows = calls = 0.0
         name = "apprentice_burst_complete_seconds"
-        earlier = dict(_buckets(before, name))
-        steady = [(le, c - earlier.get(le, 0.0)) for le, c in _buckets(text, name)]
-        point.burst_complete_p99_ms = 1000.0 * histogram_quantile(0.99, steady)
+        steady: dict[float, float] = {}
+        for now, then in zip(texts, before, strict=True):
+            rows += _sample(now, "apprentice_batch_rows_sum")
+            rows -= _sample(then, "apprentice_batch_rows_sum")
+            calls += _sample(now, "apprentice_batch_rows_count")
+            calls -= _sample(then, "apprentice_batch_rows_count")
+            earlier = dict(_buckets(then, name))
+            for le, c in _buckets(now, name):
+                steady[le] = steady.get(le, 0.0) + c - earlier.get(le, 0.0)
+            point.reconnects += _sample(now, "apprentice_ws_reconnects_total")
+            point.dropped += _sample(now, "apprentice_paper_errors_total")
+            point.rejected += _sample(now, "apprentice_klines_rejected_total")
+        point.rows_per_batch = rows / calls if calls else math.nan
+        point.burst_complete_p99_ms = 1000.0 * histogram_quantile(0.99, sorted(steady.items()))
         point.families = series_by_family(text)
-        point.reconnects = _sample(text, "apprentice_ws_reconnects_total")
-        point.dropped = _sample(text, "apprentice_paper_errors_total")
-        point.rejected = _sample(text, "apprentice_klines_rejected_total")
     finally:
-        if service is not None:
-            service.stop()
-            point.errors = sum(" ERROR " in ln for ln in service.tail(10**8).splitlines())
+        for svc in services:
+            svc.stop()
+            point.errors += sum(" ERROR " in ln for ln in svc.tail(10**8).splitlines())
         exchange.stop()
         if plan and mine:
             pin_to(0, mine)
@@ -365,6 +398,10 @@ def run(quick: bool = False, ns: Sequence[int] | None = None) -> Section:
                 )
             )
             print(json.dumps({**asdict(points[-1]), "profile": ""}), flush=True)
+        if not quick and 500 in ns:  # past one machine: the same market on two replicas
+            print("[bench] scale N=500 on two symbol-sharded replicas ...", flush=True)
+            points.append(measure(500, Path(d), shards=2))
+            print(json.dumps({**asdict(points[-1]), "profile": ""}), flush=True)
         profile_lines = _profile_lines(points)
     _write(sec, points, profile_lines)
     return sec
@@ -384,6 +421,15 @@ def _profile_lines(points: Sequence[ScalePoint]) -> list[str]:
     return out
 
 
+def _label(p: ScalePoint) -> str:
+    parts = [str(p.n)]
+    if not p.paper:
+        parts.append("paper off")
+    if p.shards > 1:
+        parts.append(f"{p.shards} replicas")
+    return ", ".join(parts)
+
+
 def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[str]) -> None:
     sec.add(
         f"N synthetic symbols from real bundled klines, every candle of every symbol closing "
@@ -396,7 +442,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
     for p in points:
         rows.append(
             [
-                p.n if p.paper else f"{p.n}, paper off",
+                _label(p),
                 f"{p.warmup_s:.1f} s",
                 f"{p.lat(50):.0f} / {p.lat(99):.0f} / {p.lat(100):.0f} ms"
                 + (f", {p.incomplete} incomplete" if p.incomplete else ""),
@@ -424,7 +470,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
         ),
         rows,
     )
-    by_n = {p.n: p for p in points if p.paper}
+    by_n = {p.n: p for p in points if p.paper and p.shards == 1}
     one, big = by_n.get(1), by_n.get(500) or (points[-1] if points else None)
     if one is not None and big is not None and big.n != 1:
         ratio = big.cpu_per_symbol_us / one.cpu_per_symbol_us
@@ -473,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bursts", type=int, default=LAT_BURSTS)
     p.add_argument("--profile-s", type=float, default=0.0, help="py-spy seconds (if installed)")
     p.add_argument("--keep", type=Path, default=None, help="keep logs and profiles here")
+    p.add_argument("--shards", type=int, default=1, help="symbol-sharded replicas")
+    p.add_argument("--no-paper", action="store_true", help="paper trading off")
     args = p.parse_args(argv)
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -484,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lat_bursts=args.bursts,
             cpu_bursts=args.bursts,
             profile_s=args.profile_s,
+            paper=not args.no_paper,
+            shards=args.shards,
         )
         print(json.dumps(asdict(point)), flush=True)
         if point.profile:
