@@ -321,6 +321,51 @@ def measure(
     return point
 
 
+def scrape_micro(n: int, ceiling: int, scrapes: int = 20) -> tuple[float, int]:
+    """(ms per ``generate_latest``, samples) of a registry labelled as a service of ``n``
+    symbols labels it: the pipeline's and monitor's own series under the metrics' ceiling,
+    the feed's and paper trader's per-symbol series as they are (one each per symbol),
+    every counter and gauge touched once. In-process, side by side: the ceiling's effect."""
+    import tempfile as _tempfile
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from service.metrics import Metrics
+    from service.model.card import HEADS
+    from service.monitor.model_monitor import ModelMonitor
+    from service.pipeline.scoring import SymbolState
+
+    m = Metrics(CollectorRegistry(), symbol_series_max=ceiling)
+    names = symbol_names(n)
+    with _tempfile.TemporaryDirectory() as d:
+        mon = ModelMonitor(symbols=names, interval="5", state_dir=Path(d), metrics=m)
+        states = [SymbolState(s, m) for s in names]
+        for st in states:
+            st.signals_up.inc()
+            for g in (st.prob_up, st.direction, st.prob_high_vol):
+                if g is not None:
+                    g.set(0.5)
+        for _s, _h, loss, acc in mon._m_live:
+            loss.set(0.69)
+            acc.set(0.5)
+        for child in mon._m_scored.values():
+            child.inc()
+        for s in names:  # the feed's and the paper trader's, unchanged by this ceiling
+            m.klines.labels(symbol=s, confirmed="true").inc()
+            m.klines.labels(symbol=s, confirmed="false").inc()
+            m.backfilled_klines.labels(symbol=s).inc()
+            m.last_kline_age_seconds.labels(symbol=s).set(1.0)
+            m.paper_position.labels(symbol=s).set(0.0)
+            m.paper_trades.labels(symbol=s, side="buy").inc()
+        assert HEADS
+        generate_latest(m.registry)
+        t0 = time.perf_counter()
+        for _ in range(scrapes):
+            text = generate_latest(m.registry)
+        ms = (time.perf_counter() - t0) * 1000.0 / scrapes
+    return ms, sum(1 for ln in text.decode().splitlines() if ln and not ln.startswith("#"))
+
+
 def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     """py-spy over the service for ``seconds`` (when installed): raw folded stacks."""
     spy = shutil.which("py-spy") or str(Path(procs.python()[0]).parent / "py-spy")
@@ -403,7 +448,18 @@ def run(quick: bool = False, ns: Sequence[int] | None = None) -> Section:
             points.append(measure(500, Path(d), shards=2))
             print(json.dumps({**asdict(points[-1]), "profile": ""}), flush=True)
         profile_lines = _profile_lines(points)
+    micro = [(n, c, *scrape_micro(n, c)) for n in (50, 500) for c in (10**6, 64)]
     _write(sec, points, profile_lines)
+    sec.add(
+        "`/metrics` serialisation in-process (`scrape_micro`: a registry labelled as a service "
+        "of N symbols labels it), without and with the per-symbol ceiling of "
+        "`service/metrics.py` on the pipeline's and monitor's series:",
+        "",
+    )
+    sec.table(
+        ("N", "per-symbol ceiling", "ms per scrape", "samples"),
+        [(n, "none" if c >= 10**6 else str(c), ms, k) for n, c, ms, k in micro],
+    )
     return sec
 
 

@@ -141,3 +141,12 @@ def test_update_gauges_cost_does_not_grow_with_symbols(tmp_path: Path) -> None:
         mon.update_gauges(None)
         calls[n] = seen
     assert calls[100] == calls[1000] == 2 * 64
+
+
+def test_no_created_series_and_the_ceiling_is_first_come(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry(), symbol_series_max=2)
+    assert [metrics.symbol_label(s) for s in ("A", "B", "C", "A")] == ["A", "B", OTHER_SYMBOL, "A"]
+    metrics.signals.labels(symbol="A", direction="up").inc()
+    metrics.signal_latency_seconds.observe(0.001)
+    text = generate_latest(metrics.registry).decode()
+    assert "apprentice_signals_total{" in text and "_created" not in text
