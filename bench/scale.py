@@ -71,6 +71,9 @@ class ScalePoint:
     scrape_bytes: int = 0
     rows_per_batch: float = math.nan
     burst_complete_p99_ms: float = math.nan
+    spread_p50_ms: float = math.nan  # first → last live confirm of a burst (service's view)
+    spread_p99_ms: float = math.nan
+    window_share: float = math.nan  # bursts scored by the collection window, not complete
     errors: int = 0
     reconnects: float = 0.0
     dropped: float = 0.0
@@ -297,7 +300,16 @@ def measure(
         rows = calls = 0.0
         name = "apprentice_burst_complete_seconds"
         steady: dict[float, float] = {}
+        spread: dict[float, float] = {}
+        ends = {"window": 0.0, "all": 0.0}
         for now, then in zip(texts, before, strict=True):
+            earlier = dict(_buckets(then, "apprentice_burst_spread_seconds"))
+            for le, c in _buckets(now, "apprentice_burst_spread_seconds"):
+                spread[le] = spread.get(le, 0.0) + c - earlier.get(le, 0.0)
+            ends["window"] += _sample(now, "apprentice_bursts_total", 'scored="window"')
+            ends["window"] -= _sample(then, "apprentice_bursts_total", 'scored="window"')
+            ends["all"] += _sample(now, "apprentice_bursts_total")
+            ends["all"] -= _sample(then, "apprentice_bursts_total")
             rows += _sample(now, "apprentice_batch_rows_sum")
             rows -= _sample(then, "apprentice_batch_rows_sum")
             calls += _sample(now, "apprentice_batch_rows_count")
@@ -310,6 +322,9 @@ def measure(
             point.rejected += _sample(now, "apprentice_klines_rejected_total")
         point.rows_per_batch = rows / calls if calls else math.nan
         point.burst_complete_p99_ms = 1000.0 * histogram_quantile(0.99, sorted(steady.items()))
+        point.spread_p50_ms = 1000.0 * histogram_quantile(0.5, sorted(spread.items()))
+        point.spread_p99_ms = 1000.0 * histogram_quantile(0.99, sorted(spread.items()))
+        point.window_share = ends["window"] / ends["all"] if ends["all"] else math.nan
         point.families = series_by_family(text)
     finally:
         for svc in services:
@@ -508,6 +523,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
                 f"{p.scrape_ms:.1f} ms / {p.scrape_cpu_ms:.1f} ms ({p.scrape_bytes // 1024} KiB)",
                 f"{p.rows_per_batch:.0f}",
                 f"{p.burst_complete_p99_ms:.1f} ms",
+                f"{p.spread_p50_ms:.1f} / {p.spread_p99_ms:.1f} ms, {p.window_share:.0%}",
                 f"{p.errors} / {p.reconnects:.0f} / {p.dropped:.0f} / {p.rejected:.0f}",
             ]
         )
@@ -522,6 +538,7 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
             "`/metrics` scrape: wall / service CPU (size)",
             "rows per ONNX call",
             "burst complete p99 (service's histogram)",
+            "confirm spread p50 / p99, bursts scored by the 25 ms window",
             "errors / reconnects / dropped / refused",
         ),
         rows,

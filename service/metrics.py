@@ -86,6 +86,10 @@ REJECT_REASONS = (
     "queue_overflow",
     "subscribe_rejected",
 )
+# Why a batch with live candles was scored (apprentice_bursts_total{scored}): every expected
+# confirm in, the collection window ran out, the next candle's burst began, the buffer was
+# full, or a caller asked (tools and tests).
+BURST_ENDS = ("complete", "window", "next", "full", "now")
 PAPER_ERROR_REASONS = ("journal", "invalid_amount", "queue_full")
 NOTICE_KINDS = ("notice", "error_reply")
 
@@ -139,6 +143,24 @@ class Metrics:
             "stored; buckets 5 us to 30 s",
             namespace=ns,
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.burst_spread_seconds = Histogram(
+            "burst_spread_seconds",
+            "A burst of closed candles scored together: from its first to its last live "
+            "confirm read off the socket (what the collection window must cover); buckets "
+            "5 us to 30 s",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bursts = Counter(
+            "bursts",
+            "Batches with live candles scored, by why they were scored then (complete: every "
+            "expected confirm in; window: the collection window ran out; next: the next "
+            "candle's burst began; full: the batch buffer filled; now: asked)",
+            ["scored"],
+            namespace=ns,
             registry=r,
         )
         self.batch_rows = Histogram(
@@ -302,6 +324,8 @@ class Metrics:
             self.paper_errors.labels(reason)
         for kind in NOTICE_KINDS:
             self.exchange_notices.labels(kind)
+        for end in BURST_ENDS:
+            self.bursts.labels(end)
 
     def symbol_label(self, symbol: str) -> str:
         """``symbol`` while it is within the per-symbol ceiling (the first

@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from service.features import N_FEATURES, WARMUP_BARS, WINDOW, FeatureWindow, IncrementalFeatures
 from service.market.klines import KlineEvent, interval_ms
-from service.metrics import Metrics
+from service.metrics import BURST_ENDS, Metrics
 from service.model.predictor import ModelSlot
 from service.pipeline.burst import BURST_WINDOW_S, BurstGate
 from service.pipeline.signals import Signal, SignalStore, action_of, confidence_of, direction_of
@@ -149,6 +149,8 @@ class Pipeline:
         self._m_inference = metrics.inference_seconds
         self._m_latency = metrics.signal_latency_seconds
         self._m_burst = metrics.burst_complete_seconds
+        self._m_spread = metrics.burst_spread_seconds
+        self._m_ends = {w: metrics.bursts.labels(scored=w) for w in BURST_ENDS}
         self._m_rows = metrics.batch_rows
         self._m_bad = metrics.klines_rejected.labels(reason="bad_value")
         self._m_old = metrics.klines_rejected.labels(reason="out_of_order")
@@ -171,7 +173,8 @@ class Pipeline:
         if (live and gate.start is not None and gate.start != k.start) or (
             self._rows == self.capacity
         ):
-            self.flush()  # another candle's burst, or a full buffer: score what is held first
+            # another candle's burst, or a full buffer: score what is held first
+            self.flush("full" if self._rows == self.capacity else "next")
         t0 = time.perf_counter_ns()
         vec = st.features.update(k.open, k.high, k.low, k.close, k.volume)  # (F,) or None
         if vec is not None:
@@ -198,28 +201,29 @@ class Pipeline:
         if not self._held:
             return
         if self._live_rows == 0 or self.gate.complete:
-            self.flush()
+            self.flush("complete")
             return
         if self._timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # driven by hand (tests, tools): nobody to wake us later
-                self.flush()
+                self.flush("now")
                 return
             self._timer = loop.call_later(self.window_s, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         try:
-            self.flush()
+            self.flush("window")
         except Exception:
             self.errors += 1
             log.exception("pipeline: could not score a burst")
 
     # ------------------------------------------------------------------ score and store
-    def flush(self) -> list[Signal | None]:
+    def flush(self, why: str = "now") -> list[Signal | None]:
         """Score every held window in one call and store the signals together; returns one
-        entry per held candle (None: warming up, no model, or a non-finite output)."""
+        entry per held candle (None: warming up, no model, or a non-finite output). ``why``
+        (a :data:`~service.metrics.BURST_ENDS` value) is counted for batches with live candles."""
         held, self._held = self._held, []
         rows, self._rows = self._rows, 0
         self._live_rows = 0
@@ -284,7 +288,7 @@ class Pipeline:
         if rows and predictor is not None:
             self._m_inference.observe((t2 - t1) / _NS_PER_S)
             self._m_rows.observe(rows)
-        last_live_ns = 0
+        last_live_ns, first_live_ns = 0, 0
         observed: list[Observed] = []
         for (event, st, vec, _row, feat_ns), made in zip(held, out, strict=True):
             self._m_features.observe(feat_ns / _NS_PER_S)
@@ -293,6 +297,8 @@ class Pipeline:
                 if made.live:
                     self._m_latency.observe((t3 - event.received_ns) / _NS_PER_S)
                     last_live_ns = max(last_live_ns, event.received_ns)
+                    if not first_live_ns or event.received_ns < first_live_ns:
+                        first_live_ns = event.received_ns
                 (st.signals_up if p >= 0.5 else st.signals_down).inc()
                 if st.prob_up is not None and st.direction is not None:
                     st.prob_up.set(p)
@@ -307,6 +313,8 @@ class Pipeline:
             self.observer(observed)
         if last_live_ns:
             self._m_burst.observe((t3 - last_live_ns) / _NS_PER_S)
+            self._m_spread.observe((last_live_ns - first_live_ns) / _NS_PER_S)
+            self._m_ends[why].inc()
         return out
 
     def process(self, event: KlineEvent) -> Signal | None:
@@ -314,7 +322,7 @@ class Pipeline:
         signal, or None (warming, ignored). Tools and tests; the live path batches."""
         if not self.add(event):
             return None
-        return self.flush()[-1]
+        return self.flush("now")[-1]
 
     # ------------------------------------------------------------------ the loop
     async def run(self, queue: asyncio.Queue[KlineEvent]) -> None:

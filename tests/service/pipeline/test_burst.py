@@ -167,7 +167,9 @@ def test_an_incomplete_burst_waits_the_window_then_scores_and_the_late_one_alone
     n, window_s = 5, 0.05
     syms = _symbols(n)
     sink: list[Signal] = []
-    pipe, _ = _pipeline(Predictor.load(fixture_model.onnx_path), syms, sink, window_s=window_s)
+    pipe, metrics = _pipeline(
+        Predictor.load(fixture_model.onnx_path), syms, sink, window_s=window_s
+    )
     j0 = BARS_TO_FIRST_SIGNAL + 1
     for j in range(j0):
         for i in range(n):
@@ -195,6 +197,13 @@ def test_an_incomplete_burst_waits_the_window_then_scores_and_the_late_one_alone
     waited, next_burst = asyncio.run(live())
     assert window_s * 0.9 <= waited < window_s + 0.5
     assert len(sink) == 2 * n and next_burst < window_s
+    ends = {
+        w: metrics.registry.get_sample_value("apprentice_bursts_total", {"scored": w})
+        for w in ("window", "complete")
+    }
+    assert ends == {"window": 1.0, "complete": 2.0}  # the late one alone, then the next burst
+    spread = metrics.registry.get_sample_value("apprentice_burst_spread_seconds_count")
+    assert spread == 3
 
 
 def test_a_lagging_symbol_is_not_waited_for(fixture_model: Any, btc_5m: KlineTable) -> None:
