@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from bench import scale
+from bench import outside, scale
 from bench.many_symbols import ManySymbols, config, symbol_names, synthetic_tables
 from bench.report import Section
 
@@ -60,14 +60,14 @@ def test_every_symbol_confirms_in_one_logged_burst(tmp_path: Path) -> None:
 def test_burst_log_tails_and_helpers(tmp_path: Path) -> None:
     log = tmp_path / "b.jsonl"
     log.write_text(json.dumps({"candle": 1, "first": 0.0, "last": 1.0, "n": 1}) + "\n")
-    reader = scale.BurstLog(log)
+    reader = outside.BurstLog(log)
     reader.skip()
     with open(log, "a") as fh:
         fh.write(json.dumps({"candle": 2, "first": 0.0, "last": 2.0, "n": 1}) + "\n")
     assert reader.next(1.0)["candle"] == 2
     with pytest.raises(TimeoutError):
         reader.next(0.05)
-    assert scale.cpu_s(os.getpid()) > 0 and scale.rss_mib(os.getpid()) > 10
+    assert outside.cpu_s(os.getpid()) > 0 and outside.rss_mib(os.getpid()) > 10
     p = scale.ScalePoint(10, latency_ms=[5.0, 1.0, 3.0, 2.0], cpu_burst_ms=2.0)
     assert p.lat(50) == 2.0 and p.lat(100) == 5.0 and p.cpu_per_symbol_us == 200.0
     folded = tmp_path / "f.txt"
@@ -75,7 +75,7 @@ def test_burst_log_tails_and_helpers(tmp_path: Path) -> None:
         "main (a.py:1);flush (service/pipeline/scoring.py:9) 3\n"
         "main (a.py:1);recv (websockets/x.py:2) 1\n"
     )
-    top = dict(scale.top_frames(folded))
+    top = dict(outside.top_frames(folded))
     assert top == {"service/pipeline": 0.75, "other": 0.25}
 
 

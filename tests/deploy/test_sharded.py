@@ -133,7 +133,7 @@ def test_two_replicas_on_loopback_one_prometheus_sees_every_symbol_once(tmp_path
         pytest.skip("prometheus not installed")
     from bench import procs
     from bench.many_symbols import symbol_names
-    from bench.scale import MODEL
+    from bench.market_point import MODEL
 
     if not MODEL.exists():
         pytest.skip("no committed student")
