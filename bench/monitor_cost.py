@@ -74,7 +74,7 @@ async def measure(n: int = 4000) -> str:
     drain_us: list[float] = []
     for i, ev in enumerate(fx.events_from(table, 400, 400 + n, source="ws")):  # type: ignore[attr-defined]
         observed = i % 2 == 0
-        pipe.observer = mon.offer if observed else None
+        pipe.observer = mon.offer_burst if observed else None
         t0 = time.perf_counter_ns()
         pipe.process(ev)
         t1 = time.perf_counter_ns()

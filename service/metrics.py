@@ -3,13 +3,40 @@
 One :class:`Metrics` object per app; tests build their own registry so nothing is global.
 Base units (seconds, USDT), ``_total`` counters, bounded labels (symbols come from the
 configuration, reasons and sides from fixed sets).
+
+Label cardinality has a ceiling (DESIGN section 13). A service watching the whole market
+(500+ symbols) would otherwise export some twenty series per symbol — ~10k series, and a
+scrape that serialises them costs the service tens of ms of CPU on every scrape, every
+Prometheus replica, while its per-symbol series are the least read. So per-symbol series
+exist for the first :data:`SYMBOL_SERIES_MAX` symbols labelled (configuration order: the
+pipeline labels every configured symbol when it is built); past the ceiling a symbol's
+counters add to one aggregate series, ``symbol="_other"``, and its latest-value gauges
+(probabilities, live scores) are not exported — ``GET /signals`` and ``GET /model/health``
+serve every symbol. Every other label comes from a fixed set. The ceiling bounds the series
+count at about 20 × :data:`SYMBOL_SERIES_MAX` + a few hundred, whatever the symbol list.
+
+The ``_created`` sample of every counter and histogram (client_python's default, a creation
+timestamp Prometheus stores as one more series) is not exported: nothing here reads it, and
+it was a third of a scrape's samples and of its cost (measured by ``bench/scale.py``'s
+``scrape_micro``: 94 → 58 ms at N = 500 without the ceiling). The switch is
+client_python's, process-wide; the service's registry is the process's only one.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
-# Latency buckets from 5 µs to 1 s: inference runs in tens of µs, the HTTP path in ms.
+SYMBOL_SERIES_MAX = 64  # symbols with their own series (the module docstring)
+OTHER_SYMBOL = "_other"  # the aggregate label of the symbols past the ceiling
+
+# Latency buckets from 5 µs to 30 s: inference runs in tens of µs, the HTTP path in ms, and
+# a market-wide burst that saturates the service is seconds late (the buckets past 1 s show it).
 LATENCY_BUCKETS = (
     5e-6,
     1e-5,
@@ -34,7 +61,13 @@ LATENCY_BUCKETS = (
     0.25,
     0.5,
     1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
+# Rows per batched ONNX call: 1 (one symbol) up to the whole market.
+BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 REJECT_REASONS = (
     "malformed_json",
@@ -53,6 +86,10 @@ REJECT_REASONS = (
     "queue_overflow",
     "subscribe_rejected",
 )
+# Why a batch with live candles was scored (apprentice_bursts_total{scored}): every expected
+# confirm in, the collection window ran out, the next candle's burst began, the buffer was
+# full, or a caller asked (tools and tests).
+BURST_ENDS = ("complete", "window", "next", "full", "now")
 PAPER_ERROR_REASONS = ("journal", "invalid_amount", "queue_full")
 NOTICE_KINDS = ("notice", "error_reply")
 
@@ -60,14 +97,22 @@ NOTICE_KINDS = ("notice", "error_reply")
 class Metrics:
     """The service's metrics, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        symbol_series_max: int = SYMBOL_SERIES_MAX,
+    ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``_created`` series
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.symbol_series_max = symbol_series_max
+        self._own_series: set[str] = set()
         r = self.registry
         ns = "apprentice"
         # latency
         self.inference_seconds = Histogram(
             "inference_seconds",
-            "ONNX student inference, one row",
+            "ONNX student inference: one batched call (the candles scored together; "
+            "apprentice_batch_rows counts its rows)",
             namespace=ns,
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -81,12 +126,48 @@ class Metrics:
         )
         self.signal_latency_seconds = Histogram(
             "signal_latency_seconds",
-            "Live closed candle: from the moment the feed's event loop read the websocket "
-            "frame's last bytes off the socket to its signal stored (includes any wait for "
-            "the feed's loop and the parse; not the kernel's queueing before that read, "
-            "nor serving it over HTTP)",
+            "Live closed candle: starts when the feed's event loop read the websocket "
+            "frame's last bytes off the socket, ends when its signal is stored with its "
+            "burst's (includes any wait for the feed's loop, the parse and the wait for the "
+            "burst's other confirms; not the kernel's queueing before that read, nor serving "
+            "it over HTTP); buckets 5 us to 30 s",
             namespace=ns,
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # scale (DESIGN section 13): the burst of candles that close together
+        self.burst_complete_seconds = Histogram(
+            "burst_complete_seconds",
+            "A burst of closed candles scored together: starts when the feed read the "
+            "burst's last live confirm off the socket, ends when the burst's last signal is "
+            "stored; buckets 5 us to 30 s",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.burst_spread_seconds = Histogram(
+            "burst_spread_seconds",
+            "A burst of closed candles scored together: from its first to its last live "
+            "confirm read off the socket (what the collection window must cover); buckets "
+            "5 us to 30 s",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bursts = Counter(
+            "bursts",
+            "Batches with live candles scored, by why they were scored then (complete: every "
+            "expected confirm in; window: the collection window ran out; next: the next "
+            "candle's burst began; full: the batch buffer filled; now: asked)",
+            ["scored"],
+            namespace=ns,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "batch_rows",
+            "Windows scored in one batched ONNX call",
+            namespace=ns,
+            buckets=BATCH_ROWS_BUCKETS,
             registry=r,
         )
         self.http_request_duration_seconds = Histogram(
@@ -266,3 +347,16 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        for end in BURST_ENDS:
+            self.bursts.labels(end)
+
+    def symbol_label(self, symbol: str) -> str:
+        """``symbol`` while it is within the per-symbol ceiling (the first
+        ``symbol_series_max`` symbols asked), else :data:`OTHER_SYMBOL`."""
+        own = self._own_series
+        if symbol in own:
+            return symbol
+        if len(own) < self.symbol_series_max and symbol != OTHER_SYMBOL:
+            own.add(symbol)
+            return symbol
+        return OTHER_SYMBOL

@@ -118,7 +118,7 @@ class Runtime:
             metrics=self.metrics,
             long_threshold=settings.long_threshold,
             short_threshold=settings.short_threshold,
-            observer=self.monitor.offer,
+            observer=self.monitor.offer_burst,
             # no signal from features that are not exact yet (EXACT_HORIZON_BARS by default)
             horizon_bars=settings.signal_horizon_bars,
         )

@@ -1,9 +1,14 @@
-"""The ONNX student behind the signals: load, verify against its card, predict one window.
+"""The ONNX student behind the signals: load, verify against its card, score windows.
 
-Tuned for one row at a time (the live path scores one closed candle per symbol): one
-intra-op and one inter-op thread, sequential execution, full graph optimisation, and a
-preallocated (1, F, T) float32 input bound once with I/O binding together with a
-preallocated output, so a prediction is a copy into the input buffer plus one ``run``.
+Two ways in, same graph, same numbers. :meth:`Predictor.score` runs a burst's windows
+(B, F, T) in one call: the live path collects the candles that close together
+(:mod:`service.pipeline.scoring`) and scores them at once — at B = 500 one call costs
+about a tenth of 500 single-row calls (measured: ~1 ms against ~14 ms), with bit-identical
+probabilities (a test holds every row equal to its single-row call). :meth:`Predictor.predict`
+scores one window with a preallocated (1, F, T) float32 input bound once with I/O binding
+together with a preallocated output, so a prediction is a copy into the input buffer plus
+one ``run`` (the self-test, tools). One intra-op and one inter-op thread, sequential
+execution, full graph optimisation: no thread pool to wake on a 2-core host.
 
 Every close runs the plain full graph: no graph surgery, so any exported student with the
 card's input and outputs is served the same way.
@@ -123,6 +128,7 @@ class Predictor:
         self._y_flat = buffers[OUTPUT_NAME].reshape(-1)  # (1,) views of the bound outputs
         self._v_flat = buffers[VOL_OUTPUT_NAME].reshape(-1)
         self._x0 = self._x[0]  # (F, T) view: the copy target
+        self._head_names = [OUTPUT_NAME, VOL_OUTPUT_NAME]
 
     @classmethod
     def load(cls, onnx_path: str | Path, card_path: str | Path | None = None) -> Predictor:
@@ -168,6 +174,15 @@ class Predictor:
     def high_vol(self) -> float:
         """The volatility head's probability from the last :meth:`predict` (same run)."""
         return float(self._v_flat[0])
+
+    def score(
+        self, windows: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Both heads for a batch of windows (B, F, T) float32, oldest → newest columns, in
+        one ``run``: (prob_up (B,), prob_high_vol (B,)). Row i equals :meth:`predict` of
+        window i bit for bit (the graph has no cross-row op; a test holds it)."""
+        outs = self._session.run(self._head_names, {self.input_name: windows})
+        return outs[0].reshape(-1), outs[1].reshape(-1)
 
     def predict_batch(self, windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities for a batch (B, F, T) through the plain ``run`` path (tests, tools)."""

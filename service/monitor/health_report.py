@@ -9,15 +9,11 @@ training reference (:mod:`service.monitor.drift`).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from service.features import FEATURE_NAMES, N_FEATURES
+from service.features import FEATURE_NAMES
 from service.model.card import HEADS, ModelCard
-from service.monitor.drift import ALERT_PSI, bins_of, psi
+from service.monitor.drift import ALERT_PSI, LiveDrift, bins_of
 from service.monitor.live_score import LiveScorer
 
 CARD_FIGURES = ("accuracy", "log_loss", "brier", "auc")
@@ -50,12 +46,10 @@ def score_report(scorer: LiveScorer, card: ModelCard | None) -> dict[str, Any]:
     return out
 
 
-def drift_report(
-    vectors: Collection[npt.NDArray[np.float64]], window_per_symbol: int, card: ModelCard | None
-) -> dict[str, Any]:
+def drift_report(live: LiveDrift, window_per_symbol: int, card: ModelCard | None) -> dict[str, Any]:
     """{n, window_per_symbol, alert_above, reference_rows, features: {name: PSI}, note}."""
     ref = card.feature_reference if card is not None else None
-    n = len(vectors)
+    n = len(live)
     out: dict[str, Any] = {
         "n": n,
         "window_per_symbol": window_per_symbol,
@@ -67,18 +61,21 @@ def drift_report(
     if ref is None:
         out["note"] = "the model card has no feature_reference; drift cannot be measured"
         return out
-    x = np.array(list(vectors)) if n else np.zeros((0, N_FEATURES))  # (n, F)
+    # bins once per reference (a reload brings a new card), counts kept by ``live``
+    live.bind(ref, [_bins(ref.quantiles, ref.values.get(name)) for name in FEATURE_NAMES])
     for j, name in enumerate(FEATURE_NAMES):
-        q = ref.values.get(name)
-        if q is None:
+        if ref.values.get(name) is None:
             out["features"][name] = None
             continue
-        edges, expected = bins_of(ref.quantiles, q)
-        value = psi(x[:, j], edges, expected) if n else math.nan
+        value = live.psi(j) if n else math.nan
         out["features"][name] = None if math.isnan(value) else round(value, 6)
     if n == 0:
         out["note"] = "no live feature vectors yet"
     return out
+
+
+def _bins(levels: Any, q: Any) -> tuple[list[float], list[float]] | None:
+    return None if q is None else bins_of(levels, q)
 
 
 def _rounded(s: Any) -> dict[str, Any] | None:

@@ -17,10 +17,17 @@ sha256) starts the window afresh (the running totals go on). A kline at or befor
 one seen is ignored, so the backfill a restart
 re-reads is not scored twice. Rebuilding from the journal replays the same calls, hence the
 same scores. Pure Python, no I/O.
+
+Cost per candle is O(1) whatever the number of symbols: each (symbol, head) window keeps
+running sums of its log loss and hits (:meth:`LiveScorer.running`, what the scrape's gauges
+read), updated as a pair enters and the oldest leaves, and re-summed exactly once every
+``window`` entries so rounding cannot drift (amortised O(1)). The full report with AUC
+(:meth:`LiveScorer.report`, for ``GET /model/health``) is computed on demand and cached.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -28,7 +35,7 @@ from typing import NamedTuple
 
 from service.features import VOL_LABEL_BARS  # ranges in the label's median (bars t-47..t)
 from service.model.card import HEADS
-from service.monitor.live_metrics import Scores, no_skill, score
+from service.monitor.live_metrics import EPS, Scores, no_skill, score
 
 
 def range_rel(high: float, low: float, close: float) -> float:
@@ -65,8 +72,58 @@ class _Pending(NamedTuple):
     probability_high_vol: float
 
 
+def _loss(y: float, p: float) -> float:
+    """One pair's log loss in nats (``live_metrics.log_loss``'s clipping)."""
+    q = min(max(p, EPS), 1.0 - EPS)
+    return -math.log(q) if y > 0.5 else -math.log(1.0 - q)
+
+
+def _hit(y: float, p: float) -> float:
+    """1.0 when the prediction's class (p > 0.5) is the label's."""
+    return 1.0 if (p > 0.5) == (y > 0.5) else 0.0
+
+
+class _Running:
+    """Running log-loss and hit sums of one window, O(1) per pair."""
+
+    __slots__ = ("hits", "loss", "since_exact")
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.hits = 0.0
+        self.since_exact = 0
+
+    def push(self, window: deque[tuple[float, float]], y: float, p: float) -> None:
+        """Append (y, p) to ``window`` (a bounded deque) and keep the sums in step."""
+        maxlen = window.maxlen or 0
+        if len(window) == maxlen:
+            oy, op = window[0]
+            self.loss -= _loss(oy, op)
+            self.hits -= _hit(oy, op)
+        window.append((y, p))
+        self.loss += _loss(y, p)
+        self.hits += _hit(y, p)
+        self.since_exact += 1
+        if self.since_exact >= maxlen:  # re-sum exactly: subtraction's rounding cannot pile up
+            self.resum(window)
+
+    def resum(self, window: deque[tuple[float, float]]) -> None:
+        self.loss = math.fsum(_loss(y, p) for y, p in window)
+        self.hits = sum(_hit(y, p) for y, p in window)
+        self.since_exact = 0
+
+
 class _SymbolScore:
-    __slots__ = ("last_start", "live_seen", "model", "pending", "ranges", "total", "window")
+    __slots__ = (
+        "last_start",
+        "live_seen",
+        "model",
+        "pending",
+        "ranges",
+        "running",
+        "total",
+        "window",
+    )
 
     def __init__(self, window: int) -> None:
         self.ranges: deque[float] = deque(maxlen=VOL_LABEL_BARS)
@@ -79,6 +136,7 @@ class _SymbolScore:
             h: deque(maxlen=window) for h in HEADS
         }
         self.total = dict.fromkeys(HEADS, 0)
+        self.running = {h: _Running() for h in HEADS}
 
 
 class LiveScorer:
@@ -121,8 +179,10 @@ class LiveScorer:
                 direction_label(open_, close),
                 volatility_label(rng, st.ranges),
             )
-            st.window["direction"].append((out.direction, out.probability_up))
-            st.window["volatility"].append((out.volatility, out.probability_high_vol))
+            st.running["direction"].push(st.window["direction"], out.direction, out.probability_up)
+            st.running["volatility"].push(
+                st.window["volatility"], out.volatility, out.probability_high_vol
+            )
             st.total["direction"] += 1
             st.total["volatility"] += 1
         st.pending = None
@@ -145,8 +205,9 @@ class LiveScorer:
             return
         if model != st.model:  # another model now serves: its own window
             st.model = model
-            for w in st.window.values():
+            for h, w in st.window.items():
                 w.clear()
+                st.running[h].resum(w)
         st.live_seen = st.live_seen or live
         if st.live_seen:
             st.pending = _Pending(candle_start, p_up, p_high_vol)
@@ -154,6 +215,16 @@ class LiveScorer:
     def scored_total(self, symbol: str, head: str) -> int:
         """Signals of ``symbol`` scored for ``head`` since the journal began."""
         return self._states[symbol].total[head]
+
+    def running(self, symbol: str, head: str) -> tuple[int, float, float] | None:
+        """(n, log loss, accuracy) over the window from the running sums, O(1); None before
+        the first outcome. Equal to :meth:`report`'s figures to rounding (~1e-12)."""
+        st = self._states[symbol]
+        n = len(st.window[head])
+        if not n:
+            return None
+        run = st.running[head]
+        return n, run.loss / n, run.hits / n
 
     def pairs(self, symbol: str, head: str) -> list[tuple[float, float]]:
         """(label, probability) of the last N scored candles, oldest first."""

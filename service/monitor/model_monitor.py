@@ -2,10 +2,12 @@
 
 :class:`ModelMonitor` is fed by the pipeline — one :meth:`offer` per closed kline it used,
 with the feature vector and the signal it made (if any). The pipeline runs on the candle
-thread (:mod:`service.pipeline.candle_loop`), the monitor on the API's loop: ``offer`` appends to a
-deque (thread-safe) and, once per burst, schedules :meth:`_drain` on the monitor's loop with
-``call_soon_threadsafe``, so the candle's own path pays an append (and one loop wake-up per
-burst); everything the API reads is then only touched on its own loop. The drain scores
+thread (:mod:`service.pipeline.candle_loop`), the monitor on the API's loop: the pipeline
+hands over a whole burst at once (:meth:`offer_burst`, one list per batched call), which
+appends it to a deque (thread-safe) and schedules :meth:`_drain` on the monitor's loop with
+``call_soon_threadsafe``, so the candle's own path pays one append and one loop wake-up per
+burst, and the journal commits a burst in one transaction (not one per signal); everything
+the API reads is then only touched on its own loop. The drain scores
 the previous candle (:class:`service.monitor.live_score.LiveScorer`), keeps the last live feature
 vectors for drift and the chart points, and hands the rows to the journal writer task, which
 commits them in batches on its own thread (:class:`service.monitor.signal_journal.SignalJournal`).
@@ -22,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -34,6 +36,7 @@ from service.features import batch_features
 from service.market.klines import Kline, KlineEvent, interval_ms
 from service.metrics import Metrics
 from service.model.card import HEADS, ModelCard
+from service.monitor.drift import LiveDrift
 from service.monitor.health_report import drift_report, score_report
 from service.monitor.live_score import LiveScorer, Outcome
 from service.monitor.signal_journal import KlineRow, SignalJournal, SignalRow
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 F64 = npt.NDArray[np.float64]
 CHART_POINTS = 300  # per symbol: a day of 5-minute candles and then some
+Observed = tuple[KlineEvent, F64 | None, Signal | None]  # a kline, its vector, its signal
 MAX_PENDING_ROWS = 100_000  # rows held while the journal cannot write; older ones are dropped
 
 
@@ -74,9 +78,9 @@ class ModelMonitor:
         self.metrics = metrics
         self.journal = SignalJournal(state_dir, retention_days)
         self.scorer = LiveScorer(self.symbols, interval_ms(interval), score_window)
-        # live feature vectors of every symbol, pooled: N per symbol
+        # live feature vectors of every symbol, pooled: N per symbol, binned as they come
         self.drift_window = drift_window
-        self.vectors: deque[F64] = deque(maxlen=drift_window * len(self.symbols))
+        self.vectors = LiveDrift(drift_window * len(self.symbols))
         self.chart: dict[str, deque[ChartPoint]] = {
             s: deque(maxlen=CHART_POINTS) for s in self.symbols
         }
@@ -87,23 +91,40 @@ class ModelMonitor:
         self.rows_written = 0
         self.dropped_rows = 0
         self.retry_s = 1.0  # pause after a failed write
-        self._inbox: deque[tuple[KlineEvent, F64 | None, Signal | None]] = deque()
+        self._inbox: deque[Sequence[Observed]] = deque()
         self._scheduled = False
         self._klines: list[KlineRow] = []
         self._signals: list[SignalRow] = []
         self._wake: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # per-symbol series within the metrics' ceiling; the rest count under "_other"
         self._m_scored = {
-            (s, h): metrics.live_scored.labels(symbol=s, head=h)
+            (s, h): metrics.live_scored.labels(symbol=metrics.symbol_label(s), head=h)
             for s in self.symbols
             for h in HEADS
         }
+        own = [s for s in self.symbols if metrics.symbol_label(s) == s]
+        self._m_live = [
+            (
+                s,
+                h,
+                metrics.live_log_loss.labels(symbol=s, head=h),
+                metrics.live_accuracy.labels(symbol=s, head=h),
+            )
+            for s in own
+            for h in HEADS
+        ]
 
     # ------------------------------------------------------------------ the hot side
     def offer(self, event: KlineEvent, vec: F64 | None, signal: Signal | None) -> None:
-        """A closed kline the pipeline used, its feature vector and signal: O(1), no I/O,
-        callable from any thread. Before :meth:`start` (tests) it is drained at once."""
-        self._inbox.append((event, vec, signal))  # append first, then look at the flag:
+        """One closed kline the pipeline used, its feature vector and signal (a burst of one)."""
+        self.offer_burst(((event, vec, signal),))
+
+    def offer_burst(self, items: Sequence[Observed]) -> None:
+        """The closed klines of one batched call, each with its feature vector and signal:
+        O(1), no I/O, callable from any thread. Before :meth:`start` (tests) it is drained at
+        once."""
+        self._inbox.append(items)  # append first, then look at the flag:
         if not self._scheduled:  # a drain that already cleared it will be followed by ours
             self._scheduled = True
             if self._loop is None:
@@ -115,12 +136,12 @@ class ModelMonitor:
         self._scheduled = False  # cleared before taking: a later offer schedules again
         inbox = self._inbox
         while inbox:
-            event, vec, signal = inbox.popleft()
-            try:
-                self._take(event, vec, signal)
-            except Exception:  # bookkeeping must never stop the service
-                self.errors += 1
-                log.exception("monitor: could not record %s", event.kline.symbol)
+            for event, vec, signal in inbox.popleft():
+                try:
+                    self._take(event, vec, signal)
+                except Exception:  # bookkeeping must never stop the service
+                    self.errors += 1
+                    log.exception("monitor: could not record %s", event.kline.symbol)
         if self._wake is not None and (self._klines or self._signals):
             self._wake.set()
 
@@ -282,16 +303,18 @@ class ModelMonitor:
         return score_report(self.scorer, card)
 
     def update_gauges(self, card: ModelCard | None) -> None:
-        """Live log loss / accuracy per (symbol, head) and PSI per feature (scrape time)."""
+        """Live log loss / accuracy per (symbol, head) within the metrics' per-symbol ceiling
+        and PSI per feature (scrape time): O(ceiling + F × bins), from running sums and
+        counts kept as candles come, whatever the number of symbols."""
         m = self.metrics
-        for sym in self.symbols:
-            for head in HEADS:
-                rep = self.scorer.report(sym, head)
-                if rep is None:
-                    continue
-                live, _ = rep
-                m.live_log_loss.labels(symbol=sym, head=head).set(live["log_loss"])
-                m.live_accuracy.labels(symbol=sym, head=head).set(live["accuracy"])
+        running = self.scorer.running
+        for sym, head, g_loss, g_acc in self._m_live:
+            rep = running(sym, head)
+            if rep is None:
+                continue
+            _, loss, acc = rep
+            g_loss.set(loss)
+            g_acc.set(acc)
         for name, value in self.drift(card)["features"].items():
             if value is not None:
                 m.feature_psi.labels(feature=name).set(value)

@@ -1,5 +1,6 @@
 """The candle path: closed kline → incremental features → window → student → stored signal.
 
-``candle_loop`` runs it on its own thread; may import ``features``, ``market``, ``model`` and
-``metrics``.
+``scoring`` holds a burst's windows and scores them in one batched call when ``burst`` says
+the burst is complete; ``candle_loop`` runs it on its own thread; may import ``features``,
+``market``, ``model`` and ``metrics``.
 """

@@ -287,16 +287,3 @@ def test_plain_up_starts_the_live_stack(helpers: ModuleType) -> None:
     if not (helpers.ROOT / ".env").exists():
         pytest.skip("no .env (COMPOSE_PROFILES=live) in this checkout: plain `up` has no profile")
     assert _started(helpers, []) == {"apprentice", "prometheus", "grafana"}
-
-
-def test_scale_out_example_adds_a_replica_with_disjoint_symbols(helpers: ModuleType) -> None:
-    example = helpers.DEPLOY / "docker-compose.scale-example.yml"
-    services = _config(helpers, "-f", str(example))["services"]
-    replicas = [s for name, s in services.items() if name in ("apprentice", "apprentice-2")]
-    symbols = [set(s["environment"]["APPRENTICE_SYMBOLS"].split(",")) for s in replicas]
-    assert len(symbols) == 2 and not symbols[0] & symbols[1]
-    assert {_volume(s["volumes"][0])[0] for s in replicas} == {
-        "apprentice-state",
-        "apprentice-2-state",
-    }
-    assert services["apprentice-2"]["build"]["context"] == str(helpers.ROOT)

@@ -13,7 +13,8 @@ from service import features as fx
 from training.distill.distiller import default_pairs
 from training.experiments.config import ReportConfig
 from training.experiments.fit import CachedTeacher
-from training.experiments.harness import FoldLike, Preds, ensemble_targets, fit, predict
+from training.experiments.harness import FoldLike, Preds, ensemble_targets, predict
+from training.experiments.runner import run_fits
 from training.nets.networks import NetSpec, build_network, count_parameters, default_spec
 from training.progress import Progress
 
@@ -73,8 +74,8 @@ def train_members(env: Env, data: FoldLike, label: str, seeds: Sequence[int]) ->
     """The ensemble teacher's members: one scratch-trained teacher per seed."""
     cfg = env.cfg
     out = []
-    for seed in seeds:
-        res = fit(env.t_spec, data, replace(cfg.distill, method="scratch"), cfg.teacher_fit, seed)
+    jobs = [(replace(cfg.distill, method="scratch"), cfg.teacher_fit, seed, None) for seed in seeds]
+    for seed, res in zip(seeds, run_fits(data, env.t_spec, jobs, cfg.threads), strict=True):
         env.progress.step(f"{label} teacher seed {seed}", res.seconds)
         out.append(res.net)
     return out
@@ -105,13 +106,18 @@ def train_students(
     spec = spec or env.s_spec
     preds: dict[str, list[Preds]] = {}
     nets: dict[str, nn.Module] = {}
-    for name, method, tgt in plan:
-        for seed in seeds:
-            res = fit(spec, data, replace(cfg.distill, method=method), cfg.student_fit, seed, tgt)
-            preds.setdefault(name, []).append(predict(res.net, test_x))
-            if seed == seeds[0]:
-                nets[name] = res.net
-            env.progress.step(f"{label} {name} seed {seed}", res.seconds)
+    runs = [(name, seed) for name, _, _ in plan for seed in seeds]
+    jobs = [
+        (replace(cfg.distill, method=method), cfg.student_fit, seed, tgt)
+        for _, method, tgt in plan
+        for seed in seeds
+    ]
+    # where the runs execute: training.experiments.runner (results in this order)
+    for (name, seed), res in zip(runs, run_fits(data, spec, jobs, cfg.threads), strict=True):
+        preds.setdefault(name, []).append(predict(res.net, test_x))
+        if seed == seeds[0]:
+            nets[name] = res.net
+        env.progress.step(f"{label} {name} seed {seed}", res.seconds)
     return preds, nets
 
 
