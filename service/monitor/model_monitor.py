@@ -282,7 +282,7 @@ class ModelMonitor:
                 if rep is None:
                     continue
                 live, _ = rep
-                m.live_log_loss.labels(symbol=sym, head=head).set(live["log_loss"])
+                m.live_log_loss.labels(symbol=sym, head=head, role="champion").set(live["log_loss"])
                 m.live_accuracy.labels(symbol=sym, head=head).set(live["accuracy"])
         for name, value in self.drift(card)["features"].items():
             if value is not None:

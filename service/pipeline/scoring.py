@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,9 @@ class Pipeline:
         # Sees every closed kline used, its feature vector and signal (the monitor: journal,
         # live scores, drift); called after the signal is stored, and it defers its own work.
         self.observer = observer
+        # The challenger in shadow (DESIGN section 12): a (B, F, T) batch of the windows just
+        # scored, their symbols and candle starts; never served, never traded.
+        self.shadow: Callable[[F64, Sequence[str], Sequence[int]], None] | None = None
         self.states = {s: SymbolState(s, metrics) for s in symbols}
         self.processed = 0
         self.errors = 0
@@ -178,6 +181,8 @@ class Pipeline:
         self.processed += 1
         if self.sink is not None:
             self.sink(signal)
+        if self.shadow is not None:
+            self.shadow(st.window.view()[None], (k.symbol,), (k.start,))
         if self.observer is not None:
             self.observer(event, vec, signal)
         return signal
