@@ -150,7 +150,7 @@ class ModelRoles:
                 log.error("recorded challenger %s does not load (%s): dropped", ch.label, exc)
                 await asyncio.to_thread(self._save, with_challenger(self.roles, None))
         n = await self.shadow.start(challenger)
-        self._announce(challenger)
+        self.shadow.set_challenger(challenger, fresh=False)  # its gauge; the scores stay
         self.metrics.promotion_refusals_in_row.set(self.roles.refusals_in_row)
         if challenger is not None:
             log.info("challenger %s in shadow: %d rows replayed", ch and ch.label, n)

@@ -406,10 +406,11 @@ class ShadowScorer:
             await asyncio.wait(set(self._writes), timeout=5.0)
 
     # ------------------------------------------------------------------ the challenger
-    def set_challenger(self, predictor: Predictor | None) -> None:
-        """Score ``predictor`` in shadow from the next closed candle (None: stop)."""
+    def set_challenger(self, predictor: Predictor | None, *, fresh: bool = True) -> None:
+        """Score ``predictor`` in shadow from the next closed candle (None: stop); ``fresh``
+        False keeps the scores (the same challenger after a restart's rebuild)."""
         self.challenger = predictor
-        for sym in self.symbols:
+        for sym in self.symbols if fresh else ():
             self._key[sym] = ""
             self.paired_total[sym] = 0
             for q in self.pairs[sym].values():
