@@ -69,6 +69,7 @@ TRAINING_MAY_USE_FROM_SERVICE = {
     "service.market.bybit",
     "service.market.rest",  # training fetch: the service's own REST client
     "service.monitor.signal_journal",  # the journal is a data set (training journal, audit)
+    "service.model.registry",  # training refresh registers the student it made
 }
 FROM_SERVICE = TRAINING_MAY_USE_FROM_SERVICE
 TRAINING: dict[str, set[str]] = {
@@ -97,6 +98,7 @@ TRAINING: dict[str, set[str]] = {
         "training.scoring",
     },
     "training.report": {"training.*"},
+    "training.refresh": {"training.*"},
     "training.__main__": {"training.*"},
 }
 RULES = SERVICE | TRAINING

@@ -76,8 +76,11 @@ def _roles(request: Request) -> ModelRoles:
 
 
 def _out(v: Version | None) -> VersionOut | None:
-    return None if v is None else VersionOut(name=v.name, version=v.version, sha256=v.sha256,
-                                             path=v.path)  # fmt: skip
+    return (
+        None
+        if v is None
+        else VersionOut(name=v.name, version=v.version, sha256=v.sha256, path=v.path)
+    )
 
 
 def _state(roles: ModelRoles, reason: str | None = None) -> RolesOut:

@@ -132,8 +132,12 @@ class ModelRoles:
         except ModelCardError as exc:
             if champion == conf:
                 raise
-            log.error("recorded champion %s does not load (%s): serving %s", champion.label,
-                      exc, conf.label)  # fmt: skip
+            log.error(
+                "recorded champion %s does not load (%s): serving %s",
+                champion.label,
+                exc,
+                conf.label,
+            )
             roles = with_champion(roles, conf)
             predictor = Predictor.load(conf.path)
         self._save(roles)
@@ -253,8 +257,9 @@ class ModelRoles:
         chall = roles.challenger or before.challenger
         try:
             db = self.shadow.journal.db
-            await self.shadow.call(write_decision, db, action, outcome, champ,
-                                   chall.label if chall else None, reason)  # fmt: skip
+            await self.shadow.call(
+                write_decision, db, action, outcome, champ, chall.label if chall else None, reason
+            )
         except Exception:  # the decision stands; the journal line is bookkeeping
             log.exception("could not journal the %s decision", action)
         log.info("model roles: %s %s (%s)", action, outcome, reason or "-")
@@ -272,8 +277,12 @@ class ModelRoles:
         r = self.roles
         now = None
         if self.shadow.challenger is not None:
-            d = decide(self.shadow.scored, self.shadow.paired(None, RULE_HEAD),
-                       min_scored=self.min_scored, margin=self.margin)  # fmt: skip
+            d = decide(
+                self.shadow.scored,
+                self.shadow.paired(None, RULE_HEAD),
+                min_scored=self.min_scored,
+                margin=self.margin,
+            )
             now = {"promote": d.promote, "reason": d.reason}
         return {
             "champion": None if r.champion is None else asdict(r.champion),

@@ -220,8 +220,9 @@ class ShadowScorer:
         self._m_infer = metrics.shadow_inference_seconds
 
     # ------------------------------------------------------------------ the candle thread
-    def score(self, windows: F64 | npt.NDArray[np.float32], symbols: Sequence[str],
-              starts: Sequence[int]) -> None:  # fmt: skip
+    def score(
+        self, windows: F64 | npt.NDArray[np.float32], symbols: Sequence[str], starts: Sequence[int]
+    ) -> None:
         """The pipeline's shadow hook: the challenger scores a (B, F, T) batch of windows."""
         pred = self.challenger
         if pred is None:
@@ -233,8 +234,9 @@ class ShadowScorer:
         for sym, start, p, v in zip(
             symbols, starts, heads["direction"], heads["volatility"], strict=True
         ):
-            self._offer(("out", sym, start, _Out(float(p), float(v), card.name, card.version,
-                                                card.sha256)))  # fmt: skip
+            self._offer(
+                ("out", sym, start, _Out(float(p), float(v), card.name, card.version, card.sha256))
+            )
 
     def tee(
         self, observer: Callable[[KlineEvent, F64 | None, Signal | None], None]
@@ -378,15 +380,20 @@ class ShadowScorer:
         for sym in self.symbols:
             klines = self.journal.klines(sym, self.interval)
             champs = {s.candle_start: s for s in self.journal.signals(sym, self.interval)}
-            outs = {r.candle_start: r for r in read_rows(self.journal.db, sym, self.interval,
-                                                        name, version)}  # fmt: skip
+            outs = {
+                r.candle_start: r
+                for r in read_rows(self.journal.db, sym, self.interval, name, version)
+            }
             for k in klines:
                 r = outs.get(k.start)
                 if r is not None:
                     self._outs[(sym, k.start)] = _Out(
-                        r.probability_up, r.probability_high_vol, r.model_name, r.model_version,
+                        r.probability_up,
+                        r.probability_high_vol,
+                        r.model_name,
+                        r.model_version,
                         r.model_sha256,
-                    )  # fmt: skip
+                    )
                     replayed += 1
                 s = champs.get(k.start)
                 champ = (
