@@ -190,6 +190,18 @@ def journal_klines(state_dir: Path | None, interval: str) -> dict[str, KlineTabl
         return {}
 
 
+def current_champion(models_dir: Path, state_dir: Path | None) -> Path:
+    """The service's champion as its state directory records it, else the committed one."""
+    if state_dir is not None:
+        try:
+            champ = Registry(models_dir, state_dir).load_roles().champion
+        except ValueError:
+            champ = None
+        if champ is not None and Path(champ.path).is_file():
+            return Path(champ.path)
+    return DEFAULT_CHAMPION
+
+
 def refresh(args: argparse.Namespace) -> RefreshResult:
     """The whole run (see the module docstring)."""
     import torch
@@ -207,6 +219,7 @@ def refresh(args: argparse.Namespace) -> RefreshResult:
     t0 = time.perf_counter()
     cfg = load_report_config(args.config if args.config.exists() else None, quick=args.quick)
     torch.set_num_threads(max(1, cfg.threads))
+    args.champion = args.champion or current_champion(args.models_dir, args.state_dir)
     champion_card = ModelCard.load(args.champion.with_suffix(".json"))
     spec = NetSpec.from_dict(champion_card.student.arch or {})
     out_dir = Path(args.out) / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -352,8 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--champion",
         type=Path,
-        default=DEFAULT_CHAMPION,
-        help="the champion's ONNX file (its architecture, its test figures)",
+        help="the champion's ONNX file (default: the one STATE_DIR/models.json records, "
+        "else models/student_pooled_5m.onnx)",
     )
     ap.add_argument(
         "--models-dir",
