@@ -60,6 +60,7 @@ SERVICE: dict[str, set[str]] = {
     # the entry points sit on top of everything
     "service.__main__": {"service.*"},
     "service.demo": {"service.*"},
+    "service.demo_refresh": {"service.*"},
 }
 TRAINING_MAY_USE_FROM_SERVICE = {
     "service.features",
