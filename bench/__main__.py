@@ -22,6 +22,7 @@ SECTIONS = {
     "http": "bench.http_load",
     "training": "bench.training_time",
     "profile": "bench.profile_path",
+    "shadow": "bench.shadow_cost",  # a challenger in shadow (issue 31)
 }
 QUICK_SKIPS = ("training",)
 ROOT = Path(__file__).resolve().parent.parent

@@ -228,12 +228,15 @@ class ShadowScorer:
         if pred is None:
             return
         t0 = time.perf_counter()
-        heads = pred.predict_heads(np.asarray(windows, dtype=np.float32))  # one run, (B,) each
+        if len(windows) == 1:  # one row: the predictor's bound buffers, as the champion's
+            ups: Sequence[float] = (pred.predict(windows[0]),)
+            vols: Sequence[float] = (pred.high_vol,)
+        else:  # a burst: one run over the (B, F, T) batch
+            heads = pred.predict_heads(np.asarray(windows, dtype=np.float32))
+            ups, vols = heads["direction"].tolist(), heads["volatility"].tolist()
         self._m_infer.observe(time.perf_counter() - t0)
         card = pred.card
-        for sym, start, p, v in zip(
-            symbols, starts, heads["direction"], heads["volatility"], strict=True
-        ):
+        for sym, start, p, v in zip(symbols, starts, ups, vols, strict=True):
             self._offer(
                 ("out", sym, start, _Out(float(p), float(v), card.name, card.version, card.sha256))
             )
