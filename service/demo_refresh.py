@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.min_scored} paired candles. Watch {base}/model/health",
             flush=True,
         )
-        seen = 0
+        seen, decided_at = 0, 0.0
         while demo.poll() is None:
             time.sleep(5)
             try:
@@ -148,11 +148,18 @@ def main(argv: list[str] | None = None) -> int:
             decisions = [d for d in block.get("decisions", []) if d["action"] != "challenger"]
             for d in reversed(decisions[: len(decisions) - seen]):
                 print(f"DECISION: {d['outcome']} — {d['reason']}", flush=True)
+                decided_at = decided_at or time.monotonic()
             seen = len(decisions)
+            if decided_at:
+                model = health["model"]
+                print(
+                    f"serving {model['name']} {model['version']}; the loop is shown, stopping "
+                    f"(the service's state stays in {state})",
+                    flush=True,
+                )
+                break
             if block.get("challenger"):
                 print(shadow_line(block), flush=True)
-            else:
-                print(f"serving {health['model']['name']} {health['model']['version']}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:
