@@ -36,7 +36,8 @@ from service.model.registry import (
 )
 from service.monitor.model_monitor import ModelMonitor
 from service.monitor.promotion import RULE_HEAD, Decision, decide
-from service.monitor.shadow import ShadowScorer, read_decisions, write_decision
+from service.monitor.role_journal import read_decisions, write_decision
+from service.monitor.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from service.market.klines import KlineTable
 from service.metrics import Metrics
 from service.model.predictor import ModelSlot, Predictor
 from service.monitor.model_monitor import ModelMonitor
-from service.monitor.shadow import ShadowScorer, read_rows
+from service.monitor.role_journal import read_rows
+from service.monitor.shadow import ShadowScorer
 from service.pipeline.scoring import Pipeline
 from service.pipeline.signals import SignalStore
 
