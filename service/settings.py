@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     )
     auto_promote: bool = Field(False, description="apply the promotion rule by itself")
 
+    @field_validator("model_dir")
+    @classmethod
+    def _check_model_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        if any(len(part.encode()) > 255 or not part.isprintable() for part in value.parts):
+            raise ValueError("give a folder path: printable names of at most 255 bytes each")
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file; give the folder that holds the model versions")
+        return value
+
     @property
     def registry_dir(self) -> Path:
         """Where model versions live: APPRENTICE_MODEL_DIR, else APPRENTICE_MODEL's folder."""
