@@ -100,6 +100,7 @@ class ShadowScorer:
         self.paired_total = dict.fromkeys(self.symbols, 0)
         self._key = dict.fromkeys(self.symbols, "")
         self._outs: dict[tuple[str, int], _Out] = {}
+        self._last: dict[str, tuple[int, _Champ | None]] = {}  # newest kline taken, per symbol
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,7 +161,7 @@ class ShadowScorer:
             item = self._inbox.popleft()
             try:
                 if item[0] == "out":
-                    self._outs[(item[1], item[2])] = item[3]
+                    self._take_out(item[1], item[2], item[3])
                     continue
                 event, signal = item[1], item[2]
                 k = event.kline
@@ -208,11 +209,26 @@ class ShadowScorer:
                 (a.volatility, a.probability_high_vol, b.probability_high_vol)
             )
             self.paired_total[sym] += 1
+        self._last[sym] = (start, champ)
         out = self._outs.pop((sym, start), None)
         if len(self._outs) > 4 * len(self.symbols):  # outputs whose kline never came
             self._outs.clear()
-        if champ is None or out is None:
-            return paired
+        if champ is not None and out is not None:
+            self._pair(sym, start, champ, out, journal)
+        return paired
+
+    def _take_out(self, sym: str, start: int, out: _Out) -> None:
+        """A challenger output: paired now if its kline was already taken (the hook may run
+        after the observer, e.g. once per burst), else when the kline comes."""
+        last = self._last.get(sym)
+        if last is not None and last[0] == start:
+            if last[1] is not None:
+                self._pair(sym, start, last[1], out, True)
+            return
+        self._outs[(sym, start)] = out
+
+    def _pair(self, sym: str, start: int, champ: _Champ, out: _Out, journal: bool) -> None:
+        """Both models' probabilities for candle ``start``: they wait for the next candle."""
         key = f"{champ.sha256}|{out.name}|{out.version}"
         if key != self._key[sym]:  # a new pair: both windows and the paired rows start afresh
             self._key[sym] = key
@@ -237,7 +253,6 @@ class ShadowScorer:
                     int(time.time() * 1000),
                 )
             )
-        return paired
 
     def _spawn_write(self, rows: list[ShadowRow]) -> None:
         self._batches += 1

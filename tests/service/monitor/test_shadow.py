@@ -110,3 +110,62 @@ async def test_shadow_scores_journals_and_rebuilds(
     )
     await mon.aclose()
     assert np.isfinite(rep["pooled"]["volatility"]["diff"])
+
+
+async def _report(
+    tmp: Path, events: list[Any], champion_path: Path, challenger_path: Path, hook_first: bool
+) -> dict[str, Any]:
+    mon = ModelMonitor(
+        symbols=["BTCUSDT"],
+        interval="5",
+        state_dir=tmp,
+        metrics=Metrics(CollectorRegistry()),
+        score_window=30,
+    )
+    await mon.start()
+    shadow = _shadow(mon)
+    await shadow.start(None)
+    shadow.set_challenger(Predictor.load(challenger_path))
+    pipe = Pipeline(
+        symbols=["BTCUSDT"],
+        interval="5",
+        slot=ModelSlot(Predictor.load(champion_path)),
+        store=SignalStore(["BTCUSDT"]),
+        metrics=mon.metrics,
+        long_threshold=0.55,
+        short_threshold=0.45,
+    )
+    tee = shadow.tee(mon.offer)
+    if hook_first:
+        pipe.observer, pipe.shadow = tee, shadow.score
+    else:  # a batched path may hand the burst's windows over after the observer saw them
+
+        def late(event: Any, vec: Any, signal: Any) -> None:
+            tee(event, vec, signal)
+            if signal is not None:
+                st = pipe.states["BTCUSDT"]
+                shadow.score(st.window.view()[None], ("BTCUSDT",), (event.kline.start,))
+
+        pipe.observer = late
+    for ev in events:
+        pipe.process(ev)
+    await asyncio.sleep(0.01)
+    rep = shadow.report()
+    await shadow.aclose()
+    await mon.aclose()
+    return rep
+
+
+async def test_the_hook_may_come_before_or_after_the_observer(
+    tmp_path: Path,
+    btc_5m: KlineTable,
+    make_events: Callable[..., Any],
+    fixture_model: Any,
+    model_writer: Callable[..., Any],
+) -> None:
+    other = model_writer(tmp_path / "o", name="other", version="2", seed=5)
+    events = make_events(btc_5m, 0, 160)
+    first = await _report(tmp_path / "a", events, fixture_model.onnx_path, other.onnx_path, True)
+    after = await _report(tmp_path / "b", events, fixture_model.onnx_path, other.onnx_path, False)
+    assert first["symbols"]["BTCUSDT"]["volatility"]["n"] == 30
+    assert first == after
