@@ -21,7 +21,7 @@ from service.replay import ReplayConfig, ReplayExchange
 
 ROOT = Path(__file__).resolve().parents[3]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-MIN_SCORED = 120  # paired candles over both symbols: ~15 s at 4 candles/s
+MIN_SCORED = 240  # paired candles over both symbols: ~15 s at 8 candles/s
 TOKEN = "test-admin-token-31"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -58,7 +58,7 @@ async def test_shadow_refuse_restart_promote_rollback(
     constant = model_writer(tmp_path / "elsewhere", name="constant", version="0.5", scale=0.0)
     copy = _copy_student(tmp_path / "incoming", "student_copy", version="1.0.1-copy")
     db = state / "signals.sqlite3"
-    cfg = ReplayConfig(symbols=SYMBOLS, interval="5", speed=1200.0, port=0)  # 4 candles/s
+    cfg = ReplayConfig(symbols=SYMBOLS, interval="5", speed=2400.0, port=0)  # 8 candles/s
     async with ReplayExchange(cfg) as ex:
         svc = service_process(ex.ws_url, ex.rest_url, SYMBOLS, state)
         svc.env.update(
