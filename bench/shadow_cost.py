@@ -3,10 +3,11 @@
 In process, one symbol, the committed student as champion and a second copy of it as the
 challenger (the same graph: the cost of a real refreshed student of the committed size).
 ``Pipeline.process`` is timed per candle, live events from the bundled BTCUSDT klines, with
-the challenger switched on for every other candle (``ShadowScorer.score``: the challenger on the
-(1, F, T) window through its bound single-row path, after the signal is stored), so both populations see the
-same machine at the same time. The shadow's own drain (live scores of both roles, the journal
-row) runs on the API's loop, not on the candle thread, and is timed separately.
+the challenger switched on for every other candle (``ShadowScorer.score``: the challenger
+on the (1, F, T) window through its bound single-row path, after the signal is stored), so
+both populations see the same machine at the same time. The shadow's own drain (live
+scores of both roles, the journal row) runs on the API's loop, not on the candle thread,
+and is timed separately.
 ``python -m bench.shadow_cost`` prints the same figures.
 """
 
