@@ -21,11 +21,12 @@ LOCK_VENV := $(VENV)-lock
 # Extra arguments for `make bench`, e.g. make bench ARGS=--quick (python -m bench --help).
 ARGS ?=
 
-.PHONY: help demo test run train bench lint fmt lock clean
+.PHONY: help demo demo-refresh test run train bench lint fmt lock clean
 
 help:
 	@echo "make demo   - replay exchange + service + paper trading, fully offline"
 	@echo "make test   - the whole test suite"
+	@echo "make demo-refresh - the demo with a challenger in shadow and a promotion decided"
 	@echo "make run    - the service against live Bybit mainnet (paper trading)"
 	@echo "make train  - teacher -> distillation -> report -> ONNX student in $(TRAIN_MODELS_DIR)/"
 	@echo "              (one progress bar, log in reports/default/run.log; smoke test in minutes:"
@@ -56,6 +57,10 @@ $(ALL_STAMP): pyproject.toml $(CONSTRAINTS) $(TORCH_STAMP) | $(PY)
 
 demo: $(SERVICE_STAMP)
 	$(PY) -m service.demo
+
+# the champion/challenger loop: a challenger scored in shadow, then a promotion decided
+demo-refresh: $(SERVICE_STAMP)
+	$(PY) -m service.demo_refresh $(ARGS)
 
 run: $(SERVICE_STAMP)
 	APPRENTICE_SYMBOLS=$${APPRENTICE_SYMBOLS:-BTCUSDT,ETHUSDT,SOLUSDT} $(PY) -m service

@@ -23,6 +23,7 @@ SECTIONS = {
     "training": "bench.training_time",
     "profile": "bench.profile_path",
     "scale": "bench.scale",
+    "shadow": "bench.shadow_cost",  # a challenger in shadow (issue 31)
 }
 QUICK_SKIPS = ("training",)
 ROOT = Path(__file__).resolve().parent.parent

@@ -91,6 +91,7 @@ REJECT_REASONS = (
 # full, or a caller asked (tools and tests).
 BURST_ENDS = ("complete", "window", "next", "full", "now")
 PAPER_ERROR_REASONS = ("journal", "invalid_amount", "queue_full")
+PROMOTION_OUTCOMES = ("promoted", "refused", "rolled_back")
 NOTICE_KINDS = ("notice", "error_reply")
 
 
@@ -243,8 +244,9 @@ class Metrics:
         # is the model still working (DESIGN section 7): live scores and drift
         self.live_log_loss = Gauge(
             "live_log_loss",
-            "Log loss of the served probabilities over the last N scored candles (nats)",
-            ["symbol", "head"],
+            "Log loss over the last N scored candles (nats); role champion: the served "
+            "probabilities, challenger: the shadow model's on the same candles",
+            ["symbol", "head", "role"],
             namespace=ns,
             registry=r,
         )
@@ -320,6 +322,36 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        # champion and challenger (DESIGN section 12): shadow scoring and promotions
+        self.promotions = Counter(
+            "promotions",
+            "Promotion requests and rollbacks, by outcome (promoted, refused, rolled_back)",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.promotion_refusals_in_row = Gauge(
+            "promotion_refusals_in_row",
+            "Promotions refused since the last promotion (alerts fire on a long streak)",
+            namespace=ns,
+            registry=r,
+        )
+        self.challenger_info = Gauge(
+            "challenger_info",
+            "Challenger scored in shadow (value 1; absent without one)",
+            ["name", "version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.shadow_inference_seconds = Histogram(
+            "shadow_inference_seconds",
+            "The challenger's inference on one burst of closed candles (candle thread)",
+            namespace=ns,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for outcome in PROMOTION_OUTCOMES:
+            self.promotions.labels(outcome)
         for reason in PAPER_ERROR_REASONS:  # exported as 0 from the start: alerts see them
             self.paper_errors.labels(reason)
         for kind in NOTICE_KINDS:

@@ -29,6 +29,7 @@ from service.market.rest import RestKlines
 from service.metrics import Metrics
 from service.model.predictor import ModelSlot, Predictor
 from service.monitor.model_monitor import ModelMonitor
+from service.monitor.roles import ModelRoles
 from service.paper.account import (
     EQUITY_POINTS,
     PaperAccount,
@@ -122,6 +123,18 @@ class Runtime:
             # no signal from features that are not exact yet (EXACT_HORIZON_BARS by default)
             horizon_bars=settings.signal_horizon_bars,
         )
+        # champion and challenger (DESIGN section 12): registry, shadow scoring, promotion
+        self.roles = ModelRoles.build(
+            self.monitor,
+            self._install,
+            model_dir=settings.registry_dir,
+            state_dir=settings.state_dir,
+            min_scored=settings.promote_min_scored,
+            margin=settings.promote_margin,
+            auto_promote=settings.auto_promote,
+        )
+        self.pipeline.shadow = self.roles.shadow.score
+        self.pipeline.observer = self.roles.shadow.tee(self.monitor.offer_burst)
         self.feed_factory = feed_factory or self._bybit_feed
         self.feed: Feed | None = None
         self.queue: asyncio.Queue[KlineEvent] | None = None
@@ -140,13 +153,14 @@ class Runtime:
     async def start(self) -> None:
         """Load the model, resume the paper account, start feed, pipeline and trader."""
         s = self.settings
-        predictor = await asyncio.to_thread(Predictor.load, s.model, s.model_card_path)
+        predictor = await asyncio.to_thread(self.roles.load_champion, s.model)  # the recorded one
         self._install(predictor)
         self._warn_if_mismatched(predictor)
         # scores, drift and chart rebuilt from the signal journal; the pipeline (candle thread)
         # hands its rows to the monitor on this loop
         await self.monitor.start()
         self._spawn("signal-journal", self.monitor.run())
+        await self.roles.start()  # the challenger and both live scores, from the journal
         if self.journal is not None:
             journal = self.journal
             await journal.call(journal.open)
@@ -230,6 +244,7 @@ class Runtime:
             task.cancel()
             await asyncio.wait({task}, timeout=timeout_s)
         # What the pipeline handed over is committed before the journal closes.
+        await self.roles.shadow.aclose()
         await self.monitor.aclose()
         if self.journal is not None:
             # Waits for an in-flight fill to commit; what is in the journal is the account.
@@ -269,6 +284,7 @@ class Runtime:
                 self.metrics.model_reloads.labels(result="rejected").inc()
                 raise
             self._install(predictor)
+            await asyncio.to_thread(self.roles.record_champion, predictor)
             self._warn_if_mismatched(predictor)
             self.metrics.model_reloads.labels(result="ok").inc()
             log.info(
@@ -345,5 +361,6 @@ class Runtime:
         self.readiness()
         predictor = self.slot.current
         self.monitor.update_gauges(predictor.card if predictor is not None else None)
+        self.roles.update_gauges()
         if self.trader is not None:
             self.trader.update_gauges()

@@ -130,6 +130,34 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3650, description="signal journal keeps N days of candles (candle time)"
     )
 
+    # champion and challenger (DESIGN section 12): the registry, shadow scoring, promotion
+    model_dir: Path | None = Field(
+        None, description="the model registry folder (unset: the folder of APPRENTICE_MODEL)"
+    )
+    promote_min_scored: int = Field(
+        288, ge=1, le=1_000_000, description="paired scored candles a promotion needs at least"
+    )
+    promote_margin: float = Field(
+        0.0, ge=0, le=1, description="refuse a challenger worse by more (volatility log loss)"
+    )
+    auto_promote: bool = Field(False, description="apply the promotion rule by itself")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _check_model_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        if any(len(part.encode()) > 255 or not part.isprintable() for part in value.parts):
+            raise ValueError("give a folder path: printable names of at most 255 bytes each")
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file; give the folder that holds the model versions")
+        return value
+
+    @property
+    def registry_dir(self) -> Path:
+        """Where model versions live: APPRENTICE_MODEL_DIR, else APPRENTICE_MODEL's folder."""
+        return self.model_dir if self.model_dir is not None else self.model.parent
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, value: object) -> object:

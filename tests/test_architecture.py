@@ -60,6 +60,7 @@ SERVICE: dict[str, set[str]] = {
     # the entry points sit on top of everything
     "service.__main__": {"service.*"},
     "service.demo": {"service.*"},
+    "service.demo_refresh": {"service.*"},
 }
 TRAINING_MAY_USE_FROM_SERVICE = {
     "service.features",
@@ -69,6 +70,7 @@ TRAINING_MAY_USE_FROM_SERVICE = {
     "service.market.bybit",
     "service.market.rest",  # training fetch: the service's own REST client
     "service.monitor.signal_journal",  # the journal is a data set (training journal, audit)
+    "service.model.registry",  # training refresh registers the student it made
 }
 FROM_SERVICE = TRAINING_MAY_USE_FROM_SERVICE
 TRAINING: dict[str, set[str]] = {
@@ -97,6 +99,7 @@ TRAINING: dict[str, set[str]] = {
         "training.scoring",
     },
     "training.report": {"training.*"},
+    "training.refresh": {"training.*"},
     "training.__main__": {"training.*"},
 }
 RULES = SERVICE | TRAINING

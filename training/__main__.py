@@ -26,6 +26,10 @@ DELEGATED = {
         "training.data.journal",
         "export the service's journaled klines (STATE_DIR/signals.sqlite3) as kline CSVs",
     ),
+    "refresh": (
+        "training.refresh",
+        "re-distil on bundled + journaled klines, compare with the champion, hand it over",
+    ),
     "audit": (
         "training.scoring.audit",
         "re-score the journaled live signals with the offline teacher ensemble",

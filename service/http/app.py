@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http import health_routes as api_health
+from service.http import model_routes
 from service.http import routes as api
 from service.http.request_limits import MAX_BODY_BYTES, RequestLimits
 from service.http.signal_json import SignalBodies
@@ -122,6 +123,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(api.admin_router)
     app.include_router(api_health.router)
+    app.include_router(model_routes.router)  # champion and challenger (DESIGN section 12)
     app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)  # inside the timer
     app.add_middleware(RequestTimer, histogram=rt.metrics.http_request_duration_seconds)
     app.add_exception_handler(RequestValidationError, _validation_error)

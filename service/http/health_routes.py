@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from service.http.model_routes import challenger_block
 from service.http.schemas import ErrorOut, ModelRef
 from service.runtime import Runtime
 
@@ -71,6 +72,9 @@ class ModelHealthOut(BaseModel):
     symbols: dict[str, dict[str, HeadHealth]]
     drift: DriftOut
     journal: JournalOut
+    challenger: dict[str, Any] | None = Field(
+        None, description="champion and challenger side by side (service.http.model_routes)"
+    )
 
 
 class ChartPointOut(BaseModel):
@@ -116,6 +120,7 @@ async def get_model_health(request: Request) -> Any:
         symbols=mon.scores(card),
         drift=DriftOut(**mon.drift(card)),
         journal=JournalOut(path=str(mon.journal.path), **counts),
+        challenger=await challenger_block(rt),
     )
 
 

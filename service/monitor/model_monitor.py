@@ -108,7 +108,7 @@ class ModelMonitor:
             (
                 s,
                 h,
-                metrics.live_log_loss.labels(symbol=s, head=h),
+                metrics.live_log_loss.labels(symbol=s, head=h, role="champion"),
                 metrics.live_accuracy.labels(symbol=s, head=h),
             )
             for s in own

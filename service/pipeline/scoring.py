@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,6 +141,11 @@ class Pipeline:
         # live scores, drift), once per batched call with the whole batch, after the signals
         # are stored; it defers its own work.
         self.observer = observer
+        # The challenger in shadow (DESIGN section 12): a (B, F, T) batch of the windows just
+        # scored, their symbols and candle starts; never served, never traded.
+        self.shadow: (
+            Callable[[npt.NDArray[np.float32], Sequence[str], Sequence[int]], None] | None
+        ) = None
         # bars of history before a signal is published (EXACT_HORIZON_BARS in the service)
         self.needed = max(BARS_TO_FIRST_SIGNAL, horizon_bars)
         self.states = {s: SymbolState(s, metrics, self.needed) for s in symbols}
@@ -319,6 +324,14 @@ class Pipeline:
                 if self.sink is not None:
                     self.sink(made)
             observed.append((event, vec, made))
+        if self.shadow is not None:  # the challenger scores the same windows, in one call
+            made_rows = [h for h, made in zip(held, out, strict=True) if made is not None]
+            if made_rows:
+                self.shadow(
+                    self._x[[h[3] for h in made_rows]],  # (B, F, T) float32, a copy
+                    [h[0].kline.symbol for h in made_rows],
+                    [h[0].kline.start for h in made_rows],
+                )
         if self.observer is not None:
             self.observer(observed)
         if last_live_ns:

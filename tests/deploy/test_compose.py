@@ -287,3 +287,23 @@ def test_plain_up_starts_the_live_stack(helpers: ModuleType) -> None:
     if not (helpers.ROOT / ".env").exists():
         pytest.skip("no .env (COMPOSE_PROFILES=live) in this checkout: plain `up` has no profile")
     assert _started(helpers, []) == {"apprentice", "prometheus", "grafana"}
+
+
+def test_trainer_profile_refreshes_on_the_service_volume_with_its_own_image(
+    helpers: ModuleType,
+) -> None:
+    """Issue 31: `trainer` (profile "trainer") runs `python -m training refresh` every
+    REFRESH_EVERY_HOURS on the service's state volume, from a torch image of its own."""
+    services = _config(helpers, "--profile", "live", "--profile", "trainer")["services"]
+    trainer, live = services["trainer"], services["apprentice"]
+    assert trainer["image"] != live["image"]
+    assert trainer["build"]["dockerfile"] == "deploy/trainer.Dockerfile"
+    assert "torch" in (helpers.ROOT / "deploy/trainer.Dockerfile").read_text()
+    script = " ".join(trainer["command"])
+    assert "python -m training refresh" in script and "REFRESH_EVERY_HOURS" in script
+    assert "--url" in script and trainer["environment"]["REFRESH_EVERY_HOURS"] == "24"
+    (volume,) = (_volume(v) for v in trainer["volumes"])
+    assert volume == ("apprentice-state", "/var/lib/apprentice")
+    assert live["environment"]["APPRENTICE_MODEL_DIR"] == "/var/lib/apprentice/models"
+    assert "/var/lib/apprentice/models" in script  # the registry the service reads
+    assert "trainer" not in _started(helpers, [], COMPOSE_PROFILES="live")

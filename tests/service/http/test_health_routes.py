@@ -125,7 +125,7 @@ def test_health_scores_drift_metrics_and_chart(health_app: Callable[..., Any]) -
 
         text = client.get("/metrics").text
         assert 'apprentice_live_scored_total{head="volatility",symbol="ETHUSDT"} 29.0' in text
-        assert 'apprentice_live_log_loss{head="direction",symbol="BTCUSDT"}' in text
+        assert 'apprentice_live_log_loss{head="direction",role="champion",symbol="BTCUSDT"}' in text
         assert 'apprentice_live_accuracy{head="volatility",symbol="BTCUSDT"}' in text
         assert 'apprentice_feature_psi{feature="rsi_14"}' in text
         assert 'apprentice_signals_total{direction="up",symbol="BTCUSDT"}' in text or (
