@@ -69,8 +69,11 @@ class Settings(BaseSettings):
     )
 
     # market data
+    # More than the horizon below: a restart publishes signals only for bars with the horizon
+    # behind them, so the warm-up must reach back past it to cover the downtime (1000 bars:
+    # one Bybit request, and 700 bars = 58 h of 5-minute downtime recovered with signals).
     backfill_bars: int = Field(
-        300, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
+        1000, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
     )
     signal_horizon_bars: int = Field(
         300,
@@ -254,6 +257,12 @@ class Settings(BaseSettings):
     def _check_thresholds(self) -> Settings:
         if self.short_threshold > self.long_threshold:
             raise ValueError("APPRENTICE_SHORT_THRESHOLD must not exceed APPRENTICE_LONG_THRESHOLD")
+        if self.backfill_bars <= self.signal_horizon_bars:
+            raise ValueError(
+                "APPRENTICE_BACKFILL_BARS must exceed APPRENTICE_SIGNAL_HORIZON_BARS: the "
+                "candles missed while the service was down get signals only from the warm-up "
+                "bars past the horizon"
+            )
         return self
 
     @property
