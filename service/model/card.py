@@ -78,6 +78,9 @@ class ModelCard(BaseModel):
     data_span: dict[str, Any] = Field(default_factory=dict)
     feature_reference: FeatureReference | None = None
     git_commit: str = "unknown"
+    # The trading policy training chose on validation bars (DESIGN section 8), optional for
+    # older cards: {"default": name, "params": {...}, "rule": text, "validation": {...}}.
+    policy: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
