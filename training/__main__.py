@@ -1,8 +1,8 @@
 """``python -m training <command>``: the offline pipeline's entry point.
 
 Commands: ``teacher`` and ``distill`` (this package's loop), ``sweep`` (several experiment
-files in a row, then a table), and ``fetch``, ``evaluate``, ``report``, ``export`` (their
-modules are imported only when called, so ``--help`` stays fast).
+files in a row, then a table), and ``fetch``, ``evaluate``, ``backtest``, ``policy``, ``report``,
+``export`` (their modules are imported only when called, so ``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ DELEGATED = {
     "fetch": ("training.data.fetch", "download Bybit klines into data/ (REST, paginated)"),
     "evaluate": (
         "training.scoring.evaluate",
-        "score an exported student with onnxruntime on held-out bars, plus the backtest",
+        "score an exported student with onnxruntime on held-out bars",
+    ),
+    "backtest": (
+        "training.scoring.backtest_cli",
+        "a period through the served path (features, ONNX, policy, paper account), every "
+        "policy beside buy and hold and flat",
+    ),
+    "policy": (
+        "training.scoring.choose_policy",
+        "choose the default trading policy on validation bars (configs/policy.toml) and "
+        "record it in the model card",
     ),
     "report": ("training.report.study", "the evaluation report (tables + figures)"),
     "export": ("training.export", "export a student checkpoint to ONNX + model card"),
