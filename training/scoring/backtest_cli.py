@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.market.kline_io import DATA_DIR, load_klines
 from service.market.klines import KlineTable, interval_ms
 from service.model.predictor import Predictor
@@ -192,10 +194,9 @@ def plot(runs: dict[str, Any], path: Path, terms: AccountTerms) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, (r, _) in runs.items():
-        times = [datetime.fromtimestamp(t / 1000, UTC) for t in r.times]
-        ax.plot(times, r.equity, label=name, lw=1)
+        ax.plot(np.array(r.times, dtype="datetime64[ms]"), r.equity, label=name, lw=1)
     r0 = next(iter(runs.values()))[0]
-    times = [datetime.fromtimestamp(t / 1000, UTC) for t in r0.times]
+    times = np.array(r0.times, dtype="datetime64[ms]")
     bh = [terms.initial_usdt] * len(times)
     for closes in r0.closes.values():
         if closes:
