@@ -179,6 +179,8 @@ class PaperAccount:
     _exposure: float = 0.0  # Σ |qty · mark|
     _bh: float = 0.0  # Σ notional · (mark / first live close − 1)
     _open: int = 0  # positions not flat
+    first_live_ms: int | None = None  # the first and last traded candle (the period shown)
+    last_live_ms: int | None = None
 
     def __post_init__(self) -> None:
         if math.isnan(self.peak_equity):
@@ -395,6 +397,9 @@ class PaperAccount:
         symbol of a burst overwriting the earlier ones; tracks the peak."""
         eq = self.equity
         self.peak_equity = max(self.peak_equity, eq)
+        if self.first_live_ms is None:
+            self.first_live_ms = at_ms
+        self.last_live_ms = at_ms
         point = (at_ms, eq, self.buy_and_hold_equity)
         if self.curve and self.curve[-1][0] == at_ms:
             self.curve[-1] = point
@@ -497,6 +502,9 @@ def replay_fills(
                 account._bh += bh - pos.bh
                 pos.bh = bh
             point = (p.candle_start, p.equity, account.buy_and_hold_equity)
+            if account.first_live_ms is None:
+                account.first_live_ms = p.candle_start
+            account.last_live_ms = p.candle_start
             if account.curve and account.curve[-1][0] == p.candle_start:
                 account.curve[-1] = point
             else:
