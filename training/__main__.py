@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# the train extra's modules (pyproject): without them a training command says which make
+# target installs them, in one line, instead of a traceback (issue 28)
+TRAIN_EXTRA = frozenset({"torch", "onnx", "onnxscript", "matplotlib", "tqdm", "backtesting"})
 DELEGATED = {
     "fetch": ("training.data.fetch", "download Bybit klines into data/ (REST, paginated)"),
     "evaluate": (
@@ -99,6 +102,21 @@ def _config(path: Path, args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        print(
+            f"python -m training {argv[0] if argv else ''}: needs {exc.name} (the train extra), "
+            "which make demo does not install: run `make test` once (torch CPU and the dev "
+            "tools), or `make train` for the whole study",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return int(module.main(argv[1:]) or 0)

@@ -60,7 +60,7 @@ def policy_note(rt: Runtime, card: ModelCard) -> dict[str, Any]:
             + "."
         )
     else:
-        text = f"Paper trading policy {name} ({rt.policy_source})."
+        text = f"Paper trading policy {name}, from the {rt.policy_source}."
     return {
         "name": name,
         "source": rt.policy_source or None,

@@ -163,7 +163,10 @@ def resolve(
     if override:
         name, source = override, "APPRENTICE_POLICY"
     elif card_policy and card_policy.get("default"):
-        name, source = str(card_policy["default"]), "model card (chosen on validation bars)"
+        name, source = (
+            str(card_policy["default"]),
+            "model card's default, chosen on validation bars",
+        )
     else:
         name, source = FLAT, "no policy on the model card: flat"
     return check(PolicyConfig(name=name, **kwargs)), source

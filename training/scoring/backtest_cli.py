@@ -23,6 +23,7 @@ import numpy as np
 
 from service.market.kline_io import DATA_DIR, load_klines
 from service.market.klines import KlineTable, interval_ms
+from service.model.card import sample_period
 from service.model.predictor import Predictor
 from service.paper.journal import AccountTerms
 from service.paper.policy import POLICIES, resolve
@@ -59,13 +60,9 @@ def bundled_table(symbol: str, interval: str, first_ms: int, last_ms: int) -> Kl
 
 
 def in_sample(card: Any, symbols: Sequence[str], first_ms: int, last_ms: int) -> bool:
-    """Does the period overlap the card's training or validation span on one of its symbols?"""
-    span = card.data_span or {}
-    lo, hi = span.get("train_first_ms"), span.get("val_last_ms")
-    if lo is None or hi is None:
-        return True  # nothing known: never claim out of sample
-    ours = set(symbols) & set(card.symbols)
-    return bool(ours) and first_ms <= int(hi) and last_ms >= int(lo)
+    """Does the period overlap the card's training or validation span on one of its symbols
+    (``service.model.card.sample_period``, what the service's page says too)?"""
+    return bool(sample_period(card, symbols, first_ms, last_ms)["in_sample"])
 
 
 def build_parser() -> argparse.ArgumentParser:
