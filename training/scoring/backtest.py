@@ -12,7 +12,8 @@ Figures (RESULT of DESIGN section 11) are fractions of the starting equity: the 
 starts with ``initial_usdt``, each symbol's sleeve with ``notional_usdt``. ``net_return`` is
 the liquidation value at the last close (an open position pays its closing fee and slippage),
 ``gross_return`` the same before fees (slippage stays in the prices), Sharpe is annualised
-from per-bar returns of the marked equity with the factor sqrt(bars per year) (105,120 bars
+from per-bar returns of the marked equity (PnL over the starting equity, so a sleeve that
+loses more than it had still has one) with the factor sqrt(bars per year) (105,120 bars
 a year at 5 minutes), ``hit_rate`` the share of closed round trips that made money after fees,
 ``exposure`` the mean gross position over the sleeve's notional, ``turnover`` the traded
 notional over the starting equity. Buy and hold buys the notional at the first traded close
@@ -138,16 +139,42 @@ def _liquidation_cost(qty: float, close: float, terms: AccountTerms) -> float:
     return abs(qty) * (abs(price - close) + price * terms.fee_bps / 10_000.0)
 
 
-def curve_stats(values: Sequence[float], base: float, bars_per_year: float) -> dict[str, float]:
-    """Sharpe (annualised from per-bar returns) and max drawdown of a value series."""
+def sharpe_interval(
+    rets: NDArray[np.float64], bars_per_year: float, n_boot: int = 1000, seed: int = 0
+) -> list[float]:
+    """95 % day-block bootstrap interval of the annualised Sharpe: whole days of bar returns
+    resampled with replacement (returns cluster within a day)."""
+    per_day = max(1, round(bars_per_year / 365))
+    days = [rets[i : i + per_day] for i in range(0, rets.size, per_day)]
+    if len(days) < 3:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        r = np.concatenate([days[k] for k in rng.integers(0, len(days), len(days))])
+        std = float(np.std(r))
+        out.append(float(np.mean(r) / std * math.sqrt(bars_per_year)) if std > 0 else 0.0)
+    lo, hi = np.percentile(out, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def curve_stats(
+    values: Sequence[float], base: float, bars_per_year: float, interval: bool = False
+) -> dict[str, Any]:
+    """Sharpe (annualised from per-bar returns on the starting equity ``base``), max drawdown,
+    and with ``interval`` the Sharpe's 95 % day-block bootstrap interval, of a value series."""
     v: NDArray[np.float64] = np.asarray([base, *values], dtype=np.float64)
     if v.size < 3:
-        return {"sharpe": 0.0, "max_drawdown": 0.0}
-    rets = v[1:] / v[:-1] - 1.0
+        out: dict[str, Any] = {"sharpe": 0.0, "max_drawdown": 0.0}
+        return {**out, "sharpe_95": [math.nan, math.nan]} if interval else out
+    rets = np.diff(v) / base  # per-bar PnL on the starting equity: defined below zero too
     std = float(np.std(rets))
     sharpe = float(np.mean(rets) / std * math.sqrt(bars_per_year)) if std > 0 else 0.0
     peak = np.maximum.accumulate(v)
-    return {"sharpe": sharpe, "max_drawdown": float(np.max(1.0 - v / peak))}
+    out = {"sharpe": sharpe, "max_drawdown": float(np.max(1.0 - v / peak))}
+    if interval:
+        out["sharpe_95"] = sharpe_interval(rets, bars_per_year) if std > 0 else [0.0, 0.0]
+    return out
 
 
 def buy_and_hold(
@@ -197,6 +224,7 @@ def result(
 ) -> dict[str, Any]:
     """DESIGN section 11's RESULT for one sleeve (or the portfolio)."""
     fees = math.fsum(f.fee for f in fills)
+    days = (r.times[-1] - r.times[0]) / 86_400_000 + 1 / (bpy / 365) if r.times else 0.0
     liquidation = 0.0
     for s in closes:
         p = r.account.positions.get(s)
@@ -220,7 +248,7 @@ def result(
                 entry = fill_price(c[0], "buy", terms.slippage_bps)
                 v += qty * (c[k] - entry) - qty * entry * terms.fee_bps / 10_000.0
             bh_values.append(v)
-        bh = {"net_return": bh_net, **curve_stats(bh_values, base, bpy)}
+        bh = {"net_return": bh_net, **curve_stats(bh_values, base, bpy, interval=True)}
     else:
         bh = {"net_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0}
     held = float(np.mean(gross_values)) / (terms.notional_usdt * max(n, 1)) if gross_values else 0.0
@@ -231,7 +259,8 @@ def result(
         "round_trips": len(trips),
         "fills": len(fills),
         "hit_rate": (sum(1 for t in trips if t > 0) / len(trips)) if trips else 0.0,
-        **curve_stats(values, base, bpy),
+        **curve_stats(values, base, bpy, interval=True),
+        "fees_per_30d": fees / base * 30.0 / days if days > 0 else 0.0,
         "exposure": held,
         "turnover": math.fsum(f.qty * f.price for f in fills) / base,
         "buy_and_hold": bh,

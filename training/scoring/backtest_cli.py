@@ -167,17 +167,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def table(objs: Sequence[dict[str, Any]]) -> str:
     """A markdown table: each policy's portfolio beside buy and hold and flat."""
     rows = [
-        "| policy | net | gross | fees | round trips | Sharpe | max DD | exposure |"
-        " buy & hold net | B&H Sharpe | B&H max DD | flat |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | net | gross | fees | fees / 30 d | fills | round trips | Sharpe [95 %] |"
+        " max DD | exposure | buy & hold net | B&H Sharpe [95 %] | B&H max DD | flat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def sharpe(x: dict[str, Any]) -> str:
+        lo, hi = x.get("sharpe_95", [float("nan")] * 2)
+        return f"{x['sharpe']:.2f} [{lo:.1f}, {hi:.1f}]"
+
     for o in objs:
         p, bh = o["portfolio"], o["portfolio"]["buy_and_hold"]
         rows.append(
             f"| {o['policy']} | {p['net_return']:+.2%} | {p['gross_return']:+.2%} | "
-            f"{p['fees']:.2%} | {p['round_trips']} | {p['sharpe']:.2f} | "
-            f"{p['max_drawdown']:.2%} | {p['exposure']:.2f} | {bh['net_return']:+.2%} | "
-            f"{bh['sharpe']:.2f} | {bh['max_drawdown']:.2%} | +0.00% |"
+            f"{p['fees']:.2%} | {p['fees_per_30d']:.2%} | {p['fills']} | {p['round_trips']} | "
+            f"{sharpe(p)} | {p['max_drawdown']:.2%} | {p['exposure']:.2f} | "
+            f"{bh['net_return']:+.2%} | {sharpe(bh)} | {bh['max_drawdown']:.2%} | +0.00% |"
         )
     return "\n".join(rows)
 

@@ -19,14 +19,15 @@ def close(sym: str, i: int, c: float, p: float, live: bool = True) -> Close:
 
 def test_curve_stats_by_hand() -> None:
     s = curve_stats([110.0, 99.0], 100.0, 4.0)
-    rets = [0.1, -0.1]
-    assert s["sharpe"] == pytest.approx(0.0)
-    assert s["max_drawdown"] == pytest.approx(1 - 99 / 110)
-    s = curve_stats([110.0, 121.0, 121.0 * 1.05], 100.0, 4.0)
-    rets = [0.1, 0.1, 0.05]
-    mean = sum(rets) / 3
-    std = math.sqrt(sum((r - mean) ** 2 for r in rets) / 3)
+    # per-bar PnL over the starting equity: +0.10, -0.11
+    rets = [0.10, -0.11]
+    mean = sum(rets) / 2
+    std = math.sqrt(sum((r - mean) ** 2 for r in rets) / 2)
     assert s["sharpe"] == pytest.approx(mean / std * 2.0)
+    assert s["max_drawdown"] == pytest.approx(1 - 99 / 110)
+    # a sleeve that loses more than it had still has a Sharpe, and a negative one
+    s = curve_stats([50.0, -10.0, -20.0], 100.0, 4.0)
+    assert s["sharpe"] < 0 and s["max_drawdown"] == pytest.approx(1.2)
 
 
 def test_buy_and_hold_pays_in_and_out() -> None:
