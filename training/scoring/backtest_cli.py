@@ -27,6 +27,7 @@ from service.model.card import sample_period
 from service.model.predictor import Predictor
 from service.paper.journal import AccountTerms
 from service.paper.policy import POLICIES, resolve
+from training.data.journal import journal_tables, open_journal
 from training.scoring.backtest import Close, merge, run, score, summarise
 
 DEFAULT_MODEL = Path("models/student_pooled_5m.onnx")
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=parse_ms, default=None, help="first traded candle (UTC)")
     p.add_argument("--end", type=parse_ms, default=None, help="last traded candle (UTC)")
     p.add_argument("--data", nargs="+", type=Path, default=None, help="kline CSV files instead")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="a service's state directory: the klines its signal journal holds (REST warm-up "
+        "and live), trading from its first live candle",
+    )
     p.add_argument("--warmup-bars", type=int, default=0, help="bars before the start (0: all)")
     p.add_argument("--initial-usdt", type=float, default=None, help="default: notional × symbols")
     p.add_argument("--notional-usdt", type=float, default=1_000.0, help="per symbol")
@@ -84,10 +92,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def journaled(
+    state_dir: Path, symbols: Sequence[str] | None, interval: str
+) -> tuple[list[KlineTable], int]:
+    """The service's journaled klines per symbol and its first live (websocket) candle."""
+    tables = journal_tables(state_dir, symbols, interval)
+    if not tables:
+        raise SystemExit(f"backtest: no {interval} klines journaled in {state_dir}")
+    journal = open_journal(state_dir)
+    try:
+        live = [
+            r.start for t in tables for r in journal.klines(t.symbol, interval) if r.source == "ws"
+        ]
+    finally:
+        journal.close()
+    if not live:
+        raise SystemExit(f"backtest: {state_dir} journaled no live candle")
+    return tables, min(live)
+
+
 def load_period(args: argparse.Namespace, card: Any) -> tuple[list[KlineTable], int, int]:
     """The tables and the traded period [first_ms, last_ms]."""
     span = card.data_span or {}
-    if args.data:
+    if args.state_dir:
+        symbols = args.symbols.split(",") if args.symbols else None
+        tables, live_from = journaled(args.state_dir, symbols, card.interval)
+        first = args.start if args.start is not None else live_from
+        last = args.end if args.end is not None else min(int(t.start[-1]) for t in tables)
+    elif args.data:
         tables = [load_klines(p, drop_last_unconfirmed=True) for p in args.data]
         first = args.start if args.start is not None else int(tables[0].start[0])
         last = args.end if args.end is not None else min(int(t.start[-1]) for t in tables)

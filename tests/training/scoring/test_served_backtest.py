@@ -21,7 +21,7 @@ from service.model.predictor import Predictor
 from service.paper.journal import AccountTerms, Journal
 from service.replay import ReplayConfig, ReplayExchange
 from service.settings import load_settings
-from training.scoring.backtest_cli import backtest_all, bundled_table, in_sample
+from training.scoring.backtest_cli import backtest_all, bundled_table, in_sample, journaled
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "models" / "student_pooled_5m.onnx"
@@ -120,3 +120,10 @@ def test_backtest_of_a_replayed_period_gives_the_service_fills_to_the_cent(
     # and not only to the cent: the same arithmetic on the same closes
     assert [(f.qty, f.price, f.fee) for f in run.fills] == [(f.qty, f.price, f.fee) for f in served]
     assert summary["portfolio"]["fills"] == len(served)
+
+    # the same from the service's own journal (--state-dir): its REST warm-up bars and its
+    # live candles, the period starting at its first live candle
+    tables, live_from = journaled(state, list(SYMBOLS), "5")
+    assert live_from == first
+    (again, _) = backtest_all(predictor, tables, live_from, last, [POLICY], bt_terms)[POLICY]
+    assert [key(f) for f in again.fills] == [key(f) for f in served]
