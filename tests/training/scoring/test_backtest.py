@@ -65,3 +65,34 @@ def test_flat_never_trades() -> None:
     r = run(live, PolicyConfig(name="flat"), TERMS)
     assert r.fills == []
     assert summarise(r, TERMS, "5")["portfolio"]["net_return"] == 0.0
+
+
+def test_cli_json_has_the_design_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from training.scoring.backtest_cli import main
+
+    argv = ["--policy", "direction", "--symbols", "BTCUSDT,ETHUSDT", "--json"]
+    argv += ["--start", "2025-06-24", "--end", "2025-06-25", "--warmup-bars", "400"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"model", "policy", "period", "in_sample", "symbols", "portfolio"}
+    assert set(out["model"]) == {"name", "version", "sha256"} and out["in_sample"] is False
+    assert out["policy"] == "direction" and set(out["symbols"]) == {"BTCUSDT", "ETHUSDT"}
+    result_keys = {
+        "net_return",
+        "gross_return",
+        "fees",
+        "round_trips",
+        "hit_rate",
+        "sharpe",
+        "max_drawdown",
+        "exposure",
+        "turnover",
+        "buy_and_hold",
+        "flat",
+    }
+    for r in (out["portfolio"], *out["symbols"].values()):
+        assert result_keys <= set(r)
+        assert set(r["buy_and_hold"]) >= {"net_return", "sharpe", "max_drawdown"}
+        assert r["flat"] == {"net_return": 0.0}
