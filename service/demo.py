@@ -2,6 +2,11 @@
 
 Starts the replay exchange on a free loopback port (bundled real Bybit klines of BTCUSDT,
 ETHUSDT and SOLUSDT, accelerated) and ``python -m service`` against it with paper trading,
+replaying by default bars the served model never trained or validated on: its card's test
+span (``data_span.test_first_ms`` on), with the bars before it as REST warm-up. The terminal
+says which period plays and whether it overlaps the model's training or validation span
+(computed from the card; ``--start/--end/--symbols`` choose another period, e.g. the bundled
+Nov 2025 – Jan 2026 alts). It
 prints the URLs and a status line (signals, trades, equity, frame→signal latency read from
 the service's own histogram), and stops both on Ctrl-C. It supervises the service: if it dies
 (try ``kill -9 <pid>``) it is restarted and resumes its paper account from the journal.
@@ -24,10 +29,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from service.http.listen import listen_problem
+from service.model.card import ModelCard, ModelCardError, sample_period
 from service.monitor.signal_journal import JOURNAL_FILE as SIGNAL_JOURNAL_FILE
 from service.paper.journal import Journal
 from service.settings import SettingsError, load_settings
@@ -53,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--symbols", default=DEMO_SYMBOLS, help="comma-separated bundled symbols")
+    p.add_argument(
+        "--start",
+        type=_when,
+        default=None,
+        help="first replayed candle, ISO date/time (UTC) or ms (default: the model card's "
+        "test span, bars it never trained or validated on)",
+    )
+    p.add_argument(
+        "--end",
+        type=_when,
+        default=None,
+        help="stop once the service has a signal for this candle (default: play on)",
+    )
     p.add_argument("--speed", type=float, default=300.0, help="virtual seconds per real second")
     p.add_argument(
         "--resume",
@@ -72,6 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not keep the replay exchange and the service on separate CPUs",
     )
     return p
+
+
+def _when(text: str) -> int:
+    """ms since the epoch from digits or an ISO date/time (UTC unless it says otherwise)."""
+    if text.isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text)
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def replay_period(
+    card: ModelCard | None, symbols: list[str], start: int | None, end: int | None, step: int
+) -> tuple[int | None, str]:
+    """The replay's start (the card's test span unless given, on the interval grid) and the
+    sentence the terminal prints: the period and whether it is out of sample."""
+    if start is None and card is not None and "test_first_ms" in (card.data_span or {}):
+        start = int(card.data_span["test_first_ms"])
+    if start is None:
+        return None, "replaying from the start of the bundled data (the card has no test span)"
+    start -= start % step
+    if card is None:
+        return start, "no model card: cannot say whether the period is out of sample"
+    last = end if end is not None else int(card.data_span.get("test_last_ms", start))
+    statement = sample_period(card, symbols, start, max(start, last))["statement"]
+    return start, statement
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -182,9 +227,11 @@ def status_line(base: str) -> str:
     us = "n/a" if p50 is None or p99 is None else f"p50 {p50 * 1e6:.0f} µs, p99 {p99 * 1e6:.0f} µs"
     return (
         f"status: {_sample(text, 'apprentice_signals_total'):.0f} signals, "
-        f"paper account {paper['account']}: {paper['trades']} trades, "
-        f"equity {paper['equity']:.2f} USDT; "
+        f"paper account {paper['account']} (policy {paper.get('policy', '?')}): "
+        f"{paper.get('fills', paper['trades'])} fills, {paper.get('round_trips', 0)} round trips, "
+        f"equity {paper['equity']:.2f} USDT after {paper['fees']:.2f} fees; "
         f"frame→signal latency over {n:.0f} live candles: {us}; {live_scores(health)}"
+        + (f"; {health['period']['statement']}" if "period" in health else "")
     )
 
 
@@ -203,6 +250,15 @@ def live_scores(health: dict[str, Any]) -> str:
             f"(last {min(r['n'] for r in rows)} candles of {len(rows)} symbols)"
         )
     return "live " + ", ".join(parts)
+
+
+def reached(base: str, symbol: str, end_ms: int) -> bool:
+    """Has the service a live signal for ``end_ms`` (or later) of ``symbol``?"""
+    try:
+        with urllib.request.urlopen(f"{base}/signal/{symbol}", timeout=2) as r:
+            return int(json.loads(r.read())["candle_start"]) >= end_ms
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float = 15.0) -> None:
@@ -257,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"demo: {problem}", file=sys.stderr)
         return 2
+    try:
+        card: ModelCard | None = ModelCard.load(settings.model_card_path)
+    except ModelCardError:
+        card = None  # the service refuses it with the full message
+    step = 300_000
+    start, period = replay_period(card, settings.symbols, args.start, args.end, step)
+    print(f"demo: {period}", flush=True)
     if not args.resume:
         journal = Journal(settings.state_dir)
         journal.open()
@@ -286,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     replay_cmd = [py, "-m", "service.replay", "--symbols", symbols, "--interval", "5"]
     replay_cmd += ["--speed", str(args.speed), "--port", str(replay_port)]
+    if start is not None:
+        replay_cmd += ["--start", str(start)]
     replay = spawn(replay_cmd, env)
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     plan = None if args.no_pin else cpu_plan(allowed)
@@ -317,10 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         restarts = 0
         started = time.monotonic()
         next_status = started + STATUS_EVERY_S
+        next_end_check = started
         while not stopping:
             time.sleep(0.2)
             if args.duration and time.monotonic() - started >= args.duration:
                 break
+            if args.end is not None and time.monotonic() >= next_end_check:
+                next_end_check = time.monotonic() + 2.0
+                if reached(base, settings.symbols[0], args.end):
+                    print("demo: the replay reached --end", flush=True)
+                    break
             if replay.poll() is not None:
                 print(f"demo: the replay exchange exited ({replay.returncode})", file=sys.stderr)
                 rc = 1

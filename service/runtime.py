@@ -38,6 +38,7 @@ from service.paper.account import (
     replay_fills,
 )
 from service.paper.journal import Journal
+from service.paper.policy import resolve as resolve_policy
 from service.pipeline.candle_loop import CandleLoop, Handoff
 from service.pipeline.scoring import Pipeline
 from service.pipeline.signals import Signal, SignalStore
@@ -102,6 +103,7 @@ class Runtime:
         self.store = SignalStore(settings.symbols)
         self.journal = Journal(settings.state_dir) if settings.paper_enabled else None
         self.trader: PaperTrader | None = None
+        self.policy_source = ""  # where the paper policy in force came from (the page says)
         self.monitor = ModelMonitor(
             symbols=settings.symbols,
             interval=settings.interval,
@@ -186,7 +188,12 @@ class Runtime:
                 )
             fills = await journal.call(journal.fills, terms.epoch)
             curve = await journal.call(journal.curve_state, terms.epoch, EQUITY_POINTS)
-            account: PaperAccount = replay_fills(terms, fills, curve)
+            policy, source = resolve_policy(
+                s.policy, predictor.card.policy, s.long_threshold, s.short_threshold
+            )
+            self.policy_source = source
+            account: PaperAccount = replay_fills(terms, fills, curve, policy)
+            log.info("paper policy %s (%s)", policy.name, source)
             self.trader = PaperTrader(journal, account, self.metrics)
             # the pipeline runs on the candle thread; the trader lives on this loop
             self.pipeline.sink = Handoff(asyncio.get_running_loop(), self.trader.offer)

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         0.45, gt=0, lt=1, description="probability_up <= this: short (else flat)"
     )
     paper_enabled: bool = Field(True, description="paper-trade the signals (true/false)")
+    policy: Literal["direction", "fee_aware", "vol_managed", "flat"] | None = Field(
+        None,
+        description="trading policy of the paper account (default: the model card's, chosen "
+        "on validation bars; flat when the card names none)",
+    )
     # the bounds of service.paper.account.check_terms: an account outside them could not trade
     paper_initial_usdt: float = Field(10_000.0, ge=1.0, le=1e12, description="a new account's USDT")
     paper_notional_usdt: float = Field(

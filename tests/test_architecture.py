@@ -71,6 +71,12 @@ TRAINING_MAY_USE_FROM_SERVICE = {
     "service.market.rest",  # training fetch: the service's own REST client
     "service.monitor.signal_journal",  # the journal is a data set (training journal, audit)
     "service.model.registry",  # training refresh registers the student it made
+    # the backtest runs the very objects the service runs (DESIGN section 11: no second
+    # implementation): the ONNX predictor, the paper account's arithmetic and its policy
+    "service.model.predictor",
+    "service.paper.account",
+    "service.paper.journal",  # AccountTerms and Fill, the account's records
+    "service.paper.policy",
 }
 FROM_SERVICE = TRAINING_MAY_USE_FROM_SERVICE
 TRAINING: dict[str, set[str]] = {

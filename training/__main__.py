@@ -1,8 +1,8 @@
 """``python -m training <command>``: the offline pipeline's entry point.
 
 Commands: ``teacher`` and ``distill`` (this package's loop), ``sweep`` (several experiment
-files in a row, then a table), and ``fetch``, ``evaluate``, ``report``, ``export`` (their
-modules are imported only when called, so ``--help`` stays fast).
+files in a row, then a table), and ``fetch``, ``evaluate``, ``backtest``, ``policy``, ``report``,
+``export`` (their modules are imported only when called, so ``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -14,11 +14,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# the train extra's modules (pyproject): without them a training command says which make
+# target installs them, in one line, instead of a traceback (issue 28)
+TRAIN_EXTRA = frozenset({"torch", "onnx", "onnxscript", "matplotlib", "tqdm", "backtesting"})
 DELEGATED = {
     "fetch": ("training.data.fetch", "download Bybit klines into data/ (REST, paginated)"),
     "evaluate": (
         "training.scoring.evaluate",
-        "score an exported student with onnxruntime on held-out bars, plus the backtest",
+        "score an exported student with onnxruntime on held-out bars",
+    ),
+    "backtest": (
+        "training.scoring.backtest_cli",
+        "a period through the served path (features, ONNX, policy, paper account), every "
+        "policy beside buy and hold and flat",
+    ),
+    "policy": (
+        "training.scoring.choose_policy",
+        "choose the default trading policy on validation bars (configs/policy.toml) and "
+        "record it in the model card",
     ),
     "report": ("training.report.study", "the evaluation report (tables + figures)"),
     "export": ("training.export", "export a student checkpoint to ONNX + model card"),
@@ -93,6 +106,21 @@ def _config(path: Path, args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        print(
+            f"python -m training {argv[0] if argv else ''}: needs {exc.name} (the train extra), "
+            "which make demo does not install: run `make test` once (torch CPU and the dev "
+            "tools), or `make train` for the whole study",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return int(module.main(argv[1:]) or 0)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -25,10 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http import docs, model_routes
 from service.http import health_routes as api_health
-from service.http import model_routes
 from service.http import routes as api
-from service.http.request_limits import MAX_BODY_BYTES, RequestLimits
+from service.http.request_limits import MAX_BODY_BYTES, RequestLimits, known_query_only
 from service.http.signal_json import SignalBodies
 from service.runtime import FeedFactory, Runtime
 from service.settings import Settings
@@ -117,7 +117,11 @@ def create_app(
         summary="Direction signals from a feature-distilled student, live on Bybit klines",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from the fastapi-offline wheel, not a CDN (service.http.docs)
+        redoc_url=None,
+        dependencies=[Depends(known_query_only)],
     )
+    docs.install(app)
     app.state.runtime = rt
     app.state.signal_bodies = SignalBodies(settings.vol_regime_threshold)  # GET /signal's JSON
     app.include_router(api.router)

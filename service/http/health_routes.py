@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from service.http.honesty import drift_note, live_period, policy_note
 from service.http.model_routes import challenger_block
 from service.http.schemas import ErrorOut, ModelRef
 from service.runtime import Runtime
@@ -54,6 +55,7 @@ class DriftOut(BaseModel):
     reference_rows: int | None
     features: dict[str, float | None]
     note: str | None
+    explanation: str = Field(description="which features moved, against what, what to do")
 
 
 class JournalOut(BaseModel):
@@ -64,11 +66,34 @@ class JournalOut(BaseModel):
     signals: int
 
 
+class PeriodOut(BaseModel):
+    """The live candles so far against the model card's training and validation spans."""
+
+    first_ms: int | None
+    last_ms: int | None
+    in_sample: bool | None = Field(description="overlaps the training or validation span")
+    overlaps: list[str]
+    statement: str
+
+
+class PolicyOut(BaseModel):
+    """The paper account's policy and why it is the one in force."""
+
+    name: str | None
+    source: str | None
+    card_default: str | None
+    beats_flat_on_validation: bool | None
+    statement: str
+
+
 class ModelHealthOut(BaseModel):
     """Is the model still working on the market it trades now."""
 
     model: ModelRef
-    window: int
+    window: int = Field(description="the most scored candles a row can hold")
+    n: int = Field(description="the most scored candles any row holds now (the N shown)")
+    period: PeriodOut
+    policy: PolicyOut
     symbols: dict[str, dict[str, HeadHealth]]
     drift: DriftOut
     journal: JournalOut
@@ -114,11 +139,16 @@ async def get_model_health(request: Request) -> Any:
     mon = rt.monitor
     card = predictor.card
     counts = await mon.call(mon.journal.counts)
+    scores = mon.scores(card)
+    drift = mon.drift(card)
     return ModelHealthOut(
         model=ModelRef(name=card.name, version=card.version),
         window=rt.settings.score_window,
-        symbols=mon.scores(card),
-        drift=DriftOut(**mon.drift(card)),
+        n=max((h["n"] for heads in scores.values() for h in heads.values()), default=0),
+        period=PeriodOut(**live_period(rt, card)),
+        policy=PolicyOut(**policy_note(rt, card)),
+        symbols=scores,
+        drift=DriftOut(**drift, explanation=drift_note(drift, card)),
         journal=JournalOut(path=str(mon.journal.path), **counts),
         challenger=await challenger_block(rt),
     )

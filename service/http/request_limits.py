@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qsl
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024  # the largest admin body is a few dozen bytes
@@ -112,3 +113,33 @@ class RequestLimits:
             if started:
                 raise
             await _answer(send, 413, {"detail": f"request body larger than {limit} bytes"})
+
+
+def known_query_only(request: Request) -> None:
+    """App-wide dependency: a query parameter no route declares is a 422 in FastAPI's
+    validation-error shape, on every route alike (``?limt=5`` is a mistake to report, not
+    to ignore), like a bad value or a repeated parameter."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed: set[str] = set()
+    todo = [dependant]
+    while todo:  # the route's own query parameters and its dependencies'
+        d = todo.pop()
+        allowed.update(p.alias for p in d.query_params)
+        todo.extend(d.dependencies)
+    unknown = [k for k in request.query_params if k not in allowed]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", k),
+                    "msg": f"unknown query parameter {k!r}; this route takes "
+                    f"{', '.join(sorted(allowed)) or 'none'}",
+                    "input": request.query_params[k],
+                }
+                for k in unknown
+            ]
+        )

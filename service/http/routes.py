@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BeforeValidator
 
+from service.http.honesty import policy_note
 from service.http.schemas import (
     ErrorOut,
     HealthOut,
@@ -255,7 +256,9 @@ def _paper(rt: Runtime) -> PaperTrader:
 async def get_paper(rt: RuntimeDep) -> PaperOut:
     """Positions, equity, realised/unrealised PnL, fees and the equity curve."""
     trader = _paper(rt)
-    return PaperOut(enabled=True, **trader.account.snapshot())
+    predictor = rt.slot.current
+    note = policy_note(rt, predictor.card)["statement"] if predictor is not None else ""
+    return PaperOut(enabled=True, policy_note=note, **trader.account.snapshot())
 
 
 @router.get("/paper/trades", response_model=TradesOut, responses={404: {"model": ErrorOut}})
@@ -270,6 +273,8 @@ async def get_trades(
     trader = _paper(rt)
     journal = trader.journal
     sym = symbol.upper() if symbol else None
+    if sym is not None and sym not in rt.settings.symbols:  # as /signal/{symbol} answers
+        raise HTTPException(404, f"unknown symbol {sym}; configured: {rt.settings.symbols}")
     body = await journal.read(journal.trades_json, trader.account.terms.epoch, sym, limit)
     return Response(body, media_type="application/json")
 

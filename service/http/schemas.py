@@ -135,22 +135,46 @@ class ReadyOut(BaseModel):
 
 
 class PositionOut(BaseModel):
-    """One symbol's paper position."""
+    """One symbol's paper position and its PnL so far."""
 
     symbol: str
     qty: float = Field(description="signed, base units")
     side: Literal["long", "short", "flat"]
+    target: float = Field(0.0, description="the policy's target, a fraction of the notional")
     avg_entry: float
     mark: float | None
     unrealized_pnl: float
+    realized_pnl: float = Field(0.0, description="before fees")
+    fees: float = 0.0
+    net_pnl: float = Field(0.0, description="realised + unrealised - fees")
+    fills: int = 0
+
+
+class RoundTripOut(BaseModel):
+    """A position from flat (or a flip) back to flat (or the next flip)."""
+
+    symbol: str
+    side: Literal["long", "short"]
+    entry_ms: int
+    entry_price: float
+    exit_ms: int
+    exit_price: float
+    realized: float = Field(description="PnL before fees")
+    fees: float
+    net_pnl: float = Field(description="after fees")
+    return_: float = Field(alias="return", description="net PnL / entry notional")
 
 
 class PaperOut(BaseModel):
     """The paper account (USDT)."""
 
+    model_config = ConfigDict(populate_by_name=True)
+
     enabled: bool
     currency: Literal["USDT"] = "USDT"
     account: int = Field(description="account number; a reset opens the next one")
+    policy: str = Field(description="the trading policy in force (DESIGN section 8)")
+    policy_note: str = Field("", description="why this policy, in one sentence")
     initial_usdt: float
     notional_usdt: float
     fee_bps: float
@@ -159,12 +183,23 @@ class PaperOut(BaseModel):
     realized_pnl: float = Field(description="gross of fees")
     unrealized_pnl: float
     fees: float
-    net_pnl: float = Field(description="equity - initial_usdt")
+    net_pnl: float = Field(description="equity - initial_usdt, after fees")
     drawdown: float = Field(description="fraction below peak equity")
-    trades: int
+    trades: int = Field(description="fills (an order each), not round trips")
+    fills: int = Field(description="orders filled")
+    round_trips: int = Field(description="closed round trips")
+    exposure_usdt: float = Field(description="gross notional held now")
+    buy_and_hold_equity: float = Field(
+        description="initial + notional of every symbol bought at its first live close and "
+        "held (before fees)"
+    )
     positions: list[PositionOut]
+    round_trip_list: list[RoundTripOut] = Field(description="the newest round trips first")
     equity_curve: list[tuple[int, float]] = Field(
         description="(candle start ms, equity) after each live candle, oldest first"
+    )
+    buy_and_hold_curve: list[tuple[int, float]] = Field(
+        description="(candle start ms, buy-and-hold equity) on the same candles"
     )
 
 

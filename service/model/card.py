@@ -6,6 +6,8 @@ Shared schema so both sides agree on field names; pure (pydantic + hashlib), no 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,9 @@ class ModelCard(BaseModel):
     data_span: dict[str, Any] = Field(default_factory=dict)
     feature_reference: FeatureReference | None = None
     git_commit: str = "unknown"
+    # The trading policy training chose on validation bars (DESIGN section 8), optional for
+    # older cards: {"default": name, "params": {...}, "rule": text, "validation": {...}}.
+    policy: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
@@ -126,3 +131,64 @@ def verify_model(onnx_path: str | Path, card: ModelCard, feature_spec_hash: str)
             f"service's features ({feature_spec_hash[:12]}…); "
             "retrain/export with the current features"
         )
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def sample_period(
+    card: ModelCard, symbols: Sequence[str], first_ms: int | None, last_ms: int | None
+) -> dict[str, Any]:
+    """Is a period of candles in or out of the card's sample, computed from its ``data_span``.
+
+    In sample when it overlaps the training or validation span on one of the card's symbols
+    (a symbol the model never trained on is out of sample whatever the dates). A card without
+    a data span is never called out of sample. Returns ``{first_ms, last_ms, in_sample,
+    overlaps, statement}``; the statement is one sentence for the terminal, /model/health and
+    the page."""
+    span = card.data_span or {}
+    spans = {
+        "training": (span.get("train_first_ms"), span.get("train_last_ms")),
+        "validation": (span.get("val_first_ms"), span.get("val_last_ms")),
+    }
+    if first_ms is None or last_ms is None:
+        return {
+            "first_ms": None,
+            "last_ms": None,
+            "in_sample": None,
+            "overlaps": [],
+            "statement": "no live candle yet",
+        }
+    known = all(a is not None and b is not None for a, b in spans.values())
+    ours = set(symbols) & set(card.symbols)
+    overlaps = [
+        name
+        for name, (a, b) in spans.items()
+        if a is not None and b is not None and ours and first_ms <= int(b) and last_ms >= int(a)
+    ]
+    period = f"candles {_day(first_ms)} → {_day(last_ms)} UTC"
+    if not known:
+        in_sample, text = True, f"{period}; the model card has no data span: sample unknown"
+    elif overlaps:
+        in_sample = True
+        text = (
+            f"IN SAMPLE: {period} overlap the model's {' and '.join(overlaps)} span "
+            f"({_day(int(span['train_first_ms']))} → {_day(int(span['val_last_ms']))}): "
+            "its scores and paper PnL here flatter it"
+        )
+    else:
+        in_sample = False
+        why = (
+            f"after its validation span ended {_day(int(span['val_last_ms']))}"
+            if ours
+            else "symbols it never trained on"
+        )
+        text = f"Out of sample: {period}, {why}"
+    return {
+        "first_ms": first_ms,
+        "last_ms": last_ms,
+        "in_sample": in_sample,
+        "overlaps": overlaps,
+        "statement": text,
+    }

@@ -1,15 +1,20 @@
 """Paper trading (DESIGN section 8): pure account arithmetic plus the task that trades.
 
-The account holds USDT. Each live signal sets a per-symbol target position of +1, −1 or 0
-times ``notional_usdt`` (converted to base units at the candle close); while the target's
-sign is unchanged the position is held, not resized. An order fills at the close moved
-adversely by ``slippage_bps`` (buys higher, sells lower) and pays ``fee_bps`` of the filled
-notional. A flip (long → short) is one fill of the combined size: its closing part realises
-PnL against the average entry, its opening part starts a new entry at the fill price.
+The account holds USDT. On each live signal a policy (:mod:`service.paper.policy`, shared with
+the backtest) sets the symbol's target: a signed fraction of ``notional_usdt``, converted to
+base units at the candle close; while the policy keeps the target the position is held, not
+resized. An order fills at the close moved adversely by ``slippage_bps`` (buys higher, sells
+lower) and pays ``fee_bps`` of the filled notional. An order that reduces a position realises
+PnL against the average entry; one that adds averages the entry; a flip (long → short) is one
+fill of the combined size whose opening part starts a new entry at the fill price.
 
-Equity = initial + realised − fees + Σ qty·(mark − avg_entry). :class:`PaperAccount` only
-computes; :class:`PaperTrader` journals every fill to SQLite (off the event loop, committed)
-before the account applies it, so a fill that counts survives kill -9.
+Equity = initial + realised − fees + Σ qty·(mark − avg_entry). The Σ is kept incrementally,
+so a signal costs O(1) however many symbols the account holds (issue 30): marking, planning
+and booking touch only the signal's symbol, and the gauges are set for that symbol only.
+:class:`PaperAccount` only computes (``on_close`` → journal → ``book``: the backtest calls the
+same two methods without the journal); :class:`PaperTrader` journals every fill to SQLite
+(off the event loop, committed) before the account applies it, so a fill that counts survives
+kill -9.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from service.metrics import Metrics
+from service.paper import policy as pol
 from service.paper.journal import (
     AccountTerms,
     CurveState,
@@ -31,7 +37,8 @@ from service.paper.journal import (
     Fill,
     Journal,
 )
-from service.pipeline.signals import TARGET, Signal
+from service.paper.policy import PolicyConfig
+from service.pipeline.signals import Signal
 
 log = logging.getLogger(__name__)
 # Terms an account may be opened with (a reset outside them is a 422; DESIGN section 10):
@@ -43,17 +50,59 @@ MAX_BPS = 1_000.0
 QUEUE_SIZE = 10_000  # signals waiting for the trader (backfill delivers a few hundred)
 SETTLE_S = 0.005  # wait after a signal before journaling: a burst of closes is scored first
 EQUITY_POINTS = 1000  # equity curve points kept in memory (the dashboard's chart)
+ROUND_TRIPS_KEPT = 200  # closed round trips kept in memory (the dashboard's table)
+FRACTION_DIGITS = 6  # a journaled fill's target fraction is recovered to this precision
 BUY = "buy"
 SELL = "sell"
 
 
+class Scored(Protocol):
+    """What the account reads from a signal (:class:`service.pipeline.signals.Signal` has it;
+    the backtest builds its own)."""
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def interval(self) -> str: ...
+    @property
+    def candle_start(self) -> int: ...
+    @property
+    def close(self) -> float: ...
+    @property
+    def probability_up(self) -> float: ...
+    @property
+    def probability_high_vol(self) -> float: ...
+    @property
+    def live(self) -> bool: ...
+
+
+_UNIT_MS = {"D": 86_400_000, "W": 7 * 86_400_000, "M": 30 * 86_400_000}
+
+
+def step_ms(interval: str) -> int:
+    """Bybit's interval spelling in ms ("5" → 300000, "D" → 86400000; a month as 30 days)."""
+    return int(interval) * 60_000 if interval.isdigit() else _UNIT_MS.get(interval, 60_000)
+
+
 @dataclass(slots=True)
 class Position:
-    """Signed base-unit quantity, its average entry price and the latest mark (close)."""
+    """One symbol: signed base-unit quantity, average entry, latest mark (close), the policy's
+    target fraction in force and since when, the symbol's own realised PnL and fees, the
+    recent absolute bar returns (the policy's E|r|), and the open round trip."""
 
     qty: float = 0.0
     avg_entry: float = 0.0
     mark: float = math.nan
+    frac: float = 0.0
+    since: int = 0  # candle_start of the fill that set ``frac``
+    realized: float = 0.0
+    fees: float = 0.0
+    fills: int = 0
+    unreal: float = 0.0  # cached qty · (mark − avg_entry), kept in step with the account's sum
+    first_close: float = math.nan  # first live close: the buy-and-hold reference
+    bh: float = 0.0  # notional · (mark / first_close − 1)
+    returns: deque[float] = field(default_factory=lambda: deque(maxlen=pol.RETURN_WINDOW))
+    trip: dict[str, Any] | None = None
 
     @property
     def unrealized(self) -> float:
@@ -61,6 +110,12 @@ class Position:
         if self.qty == 0.0 or math.isnan(self.mark):
             return 0.0
         return self.qty * (self.mark - self.avg_entry)
+
+    @property
+    def mean_abs_return(self) -> float:
+        """Mean |close/previous close − 1| over the last RETURN_WINDOW bars (NaN before)."""
+        r = self.returns
+        return math.fsum(r) / len(r) if len(r) == r.maxlen else math.nan
 
 
 class PaperError(ValueError):
@@ -85,27 +140,57 @@ def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+def _sign(x: float) -> int:
+    return (x > 0.0) - (x < 0.0)
+
+
 def fill_price(close: float, side: str, slippage_bps: float) -> float:
     """The close moved against the order: up for a buy, down for a sell."""
     slip = slippage_bps / 10_000.0
     return close * (1.0 + slip) if side == BUY else close * (1.0 - slip)
 
 
+def side_label(frac: float) -> str:
+    """``long``, ``short`` or ``flat`` for a target fraction (the journal's ``action``)."""
+    return "long" if frac > 0 else "short" if frac < 0 else "flat"
+
+
 @dataclass
 class PaperAccount:
-    """The account's state; :meth:`plan` computes a fill, :meth:`apply` books it."""
+    """The account's state; :meth:`on_close` marks and plans, :meth:`book` books.
+
+    Every figure the API and the gauges read is kept incrementally: unrealised PnL (Σ over
+    positions), gross exposure, buy-and-hold PnL, per-symbol realised PnL and fees, so a
+    signal costs O(1) in the number of symbols."""
 
     terms: AccountTerms
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     positions: dict[str, Position] = field(default_factory=dict)
     realized_pnl: float = 0.0
     fees: float = 0.0
-    trades: int = 0
+    trades: int = 0  # fills
+    round_trips: int = 0  # closed round trips
     peak_equity: float = math.nan
-    curve: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=EQUITY_POINTS))
+    curve: deque[tuple[int, float, float]] = field(
+        default_factory=lambda: deque(maxlen=EQUITY_POINTS)
+    )
+    trips: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ROUND_TRIPS_KEPT))
+    _unreal: float = 0.0
+    _exposure: float = 0.0  # Σ |qty · mark|
+    _bh: float = 0.0  # Σ notional · (mark / first live close − 1)
+    _open: int = 0  # positions not flat
+    first_live_ms: int | None = None  # the first and last traded candle (the period shown)
+    last_live_ms: int | None = None
 
     def __post_init__(self) -> None:
         if math.isnan(self.peak_equity):
             self.peak_equity = self.terms.initial_usdt
+        self.policy = pol.check(self.policy)
+
+    @property
+    def round_trip_cost(self) -> float:
+        """A round trip's fees and slippage as a fraction of its notional."""
+        return 2.0 * (self.terms.fee_bps + self.terms.slippage_bps) / 10_000.0
 
     def position(self, symbol: str) -> Position:
         """The symbol's position (created flat on first use)."""
@@ -116,13 +201,24 @@ class PaperAccount:
 
     @property
     def unrealized_pnl(self) -> float:
-        """Σ over symbols of qty · (mark − avg_entry)."""
-        return math.fsum(p.unrealized for p in self.positions.values())
+        """Σ over symbols of qty · (mark − avg_entry), kept incrementally."""
+        return self._unreal
+
+    @property
+    def exposure(self) -> float:
+        """Σ |qty · mark| over the symbols: the gross notional held, USDT."""
+        return self._exposure
 
     @property
     def equity(self) -> float:
         """initial + realised − fees + unrealised, in USDT."""
-        return self.terms.initial_usdt + self.realized_pnl - self.fees + self.unrealized_pnl
+        return self.terms.initial_usdt + self.realized_pnl - self.fees + self._unreal
+
+    @property
+    def buy_and_hold_equity(self) -> float:
+        """initial + what ``notional_usdt`` of every traded symbol, bought at its first live
+        close and held, would have made (before fees): the line to beat."""
+        return self.terms.initial_usdt + self._bh
 
     @property
     def drawdown(self) -> float:
@@ -130,44 +226,84 @@ class PaperAccount:
         peak = self.peak_equity
         return max(0.0, (peak - self.equity) / peak) if peak > 0 else 0.0
 
-    def plan(self, signal: Signal, ts_ms: int) -> Fill | None:
-        """The fill that moves ``signal.symbol`` to its target, or None if already there.
+    def _revalue(self, pos: Position, qty: float, avg: float, mark: float) -> None:
+        """Set a position's qty, entry and mark, moving the account's sums by the change."""
+        old_unreal, old_expo = pos.unreal, abs(pos.qty * pos.mark) if pos.qty else 0.0
+        self._open += (qty != 0.0) - (pos.qty != 0.0)
+        pos.qty, pos.avg_entry, pos.mark = qty, avg, mark
+        pos.unreal = pos.unrealized
+        if self._open == 0:  # every position flat: the sums are exactly 0, not rounding dust
+            self._unreal = self._exposure = 0.0
+            return
+        self._unreal += pos.unreal - old_unreal
+        self._exposure += (abs(qty * mark) if qty else 0.0) - old_expo
+
+    def on_close(self, signal: Scored, ts_ms: int) -> Fill | None:
+        """Mark the symbol at the close; for a live signal, the fill its policy wants (or
+        None). Book the fill with :meth:`book` once it is journaled."""
+        self.mark(signal.symbol, signal.close, live=signal.live)
+        return self.plan(signal, ts_ms) if signal.live else None
+
+    def book(self, signal: Scored, fill: Fill | None) -> None:
+        """Apply a journaled fill (if any) and, for a live signal, the candle's equity point."""
+        if fill is not None:
+            self.apply(fill)
+        if signal.live:
+            self.record(signal.candle_start)
+
+    def plan(self, signal: Scored, ts_ms: int) -> Fill | None:
+        """The fill that moves ``signal.symbol`` to its policy's target, or None (hold).
 
         Raises :class:`PaperError` for a fill the account could not hold: a price that is not
         finite and positive, an amount that is not, or one that would leave any figure of
         the account non-finite (the account never holds a non-finite value)."""
-        target_sign = TARGET[signal.action]
         pos = self.position(signal.symbol)
-        current = pos.qty
-        current_sign = (current > 0.0) - (current < 0.0)
-        if target_sign == current_sign:
-            return None  # hold: the position is not resized while the side is unchanged
+        held = (signal.candle_start - pos.since) // step_ms(signal.interval) if pos.fills else 0
+        frac = pol.target(
+            self.policy,
+            signal.probability_up,
+            signal.probability_high_vol,
+            pos.frac,
+            int(held),
+            pos.mean_abs_return,
+            self.round_trip_cost,
+        )
+        if frac == pos.frac:
+            return None  # hold: the position is not resized while the target stands
         close = signal.close
         if not (math.isfinite(close) and close > 0.0):
             raise PaperError("invalid_amount", f"{signal.symbol}: close {close} is not a price")
-        target = target_sign * self.terms.notional_usdt / close  # base units
+        current = pos.qty
+        target = frac * self.terms.notional_usdt / close  # base units
         delta = target - current
         side = BUY if delta > 0.0 else SELL
         qty = abs(delta)
         price = fill_price(close, side, self.terms.slippage_bps)
         fee = qty * price * self.terms.fee_bps / 10_000.0
         realized = 0.0
-        if current_sign != 0:  # the order closes (part of) the current position
+        cur_sign, new_sign = _sign(current), _sign(target)
+        if cur_sign != 0 and _sign(delta) != cur_sign:  # the order closes (part of) it
             closed = min(abs(current), qty)
-            realized = closed * (price - pos.avg_entry) * current_sign
-        avg_after = price if target_sign != 0 else 0.0
-        if not (_finite(target, qty, price, fee, realized) and qty > 0.0 and price > 0.0):
+            realized = closed * (price - pos.avg_entry) * cur_sign
+        if new_sign == 0:
+            avg_after = 0.0
+        elif new_sign != cur_sign:  # opened or flipped: a new entry
+            avg_after = price
+        elif abs(target) > abs(current):  # added to: the entry averages
+            avg_after = (abs(current) * pos.avg_entry + qty * price) / abs(target)
+        else:  # reduced: the entry stands
+            avg_after = pos.avg_entry
+        if not (_finite(target, qty, price, fee, realized, avg_after) and qty > 0 and price > 0):
             raise PaperError(
                 "invalid_amount",
                 f"{signal.symbol}: a fill of {qty} at {price} (fee {fee}) cannot be booked",
             )
         # the equity after booking it, marked at the close: must stay finite too
-        others = math.fsum(p.unrealized for s, p in self.positions.items() if s != signal.symbol)
         after = (
             self.terms.initial_usdt
             + (self.realized_pnl + realized)
             - (self.fees + fee)
-            + others
+            + (self._unreal - pos.unreal)
             + target * (close - avg_after)
         )
         if not math.isfinite(after):
@@ -184,43 +320,98 @@ class PaperAccount:
             position_after=target,
             avg_entry_after=avg_after,
             probability_up=signal.probability_up,
-            action=signal.action,
+            action=side_label(frac),
             ts_ms=ts_ms,
         )
 
     def apply(self, fill: Fill) -> None:
-        """Book a journaled fill: position, average entry, realised PnL, fees, mark."""
+        """Book a journaled fill: position, average entry, realised PnL, fees, mark, the
+        target in force and the round trip it opens, extends or closes."""
         pos = self.position(fill.symbol)
-        pos.qty = fill.position_after
-        pos.avg_entry = fill.avg_entry_after
-        pos.mark = fill.close
+        before = pos.qty
+        self._revalue(pos, fill.position_after, fill.avg_entry_after, fill.close)
+        notional = self.terms.notional_usdt
+        pos.frac = round(fill.position_after * fill.close / notional, FRACTION_DIGITS) + 0.0
+        pos.since = fill.candle_start
+        pos.fills += 1
+        pos.realized += fill.realized_pnl
+        pos.fees += fill.fee
         self.realized_pnl += fill.realized_pnl
         self.fees += fill.fee
         self.trades += 1
-        self.record(fill.candle_start)
+        self._trip(pos, fill, before)
 
-    def mark(self, symbol: str, close: float) -> None:
-        """Revalue ``symbol`` at a new close; :class:`PaperError` (and the old mark kept) for
-        a close that is not a price or would make the equity non-finite."""
+    def _trip(self, pos: Position, fill: Fill, before: float) -> None:
+        """Round trips: flat → in opens one, back to flat closes it, a flip does both (its
+        fee split by quantity between the closing and the opening part)."""
+        after = fill.position_after
+        closing_qty = abs(before) if _sign(after) != _sign(before) else 0.0
+        close_share = min(1.0, closing_qty / fill.qty) if fill.qty > 0 else 0.0
+        trip = pos.trip
+        if trip is not None:
+            trip["realized"] += fill.realized_pnl
+            trip["fees"] += fill.fee * (close_share if closing_qty else 1.0)
+            if closing_qty:
+                trip.update(exit_ms=fill.candle_start, exit_price=fill.price)
+                trip["net_pnl"] = trip["realized"] - trip["fees"]
+                trip["return"] = trip["net_pnl"] / trip["entry_notional"]
+                self.trips.append(trip)
+                self.round_trips += 1
+                pos.trip = None
+        if after != 0.0 and pos.trip is None:
+            pos.trip = {
+                "symbol": fill.symbol,
+                "side": "long" if after > 0 else "short",
+                "entry_ms": fill.candle_start,
+                "entry_price": fill.price,
+                "entry_notional": abs(after) * fill.price,
+                "realized": 0.0,
+                "fees": fill.fee * (1.0 - close_share),
+            }
+
+    def mark(self, symbol: str, close: float, *, live: bool = True) -> None:
+        """Revalue ``symbol`` at a new close and remember the bar's return; :class:`PaperError`
+        (and the old mark kept) for a close that is not a price or overflows the equity."""
         pos = self.position(symbol)
         if not (math.isfinite(close) and close > 0.0):
             raise PaperError("invalid_amount", f"{symbol}: close {close} is not a price")
-        old, pos.mark = pos.mark, close
-        if not math.isfinite(self.equity):
-            pos.mark = old
+        old = pos.mark
+        old_unreal, old_expo, old_bh, old_pos_bh = pos.unreal, self._exposure, self._bh, pos.bh
+        self._revalue(pos, pos.qty, pos.avg_entry, close)
+        if math.isnan(pos.first_close) and live:
+            pos.first_close = close
+        if not math.isnan(pos.first_close):  # buy and hold follows every close once begun
+            bh = self.terms.notional_usdt * (close / pos.first_close - 1.0)
+            self._bh += bh - pos.bh
+            pos.bh = bh
+        if not math.isfinite(self.equity) or not math.isfinite(self._bh):
+            self._unreal += old_unreal - pos.unreal
+            pos.mark, pos.unreal, self._exposure, self._bh = old, old_unreal, old_expo, old_bh
+            pos.bh = old_pos_bh
             raise PaperError("invalid_amount", f"{symbol}: marking at {close} overflows equity")
+        if not math.isnan(old) and old > 0.0:
+            pos.returns.append(abs(close / old - 1.0))
 
     def record(self, at_ms: int) -> None:
-        """Append an equity point (exchange time of the candle) and track the peak."""
+        """The equity point of candle ``at_ms`` (exchange time): one per candle, the last
+        symbol of a burst overwriting the earlier ones; tracks the peak."""
         eq = self.equity
         self.peak_equity = max(self.peak_equity, eq)
-        self.curve.append((at_ms, eq))
+        if self.first_live_ms is None:
+            self.first_live_ms = at_ms
+        self.last_live_ms = at_ms
+        point = (at_ms, eq, self.buy_and_hold_equity)
+        if self.curve and self.curve[-1][0] == at_ms:
+            self.curve[-1] = point
+        else:
+            self.curve.append(point)
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data view for the API (off the hot path)."""
+        """Plain-data view for the API (off the hot path: O(symbols) here is fine)."""
         return {
             "currency": "USDT",
             "account": self.terms.epoch,
+            "policy": self.policy.name,
             "initial_usdt": self.terms.initial_usdt,
             "notional_usdt": self.terms.notional_usdt,
             "fee_bps": self.terms.fee_bps,
@@ -232,30 +423,63 @@ class PaperAccount:
             "net_pnl": self.equity - self.terms.initial_usdt,
             "drawdown": self.drawdown,
             "trades": self.trades,
+            "fills": self.trades,
+            "round_trips": self.round_trips,
+            "exposure_usdt": self.exposure,
+            "buy_and_hold_equity": self.buy_and_hold_equity,
             "positions": [
                 {
                     "symbol": s,
                     "qty": p.qty,
-                    "side": "long" if p.qty > 0 else "short" if p.qty < 0 else "flat",
+                    "side": side_label(p.qty),
+                    "target": p.frac,
                     "avg_entry": p.avg_entry,
                     "mark": None if math.isnan(p.mark) else p.mark,
-                    "unrealized_pnl": p.unrealized,
+                    "unrealized_pnl": p.unreal,
+                    "realized_pnl": p.realized,
+                    "fees": p.fees,
+                    "net_pnl": p.realized - p.fees + p.unreal,
+                    "fills": p.fills,
                 }
                 for s, p in sorted(self.positions.items())
             ],
-            "equity_curve": [[t, e] for t, e in self.curve],
+            "round_trip_list": [_trip_out(t) for t in reversed(self.trips)],
+            "equity_curve": [[t, e] for t, e, _ in self.curve],
+            "buy_and_hold_curve": [[t, b] for t, _, b in self.curve],
         }
 
 
+def _trip_out(t: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: t[k]
+        for k in (
+            "symbol",
+            "side",
+            "entry_ms",
+            "entry_price",
+            "exit_ms",
+            "exit_price",
+            "realized",
+            "fees",
+            "net_pnl",
+            "return",
+        )
+    }
+
+
 def replay_fills(
-    terms: AccountTerms, fills: list[Fill], curve: CurveState | None = None
+    terms: AccountTerms,
+    fills: list[Fill],
+    curve: CurveState | None = None,
+    policy: PolicyConfig | None = None,
 ) -> PaperAccount:
     """Rebuild an account from its journal (restart): every fill applied in order, then the
-    journaled equity curve, peak and marks (so the curve and drawdown continue unchanged).
+    journaled equity curve (one point per candle), peak and marks (so the curve and drawdown
+    continue unchanged).
 
     A journaled fill that is not finite (written before fills were checked) is skipped and
     logged, so an old poisoned journal cannot poison the account again."""
-    account = PaperAccount(terms)
+    account = PaperAccount(terms, policy or PolicyConfig())
     for f in fills:
         if not _finite(f.qty, f.price, f.close, f.fee, f.realized_pnl, f.position_after):
             log.error(
@@ -268,12 +492,29 @@ def replay_fills(
     if curve is not None and curve.points:
         finite = [p for p in curve.points if math.isfinite(p.equity)]
         account.curve.clear()
-        account.curve.extend((p.candle_start, p.equity) for p in finite)
+        for sym, first in curve.firsts.items():
+            if math.isfinite(first) and first > 0:
+                account.position(sym).first_close = first
+        for p in finite:  # several symbols journal a point per candle: keep the last
+            pos = account.position(p.symbol)
+            if math.isfinite(p.close) and p.close > 0 and not math.isnan(pos.first_close):
+                bh = terms.notional_usdt * (p.close / pos.first_close - 1.0)
+                account._bh += bh - pos.bh
+                pos.bh = bh
+            point = (p.candle_start, p.equity, account.buy_and_hold_equity)
+            if account.first_live_ms is None:
+                account.first_live_ms = p.candle_start
+            account.last_live_ms = p.candle_start
+            if account.curve and account.curve[-1][0] == p.candle_start:
+                account.curve[-1] = point
+            else:
+                account.curve.append(point)
         if curve.peak is not None and math.isfinite(curve.peak):
             account.peak_equity = max(account.peak_equity, curve.peak)
         for symbol, close in curve.marks.items():
             if symbol in account.positions and math.isfinite(close) and close > 0:
-                account.positions[symbol].mark = close
+                pos = account.positions[symbol]
+                account._revalue(pos, pos.qty, pos.avg_entry, close)
     return account
 
 
@@ -367,10 +608,10 @@ class PaperTrader:
         ]
 
     async def on_signal(self, signal: Signal) -> Fill | None:
-        """Mark, plan, journal, then book. Returns the booked fill, if any."""
+        """Mark, plan, journal, then book (O(1) in the number of symbols). Returns the
+        booked fill, if any."""
         account = self.account
-        account.mark(signal.symbol, signal.close)
-        fill = account.plan(signal, int(time.time() * 1000)) if signal.live else None
+        fill = account.on_close(signal, int(time.time() * 1000))
         if fill is not None:
             try:
                 await self.journal.call(self.journal.insert_fill, account.terms.epoch, fill)
@@ -379,15 +620,12 @@ class PaperTrader:
                 self.duplicates += 1
                 fill = None
             else:
-                account.apply(fill)
                 self.metrics.paper_trades.labels(symbol=fill.symbol, side=fill.side).inc()
+        account.book(signal, fill)
         if signal.live:
-            if fill is None:
-                account.record(signal.candle_start)
-            at_ms, equity = account.curve[-1]
-            point = EquityPoint(signal.symbol, at_ms, signal.close, equity)
+            point = EquityPoint(signal.symbol, signal.candle_start, signal.close, account.equity)
             await self.journal.call(self.journal.insert_point, account.terms.epoch, point)
-        self.update_gauges()
+        self.update_gauges(signal.symbol)
         return fill
 
     async def reset(self, initial_usdt: float, notional_usdt: float) -> PaperAccount:
@@ -403,20 +641,26 @@ class PaperTrader:
                 self.account.terms.fee_bps,
                 self.account.terms.slippage_bps,
             )
-            self.account = PaperAccount(terms)
+            self.account = PaperAccount(terms, self.account.policy)
             self.failing, self.failures = None, 0
             self.metrics.paper_position.clear()
             self.update_gauges()
             log.info("paper account reset: account %d, %.2f USDT", terms.epoch, initial_usdt)
             return self.account
 
-    def update_gauges(self) -> None:
-        """Equity, PnL, fees, drawdown and positions into the Prometheus gauges."""
+    def update_gauges(self, symbol: str | None = None) -> None:
+        """Equity, PnL, fees, drawdown, and the position of ``symbol`` (the one that moved:
+        O(1) per signal), or of every symbol when None (start, reset, reload)."""
         a, m = self.account, self.metrics
         m.paper_equity_usdt.set(a.equity)
         m.paper_realized_pnl_usdt.set(a.realized_pnl)
         m.paper_unrealized_pnl_usdt.set(a.unrealized_pnl)
         m.paper_fees_usdt.set(a.fees)
         m.paper_drawdown_ratio.set(a.drawdown)
+        if symbol is not None:
+            pos = a.positions.get(symbol)
+            if pos is not None:
+                m.paper_position.labels(symbol=symbol).set(pos.qty)
+            return
         for s, p in a.positions.items():
             m.paper_position.labels(symbol=s).set(p.qty)

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -155,6 +155,7 @@ class CurveState:
     points: list[EquityPoint]
     peak: float | None
     marks: dict[str, float]
+    firsts: dict[str, float] = field(default_factory=dict)  # each symbol's first live close
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,8 +373,15 @@ class Journal:
                 (epoch,),
             ).fetchall()
         )
+        firsts = dict(
+            self.db.execute(
+                "SELECT symbol, close FROM equity_points WHERE id IN "
+                "(SELECT MIN(id) FROM equity_points WHERE epoch = ? GROUP BY symbol)",
+                (epoch,),
+            ).fetchall()
+        )
         points = [EquityPoint(*r) for r in reversed(rows)]
-        return CurveState(points, None if peak is None else float(peak), marks)
+        return CurveState(points, None if peak is None else float(peak), marks, firsts)
 
     def fills_page(self, epoch: int, symbol: str | None, limit: int) -> list[Fill]:
         """The newest ``limit`` fills of one account (optionally one symbol), newest first."""

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from service.market.bybit import parse_topic
-from service.market.kline_io import load_bundled
+from service.market.kline_io import DATA_DIR, load_bundled, load_klines
 from service.market.klines import VALID_INTERVALS, Kline, KlineTable, interval_ms
 from service.replay.faults import Faults
 from service.replay.malformed import malformed_frame
@@ -40,7 +40,15 @@ CONFIRM_DELAY_MS = 3  # the confirm push's ts lands just after the candle's end
 
 
 @functools.lru_cache(maxsize=16)
-def _bundled(symbol: str, interval: str) -> KlineTable:
+def _bundled(symbol: str, interval: str, at_ms: int | None = None) -> KlineTable:
+    """The bundled file of (symbol, interval); with ``at_ms``, the one whose bars span it
+    (XRP, BNB and ADA have a 2025-11 → 2026-01 file besides the earliest one)."""
+    if at_ms is not None:
+        token = "1d" if interval == "D" else f"{interval}m"
+        for path in sorted(DATA_DIR.glob(f"bybit_linear_{symbol}_{token}_*.csv.gz")):
+            table = load_klines(path, drop_last_unconfirmed=True)
+            if len(table) and int(table.start[0]) <= at_ms <= int(table.start[-1]):
+                return table
     return load_bundled(symbol, interval)
 
 
@@ -84,7 +92,7 @@ class ReplayExchange:
             raise ValueError(f"bad interval {cfg.interval!r} or updates_per_candle")
         if not 0.0 <= cfg.push_jitter_ms < 1000.0:
             raise ValueError(f"push_jitter_ms must be in [0, 1000), got {cfg.push_jitter_ms}")
-        tables = cfg.tables or {s: _bundled(s, cfg.interval) for s in cfg.symbols}
+        tables = cfg.tables or {s: _bundled(s, cfg.interval, cfg.start_ms) for s in cfg.symbols}
         self.tapes = {s: Tape(tables[s]) for s in cfg.symbols}
         self.step = interval_ms(cfg.interval)
         first = max(int(t.table.start[0]) for t in self.tapes.values())

@@ -187,6 +187,8 @@ def stack(helpers: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iter
             # every signal long or short, so paper fills (and their series) appear quickly
             "APPRENTICE_LONG_THRESHOLD": "0.5",
             "APPRENTICE_SHORT_THRESHOLD": "0.5",
+            # the committed card's default policy is flat (issue 28): trade the direction rule
+            "APPRENTICE_POLICY": "direction",
         }
         procs.append(Process("service", [sys.executable, "-m", "service"], tmp, service_env))
         base = f"http://127.0.0.1:{service_port}"

@@ -164,7 +164,13 @@ def write_fixture_model(
         onnx_file=onnx_path.name,
         teacher=NetworkSpec(family="tcn", params=1000),
         student=NetworkSpec(family="linear", params=N_FEATURES * WINDOW + 1),
-        **{"feature_reference": feature_reference(), **(card_extra or {})},
+        # the fixture trades the seed's direction rule, as the paper tests expect (a card
+        # without a policy would default to flat: DESIGN section 8)
+        **{
+            "feature_reference": feature_reference(),
+            "policy": {"default": "direction", "params": {}},
+            **(card_extra or {}),
+        },
     )
     card_path = card.save(onnx_path.with_suffix(".json"))
     return FixtureModel(onnx_path, card_path, weight, bias, weight_vol)

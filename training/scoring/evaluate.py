@@ -6,8 +6,8 @@ model reaches accuracy ≥ 56 % or AUC ≥ 0.58 on all test bars.
 
 `python -m training evaluate --model models/student_pooled_5m.onnx` scores an exported
 student with onnxruntime (no torch) on the bars after its training data ended (from the
-card's data span), per symbol on the card and per head, and prints the metrics and the
-fee-aware backtest of the direction head.
+card's data span), per symbol on the card and per head, and prints the metrics. What trading
+them would have made is ``python -m training backtest`` (the served path, one implementation).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from service import features as fx
-from training.scoring.backtest import backtest
 from training.scoring.metrics import accuracy, head_reports, roc_auc
 
 LEAK_ACCURACY = 0.56
@@ -124,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default="models/student_pooled_5m.onnx", help="exported .onnx")
     ap.add_argument("--symbol", default=None, help="default: every symbol on the card")
     ap.add_argument("--interval", default=None, help="default: the card's interval")
-    ap.add_argument("--upper", type=float, default=0.5, help="long above this probability")
-    ap.add_argument("--lower", type=float, default=0.5, help="short below this probability")
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = ap.parse_args(argv)
     model = Path(args.model)
@@ -135,24 +132,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     results = []
     for symbol in symbols:
-        x, y, nxt = _held_out_windows(card, symbol, interval)
+        x, y, _ = _held_out_windows(card, symbol, interval)
         probs = ort_head_probabilities(model, x)
         rep = head_reports(y, probs)
-        bt, _ = backtest(probs["direction"], nxt, args.upper, args.lower)
         results.append(
             {
                 "model": str(model),
                 "symbol": symbol,
                 "interval": interval,
                 "metrics": rep,
-                "backtest": bt.as_dict(),
             }
         )
         if not args.json:
             print(f"{model} on {symbol} {interval}m, {len(y)} held-out bars")
             for head, m in rep.items():
                 print("  " + head + ": " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
-            print("  backtest: " + ", ".join(f"{k} {v:.4g}" for k, v in bt.as_dict().items()))
+            print("  trading it: python -m training backtest --model " + str(model))
         try:  # the alarm is for next-bar direction only: volatility has real signal
             leakage_check(f"{model} ({symbol})", y[:, 0], probs["direction"])
         except LeakageAlarm as exc:

@@ -28,29 +28,43 @@ async function getJSON(path) {
   return { status: r.status, body: await r.json() };
 }
 
-// Line chart on a canvas, sized to its CSS box. points: [[x, y], ...]
-function chart(canvas, points, { lo, hi, mid, color }) {
+// Line chart on a canvas with a time axis, sized to its CSS box. series: [{points: [[ms, y]],
+// color}]; the first series sets nothing special: every series shares the axes.
+function chart(canvas, series, { lo, hi, mid, axis = true }) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || canvas.width, h = canvas.clientHeight || canvas.height;
   canvas.width = w * dpr; canvas.height = h * dpr;
   const g = canvas.getContext("2d");
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, h);
-  if (points.length < 2) return;
-  points = points.slice().sort((a, b) => a[0] - b[0]); // several symbols share a candle time
-  const ys = points.map((p) => p[1]);
+  series = series.filter((s) => s.points.length > 1)
+    .map((s) => ({ ...s, points: s.points.slice().sort((a, b) => a[0] - b[0]) }));
+  if (!series.length) return;
+  const all = series.flatMap((s) => s.points);
+  const ys = all.map((p) => p[1]), xs = all.map((p) => p[0]);
   const y0 = lo ?? Math.min(...ys), y1 = hi ?? Math.max(...ys);
   const span = y1 - y0 || 1;
-  const x0 = points[0][0], xs = points[points.length - 1][0] - x0 || 1;
-  const px = (x) => 4 + ((x - x0) / xs) * (w - 8);
-  const py = (y) => h - 4 - ((y - y0) / span) * (h - 8);
+  const x0 = Math.min(...xs), xspan = Math.max(...xs) - x0 || 1;
+  const bottom = axis ? 14 : 0; // room for the time labels
+  const px = (x) => 4 + ((x - x0) / xspan) * (w - 8);
+  const py = (y) => h - bottom - 4 - ((y - y0) / span) * (h - bottom - 8);
   if (mid !== undefined) {
     g.strokeStyle = "#3a4552"; g.setLineDash([4, 4]); g.beginPath();
     g.moveTo(0, py(mid)); g.lineTo(w, py(mid)); g.stroke(); g.setLineDash([]);
   }
-  g.strokeStyle = color; g.lineWidth = 1.6; g.beginPath();
-  points.forEach(([x, y], i) => (i ? g.lineTo(px(x), py(y)) : g.moveTo(px(x), py(y))));
-  g.stroke();
+  for (const s of series) {
+    g.strokeStyle = s.color; g.lineWidth = 1.6; g.beginPath();
+    s.points.forEach(([x, y], i) => (i ? g.lineTo(px(x), py(y)) : g.moveTo(px(x), py(y))));
+    g.stroke();
+  }
+  if (axis) { // time axis: first, middle and last candle, UTC
+    g.fillStyle = "#8a96a3"; g.font = "10px system-ui, sans-serif";
+    const t = (ms) => new Date(ms).toISOString().slice(5, 16).replace("T", " ");
+    g.textAlign = "left"; g.fillText(t(x0), 2, h - 2);
+    g.textAlign = "center"; g.fillText(t(x0 + xspan / 2), w / 2, h - 2);
+    g.textAlign = "right"; g.fillText(`${t(x0 + xspan)} UTC`, w - 2, h - 2);
+    g.textAlign = "left"; g.fillText(fmt(y1, 2), 2, 10);
+  }
 }
 
 function renderSignals(data) {
@@ -58,7 +72,7 @@ function renderSignals(data) {
   const cards = [];
   for (const s of data.signals) {
     const badge = s.action === "flat" ? "" : s.action;
-    cards.push(`<div class="card ${s.direction}" data-symbol="${esc(s.symbol)}">
+    cards.push(`<div class="card ${esc(s.action)}" data-symbol="${esc(s.symbol)}" data-action="${esc(s.action)}">
       <div><span class="sym">${esc(s.symbol)}</span><span class="badge ${badge}">${esc(s.action)}</span>
         ${s.stale ? '<span class="badge stale">stale</span>' : ""}</div>
       <div class="prob">${s.direction === "up" ? "▲" : "▼"} ${fmt(s.probability_up * 100, 1)}%</div>
@@ -74,28 +88,45 @@ function renderSignals(data) {
   box.innerHTML = cards.join("") || '<p class="muted">no symbols</p>';
   for (const s of data.signals) {
     const pts = (data.history && data.history[s.symbol]) || [];
-    chart($(`spark-${s.symbol}`), pts, { lo: 0, hi: 1, mid: 0.5, color: "#4c9aff" });
+    chart($(`spark-${s.symbol}`), [{ points: pts, color: "#4c9aff" }], { lo: 0, hi: 1, mid: 0.5 });
   }
 }
 
+function pct(x, digits = 2) {
+  return x === null || x === undefined ? "–" : signed(x * 100, digits) + "%";
+}
+function held(ms) {
+  const m = Math.round(ms / 60000);
+  return m < 120 ? `${m} min` : m < 2880 ? `${(m / 60).toFixed(1)} h` : `${(m / 1440).toFixed(1)} d`;
+}
+
 function renderPaper(p) {
-  $("paper-account").textContent = `#${p.account} · ${p.currency}`;
+  $("paper-account").textContent = `#${p.account} · ${p.currency} · policy ${p.policy}`;
+  const bh = p.buy_and_hold_equity - p.initial_usdt;
   $("paper-figures").innerHTML = [
-    ["equity", fmt(p.equity)], ["net PnL", signed(p.net_pnl)], ["realised", signed(p.realized_pnl)],
-    ["unrealised", signed(p.unrealized_pnl)], ["fees", fmt(p.fees)], ["trades", p.trades],
-    ["drawdown", `${fmt(p.drawdown * 100)}%`],
+    ["equity", fmt(p.equity)], ["net PnL (after fees)", signed(p.net_pnl)],
+    ["realised (before fees)", signed(p.realized_pnl)], ["unrealised", signed(p.unrealized_pnl)],
+    ["fees paid", fmt(p.fees)], ["fills", p.fills], ["round trips", p.round_trips],
+    ["buy and hold PnL", signed(bh)], ["drawdown", `${fmt(p.drawdown * 100)}%`],
   ].map(([k, v]) => `<div><span class="muted small">${k}</span><b>${v}</b></div>`).join("");
-  chart($("equity"), p.equity_curve, { mid: p.initial_usdt, color: "#2fbf71" });
+  chart($("equity"), [{ points: p.buy_and_hold_curve, color: "#c9a227" },
+    { points: p.equity_curve, color: "#2fbf71" }], { mid: p.initial_usdt });
   $("positions").tBodies[0].innerHTML = p.positions.map((x) => `<tr><td>${esc(x.symbol)}</td>
-    <td>${x.side}</td><td>${fmt(x.qty, 5)}</td><td>${fmt(x.avg_entry, 4)}</td>
-    <td>${fmt(x.mark, 4)}</td><td>${signed(x.unrealized_pnl)}</td></tr>`).join("");
+    <td>${x.side}</td><td>${fmt(x.target, 2)}</td><td>${fmt(x.qty, 5)}</td><td>${fmt(x.avg_entry, 4)}</td>
+    <td>${fmt(x.mark, 4)}</td><td>${signed(x.unrealized_pnl)}</td><td>${signed(x.realized_pnl)}</td>
+    <td>${fmt(x.fees)}</td><td>${signed(x.net_pnl)}</td></tr>`).join("");
+  $("trips").tBodies[0].innerHTML = p.round_trip_list.slice(0, 12).map((t) => `<tr>
+    <td>${esc(t.symbol)}</td><td>${t.side}</td><td>${when(t.entry_ms)}</td><td>${when(t.exit_ms)}</td>
+    <td>${held(t.exit_ms - t.entry_ms)}</td><td>${fmt(t.entry_price, 4)}</td><td>${fmt(t.exit_price, 4)}</td>
+    <td>${pct(t.return)}</td><td>${fmt(t.fees)}</td><td>${signed(t.net_pnl)}</td></tr>`).join("")
+    || '<tr><td colspan="10" class="muted">no round trip closed yet</td></tr>';
 }
 
 function renderTrades(t) {
   $("trades").tBodies[0].innerHTML = t.trades.map((x) => `<tr><td>${when(x.candle_start)}</td>
     <td>${esc(x.symbol)}</td><td>${x.side}</td><td>${fmt(x.qty, 5)}</td><td>${fmt(x.price, 4)}</td>
     <td>${fmt(x.fee, 4)}</td><td>${signed(x.realized_pnl)}</td><td>${esc(x.action)}</td></tr>`).join("")
-    || '<tr><td colspan="8" class="muted">no trades yet</td></tr>';
+    || '<tr><td colspan="8" class="muted">no fills yet</td></tr>';
 }
 
 // Prometheus text -> {name: [[le, cumulative count], ...]} for un-labelled histograms.
@@ -155,6 +186,6 @@ async function refresh() {
     : `updated ${new Date().toLocaleTimeString()}`;
 }
 
-$("period").textContent = PERIOD_MS / 1000;
+$("every").textContent = PERIOD_MS / 1000;
 refresh();
 setInterval(refresh, PERIOD_MS);

@@ -3,7 +3,7 @@
 "use strict";
 
 const CHART_POINTS = 120; // candles per symbol
-const SVG_W = 360, SVG_H = 190, PRICE_TOP = 14, PRICE_BOTTOM = 128, VOL_TOP = 140, VOL_BOTTOM = 186;
+const SVG_W = 360, SVG_H = 200, PRICE_TOP = 14, PRICE_BOTTOM = 128, VOL_TOP = 140, VOL_BOTTOM = 186;
 
 function svgEl(tag, attrs, text) {
   const a = Object.entries(attrs).map(([k, v]) => `${k}="${esc(v)}"`).join(" ");
@@ -50,6 +50,8 @@ function priceChart(symbol, objs, threshold) {
       ${svgEl("polygon", { class: "vol", points: area })}
       ${svgEl("line", { class: "thr", x1: 0, x2: SVG_W, y1: yv(threshold).toFixed(1), y2: yv(threshold).toFixed(1) })}
       ${svgEl("text", { class: "axis", x: SVG_W - 70, y: VOL_TOP - 2 }, "P(high vol)")}
+      ${svgEl("text", { class: "axis", x: 4, y: SVG_H - 1 }, when(points[0][0]))}
+      ${svgEl("text", { class: "axis", x: SVG_W - 4, y: SVG_H - 1, "text-anchor": "end" }, `${when(last[0])} UTC`)}
     </svg></div>`;
 }
 
@@ -64,7 +66,12 @@ function psiClass(v) {
 }
 
 function renderHealth(h) {
-  $("health-n").textContent = `last N = ${h.window} scored candles per symbol and head`;
+  $("health-n").textContent = `last N = ${h.n} scored candles (at most ${h.window}) per symbol and head`;
+  const period = $("period");
+  period.dataset.sample = h.period.in_sample === null ? "unknown" : h.period.in_sample ? "in" : "out";
+  period.textContent = h.period.statement;
+  $("policy").textContent = h.policy.statement;
+  $("drift-note").textContent = h.drift.explanation || "";
   const rows = [];
   for (const [sym, heads] of Object.entries(h.symbols)) {
     for (const [head, x] of Object.entries(heads)) {

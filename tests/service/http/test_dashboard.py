@@ -166,7 +166,24 @@ def test_dashboard_shows_signals_paper_and_latency(live_server: str, tmp_path: P
         assert f'data-head="{sym}-volatility"' in dom and f'data-head="{sym}-direction"' in dom
     assert "<polyline" in dom and "<polygon" in dom  # closes and P(high vol)
     assert 'class="act-long"' in dom or 'class="act-short"' in dom  # action changes marked
-    assert "last N = 288 scored candles" in dom
+    # issue 28: the header states the N the table has (59 scored of a 288 window), not 288
+    assert "last N = 59 scored candles (at most 288)" in dom
+    assert "last N = 288 scored candles per" not in dom
+    # the period and the policy in force, from the card, on top of the page
+    assert 'id="period" data-sample="' in dom and "candles 20" in dom
+    assert "Paper trading policy direction" in dom
+    # a card is coloured by its action, not by P(up) < 0.5
+    for action in ("long", "short", "flat"):
+        if f'data-action="{action}"' in dom:
+            assert f'class="card {action}" data-symbol=' in dom
+    assert 'class="card up"' not in dom and 'class="card down"' not in dom
+    # labels say what they count; round trips and per-symbol PnL after fees
+    assert "fills</span>" in dom and "round trips</span>" in dom
+    assert "realised (before fees)" in dom and "net PnL (after fees)" in dom
+    assert 'id="trips"' in dom and "buy and hold" in dom
+    # the price charts have a time axis
+    assert dom.count(" UTC</text>") >= 2
+    assert "moved past PSI" in dom or "No feature has moved" in dom  # drift explains itself
     assert "<td>rsi_14</td>" in dom and "live vectors" in dom  # drift table
 
     png = tmp_path / "dashboard.png"
