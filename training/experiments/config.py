@@ -99,6 +99,18 @@ class SelectSettings:
 
 
 @dataclass(frozen=True)
+class LockedSettings:
+    """The locked evaluation (issue 29): the committed student, once, on bars no choice has
+    seen (every window of these alts' bundled Nov–Jan files, zero-shot), beside the linear
+    control; fixed before it is looked at."""
+
+    symbols: tuple[str, ...] = ("XRPUSDT", "BNBUSDT", "ADAUSDT")
+    period: str = "20251101"
+    bootstrap: int = 2000
+    margin: float = 0.002  # the target: student AUC ≥ linear AUC − margin
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """Everything the report run needs; written into the report and the model card."""
 
@@ -129,6 +141,7 @@ class ReportConfig:
     cross_timeframe: CrossTimeframeSettings = field(default_factory=CrossTimeframeSettings)
     cross_domain: CrossDomainSettings = field(default_factory=CrossDomainSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
+    locked: LockedSettings = field(default_factory=LockedSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict for the report and the model card."""
@@ -145,6 +158,7 @@ SECTIONS: dict[str, type] = {
     "cross_timeframe": CrossTimeframeSettings,
     "cross_domain": CrossDomainSettings,
     "select": SelectSettings,
+    "locked": LockedSettings,
 }
 FIELD_OF = {"teacher": "teacher_fit", "student": "student_fit"}
 
