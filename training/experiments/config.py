@@ -51,6 +51,10 @@ class CrossAssetSettings:
     union_stride: int = 2  # teacher's data + slice control: every k-th teacher window
     min_steps: int = 0  # every fit of this setting runs at least this many steps (slices)
     last_bars: int = 0
+    # issue 29's feature-distillation test, pooled over the targets: each of these methods
+    # (from the pooled teacher) against KD from it, volatility head, TOST at ±margin AUC
+    feature_test: tuple[str, ...] = ("attention", "fitnet")
+    margin: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ class ReportConfig:
     bootstrap: int = 500
     threads: int = 1
     cka_rows: int = 500
+    # issue 29's standing controls: the logistic regression in every setting, the diverse
+    # teacher (logistic regression + LightGBM + the TCN members) distilled by KD in A and B,
+    # and the linear student in A's rows and among the selection's candidates
+    diverse: bool = True
+    linear_student: bool = True
     export: bool = True
     progress: bool = True
     teacher_fit: FitSettings = field(

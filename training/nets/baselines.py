@@ -150,18 +150,20 @@ class TreeBaseline:
             clf.fit(
                 st,
                 y[:, i],
-                eval_set=[(sv, y_val[:, i])],
+                eval_X=(sv,),
+                eval_y=(y_val[:, i],),
                 eval_metric="binary_logloss",
                 callbacks=[lgb.early_stopping(self.stop_rounds, verbose=False)],
             )
             self.models.append(clf)
             self.rounds[h] = int(clf.best_iteration_ or self.max_rounds)
-            self.val_auc[h] = _auc(y_val[:, i], clf.predict_proba(sv)[:, 1])
+            pv = np.asarray(clf.predict_proba(sv), dtype=np.float64)  # (M, 2)
+            self.val_auc[h] = _auc(y_val[:, i], pv[:, 1])
         return self
 
     def predict(self, x: F32) -> dict[str, F64]:
         s = window_summaries(x, self.mean, self.std)
         return {
-            h: np.asarray(m.predict_proba(s)[:, 1], dtype=np.float64)
+            h: np.asarray(m.predict_proba(s), dtype=np.float64)[:, 1]
             for h, m in zip(HEADS, self.models, strict=True)
         }

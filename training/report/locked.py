@@ -246,6 +246,34 @@ def put_section(report: Path, section: str) -> None:
     report.write_text(text)
 
 
+def run_locked(cfg: ReportConfig, exported: dict[str, Any], log: Any = print) -> dict[str, Any]:
+    """The report's step after the export: evaluate the just-exported student once and store
+    the figures in its card (and in `exported`'s copy of it)."""
+    onnx_path = Path(exported["path"])
+    card_path = onnx_path.with_suffix(".json")
+    locked = evaluate(cfg, onnx_path, json.loads(card_path.read_text()), log)
+    store(card_path, locked)
+    exported["card"]["locked_evaluation"] = locked
+    return locked
+
+
+def answer_line(locked: dict[str, Any], head: str = "volatility") -> str:
+    """The answers' bullet."""
+    rows = [r for r in locked["rows"] if r["head"] == head]
+    alts = [r for r in rows if r["where"] != "test bars"]
+    test = next((r for r in rows if r["where"] == "test bars"), None)
+    out = (
+        "- **Locked evaluation (the committed student once, zero-shot, on bars no selection "
+        f"has seen, {head}):** " + answer(alts, locked["margin"])
+    )
+    if test is not None:
+        out += (
+            f" On the test bars: student {_ci(test['student'])}, logistic regression "
+            f"{_ci(test['linear'])} ({test['verdict']}, Δ {_ci(test['diff'], True)})."
+        )
+    return out
+
+
 def store(card_path: Path, locked: dict[str, Any]) -> None:
     """Write the figures into the card (validated, written as the exporter writes cards)."""
     data = ModelCard.load(card_path).model_dump()
