@@ -40,6 +40,7 @@ from training.scoring.evaluate import ort_head_probabilities
 from training.scoring.stats import auc_interval, day_blocks, runs_bootstrap
 
 BEGIN = "<!-- locked-evaluation -->"
+BULLET = "- **Locked evaluation"
 END = "<!-- /locked-evaluation -->"
 STUDENT = "student"
 LINEAR = "logistic regression"
@@ -233,16 +234,26 @@ def answer(alts: list[dict[str, Any]], margin: float) -> str:
     )
 
 
-def put_section(report: Path, section: str) -> None:
-    """Insert (or replace) the locked section of a report.md, before its first '## ' after
-    the answers, else at the end."""
+def put_section(report: Path, section: str, bullet: str = "") -> None:
+    """Insert (or replace) the locked section of a report.md before its committed-student
+    section (else at the end), and `bullet` as the last of its answers (replacing an older
+    locked bullet)."""
     text = report.read_text() if report.exists() else ""
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + "\n" + tail
+        text = head + rest.split(END, 1)[1].lstrip("\n")
+    anchor = "## The committed student"
+    if anchor in text:
+        head, tail = text.split(anchor, 1)
+        text = head + section + "\n" + anchor + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section
+    if bullet:
+        lines = [ln for ln in text.split("\n") if not ln.startswith(BULLET)]
+        text = "\n".join(lines)
+        if "\n## Method" in text:
+            head, tail = text.split("\n## Method", 1)
+            text = head.rstrip("\n") + "\n" + bullet + "\n\n## Method" + tail
     report.write_text(text)
 
 
@@ -263,7 +274,7 @@ def answer_line(locked: dict[str, Any], head: str = "volatility") -> str:
     alts = [r for r in rows if r["where"] != "test bars"]
     test = next((r for r in rows if r["where"] == "test bars"), None)
     out = (
-        "- **Locked evaluation (the committed student once, zero-shot, on bars no selection "
+        f"{BULLET} (the committed student once, zero-shot, on bars no selection "
         f"has seen, {head}):** " + answer(alts, locked["margin"])
     )
     if test is not None:
@@ -304,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for h in ("volatility", "direction"):
         print(render(locked, h))
     if args.report:
-        put_section(Path(args.report), render(locked))
+        put_section(Path(args.report), render(locked), answer_line(locked))
     return 0
 
 
