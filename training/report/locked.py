@@ -187,6 +187,10 @@ def evaluate(
     }
 
 
+def _p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else "< 0.0001"
+
+
 def _ci(t: Sequence[float], signed: bool = False) -> str:
     f = "{:+.4f}" if signed else "{:.4f}"
     return f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
@@ -212,7 +216,7 @@ def render(locked: dict[str, Any], head: str = "volatility") -> str:
     for r in rows:
         lines.append(
             f"| {r['where']} | {r['windows']} | {r['days']} | {_ci(r['student'])} | "
-            f"{_ci(r['linear'])} | {_ci(r['diff'], True)} | {r['p']:.4f} | {r['verdict']} | "
+            f"{_ci(r['linear'])} | {_ci(r['diff'], True)} | {_p(r['p'])} | {r['verdict']} | "
             f"{'yes' if r['target_met'] else 'no'} |"
         )
     alts = [r for r in rows if r["where"] != "test bars"]
