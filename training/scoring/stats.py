@@ -276,6 +276,7 @@ def runs_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     seeds_too: bool = True,
+    cache: BootCache | None = None,
 ) -> BootstrapResult:
     """Paired hierarchical bootstrap of mean-over-seeds metric(A) − mean-over-seeds metric(B).
 
@@ -288,9 +289,47 @@ def runs_bootstrap(
     The interval is the 2.5–97.5 % percentile of the resampled differences; the p-value is
     :func:`normal_p` (z = observed / bootstrap standard error), never floored at 1/(B+1).
     """
-    obs, boot, n_blocks = boot_samples(y, runs_a, runs_b, blocks, metric, n_boot, seed, seeds_too)
+    obs, boot, n_blocks = boot_samples(
+        y, runs_a, runs_b, blocks, metric, n_boot, seed, seeds_too, cache
+    )
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return BootstrapResult(metric, obs, float(lo), float(hi), normal_p(obs, boot), n_blocks, n_boot)
+
+
+# per-model resampled metrics, reused across the comparisons of one analysis: key (id of
+# the runs list, metric, n_boot, seed) -> (observed mean metric, (S, B) per-seed metric)
+BootCache = dict[tuple[int, str, int, int], tuple[float, NDArray[np.float64]]]
+
+
+def _model_matrix(
+    ya: NDArray[np.int64],
+    runs: Runs,
+    bl: NDArray[np.int64],
+    counts: NDArray[np.float64],
+    metric: str,
+    key: tuple[int, str, int, int],
+    cache: BootCache | None,
+) -> tuple[float, NDArray[np.float64]]:
+    """(observed mean-over-seeds metric, (S, B) each seed's metric under each resample)."""
+    if cache is not None and key in cache:
+        return cache[key]
+    if metric == "log_loss":
+        n_blocks = counts.shape[1]
+        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)  # (D,)
+        losses = [_row_losses(ya, p) for p in _as_runs(ya, runs)]  # S × (N,)
+        sums = np.stack([np.bincount(bl, weights=r, minlength=n_blocks) for r in losses])
+        out = (
+            float(np.mean([r.mean() for r in losses])),
+            (sums @ counts.T) / (counts @ block_n)[None, :],
+        )
+    elif metric == "auc":
+        f = _RunsAUC(ya, runs, bl)
+        out = (f(), f.per_seed(counts))
+    else:
+        raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 def boot_samples(
@@ -302,34 +341,27 @@ def boot_samples(
     n_boot: int = 1000,
     seed: int = 0,
     seeds_too: bool = True,
+    cache: BootCache | None = None,
 ) -> tuple[float, NDArray[np.float64], int]:
     """(observed A − B, (n_boot,) resampled differences, block count) of
-    :func:`runs_bootstrap`."""
+    :func:`runs_bootstrap`. `cache` (one per set of rows and blocks) reuses each model's
+    resampled metrics across comparisons."""
     ya, bl = _prep(y, blocks)
     n_blocks = int(bl.max()) + 1
     counts = _block_weights(n_blocks, n_boot, seed)  # (B, D)
     rng = np.random.default_rng(seed + 1_000_003)
-    if metric == "log_loss":
-        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)  # (D,)
-        obs_parts, mats = [], []
-        for runs in (runs_a, runs_b):
-            losses = [_row_losses(ya, p) for p in _as_runs(ya, runs)]  # S × (N,)
-            sums = np.stack([np.bincount(bl, weights=r, minlength=n_blocks) for r in losses])
-            mats.append((sums @ counts.T) / (counts @ block_n)[None, :])  # (S, B)
-            obs_parts.append(float(np.mean([r.mean() for r in losses])))
-        obs = obs_parts[0] - obs_parts[1]
-    elif metric == "auc":
-        fa, fb = _RunsAUC(ya, runs_a, bl), _RunsAUC(ya, runs_b, bl)
-        obs = fa() - fb()
-        mats = [fa.per_seed(counts), fb.per_seed(counts)]
-    else:
-        raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
+    oa, ma = _model_matrix(
+        ya, runs_a, bl, counts, metric, (id(runs_a), metric, n_boot, seed), cache
+    )
+    ob, mb = _model_matrix(
+        ya, runs_b, bl, counts, metric, (id(runs_b), metric, n_boot, seed), cache
+    )
     if seeds_too:
-        da, db = (_seed_draws(m.shape[0], n_boot, rng) for m in mats)
-        boot = _hier_mean(mats[0], da) - _hier_mean(mats[1], db)
+        da, db = (_seed_draws(m.shape[0], n_boot, rng) for m in (ma, mb))
+        boot = _hier_mean(ma, da) - _hier_mean(mb, db)
     else:
-        boot = mats[0].mean(axis=0) - mats[1].mean(axis=0)
-    return obs, np.asarray(boot, dtype=np.float64), n_blocks
+        boot = ma.mean(axis=0) - mb.mean(axis=0)
+    return oa - ob, np.asarray(boot, dtype=np.float64), n_blocks
 
 
 @dataclass(frozen=True)
@@ -412,6 +444,7 @@ def gap_recovered(
     blocks: ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
+    cache: BootCache | None = None,
 ) -> GapResult:
     """Gap recovered in mean-over-seeds AUC, with a paired hierarchical bootstrap (the same
     resampled days for all three models, so their correlation is kept; each model's seeds
@@ -419,15 +452,14 @@ def gap_recovered(
     (N,) array per seed)."""
     ya, bl = _prep(y, blocks)
     n_blocks = int(bl.max()) + 1
-    fs, fc, ft = (_RunsAUC(ya, r, bl) for r in (student, scratch, teacher))
-    s, c, t = fs(), fc(), ft()
-    ratio = (s - c) / (t - c) if t - c > 1e-12 else float("nan")
     counts = _block_weights(n_blocks, n_boot, seed)
-    rng = np.random.default_rng(seed + 1_000_003)
-    bs, bc, bt = (
-        _hier_mean(m, _seed_draws(m.shape[0], n_boot, rng))
-        for m in (f.per_seed(counts) for f in (fs, fc, ft))
+    (s, ms), (c, mc), (t, mt) = (
+        _model_matrix(ya, r, bl, counts, "auc", (id(r), "auc", n_boot, seed), cache)
+        for r in (student, scratch, teacher)
     )
+    ratio = (s - c) / (t - c) if t - c > 1e-12 else float("nan")
+    rng = np.random.default_rng(seed + 1_000_003)
+    bs, bc, bt = (_hier_mean(m, _seed_draws(m.shape[0], n_boot, rng)) for m in (ms, mc, mt))
     ok = bt - bc > 1e-12
     boots = ((bs - bc)[ok] / (bt - bc)[ok]).tolist()
     if boots:
