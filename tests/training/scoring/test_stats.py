@@ -215,3 +215,19 @@ def test_equivalence_verdicts() -> None:
         y[small], [a[small] + rng.normal(0, 0.5, 400)], [a[small]], blocks[small] // 1, 0.002, 200
     )
     assert inc.verdict in ("inconclusive", "worse")
+
+
+def test_per_seed_matches_the_one_resample_auc() -> None:
+    from training.scoring.stats import _block_weights, _RunsAUC
+
+    rng = np.random.default_rng(8)
+    n = 1500
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 50
+    runs = [np.round(y + rng.normal(0, 1.0, n), 1) for _ in range(2)]  # ties on purpose
+    f = _RunsAUC(y, runs, blocks)
+    counts = _block_weights(30, 70, 3)
+    mat = f.per_seed(counts, chunk=16)
+    for j in (0, 15, 16, 69):
+        one = [_RunsAUC(y, [r], blocks)(counts[j]) for r in runs]
+        np.testing.assert_allclose(mat[:, j], one, rtol=0, atol=1e-12)
