@@ -52,6 +52,7 @@ UNION = "scratch (teacher's data + slice)"
 
 
 KD_DIVERSE = "kd (pooled diverse teacher)"
+DIVERSE_ROW = "pooled diverse teacher"
 
 
 def distilled(cfg: ReportConfig) -> list[str]:
@@ -128,7 +129,9 @@ def run(env: Env, a: PooledOutcome) -> tuple[list[SettingResult], dict[str, Targ
             small.test.start_ms,
         )
         res.comparisons = comparisons(cfg)
-        res.gaps = [(d, SCRATCH, ENSEMBLE) for d in distilled(cfg)]
+        res.gaps = [
+            (d, SCRATCH, DIVERSE_ROW if d == KD_DIVERSE else ENSEMBLE) for d in distilled(cfg)
+        ]
         mp = [predict(m, small.test.x) for m in a.members]
         res.add(ENSEMBLE, average(mp), t_params * len(a.members))
         res.add(SINGLE, mp[min(cfg.feature_member, len(mp) - 1)], t_params)
@@ -138,7 +141,7 @@ def run(env: Env, a: PooledOutcome) -> tuple[list[SettingResult], dict[str, Targ
         plan: StudentPlan = [(SCRATCH, "scratch", None)]
         plan += [(f"{m} (pooled teacher)", m, pooled_t) for m in ca.methods]
         if cfg.diverse and a.diverse is not None:
-            res.add("pooled diverse teacher", a.diverse.predict(small.test.x))
+            res.add(DIVERSE_ROW, a.diverse.predict(small.test.x), 0)
             plan += [(KD_DIVERSE, "kd", a.diverse.targets(env, small.train.x))]
         preds, _ = train_students(env, small, small.test.x, plan, ca.seeds, f"B {sym}")
         slice_members: list[nn.Module] = train_members(env, small, f"B {sym} slice", cfg.members)

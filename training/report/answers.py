@@ -225,6 +225,8 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
     v = "volatility"
     sym = b.result.key.split("/", 1)[1]
     rows = [n for n in b.result.preds if n.endswith("(pooled teacher)")]
+    rows += [n for n in b.result.preds if n == "kd (pooled diverse teacher)"]
+    lin = LINEAR in b.result.preds
     parts = []
     for n in rows:
         cells = ", ".join(
@@ -234,7 +236,9 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
                 "kd from slice-only teacher",
                 "scratch (full alt history)",
                 UNION,
+                LINEAR,
             )
+            if b.comparison(v, n, ctl) is not None
         )
         parts.append(f"`{n}` AUC {b.mean(v, n):.4f}, gap recovered {fmt_gap(b.gap(v, n))}; {cells}")
     return (
@@ -243,7 +247,11 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
         f"{b.mean(v, 'scratch (slice)'):.4f}, scratch on the full alt history "
         f"{b.mean(v, 'scratch (full alt history)'):.4f}, KD from a slice-only teacher "
         f"{b.mean(v, 'kd from slice-only teacher'):.4f}, teacher's data + slice "
-        f"{b.mean(v, UNION):.4f}. " + "; ".join(parts) + "."
+        f"{b.mean(v, UNION):.4f}"
+        + (f", the logistic regression on the slice {b.mean(v, LINEAR):.4f}" if lin else "")
+        + ". "
+        + "; ".join(parts)
+        + "."
     )
 
 
