@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -13,10 +14,25 @@ from service import features as fx
 from training.distill.distiller import default_pairs
 from training.experiments.config import ReportConfig
 from training.experiments.fit import CachedTeacher
-from training.experiments.harness import FoldLike, Preds, ensemble_targets, predict
+from training.experiments.harness import (
+    FoldLike,
+    Preds,
+    average,
+    diverse_targets,
+    ensemble_targets,
+    predict,
+)
 from training.experiments.runner import run_fits
+from training.nets.baselines import LinearBaseline, TreeBaseline
 from training.nets.networks import NetSpec, build_network, count_parameters, default_spec
 from training.progress import Progress
+
+LINEAR = "logistic regression"  # the standing linear control of every setting
+TREES = "lightgbm"
+DIVERSE = "diverse teacher"
+# the linear student: the mlp family without hidden layers is a linear map of the flattened
+# normalised window to both heads' logits (F·T·4 + 4 parameters); it exposes no features
+LINEAR_STUDENT = "linear student (kd)"
 
 # (report row name, distillation method, targets or None for scratch)
 StudentPlan = list[tuple[str, str, CachedTeacher | None]]
@@ -126,3 +142,53 @@ def majority(y_train: np.ndarray, n: int) -> Preds:
     from service.model.card import HEADS
 
     return {h: np.full(n, float(np.mean(y_train[:, i]))) for i, h in enumerate(HEADS)}
+
+
+def linear_spec(env: Env) -> NetSpec:
+    """The linear student: flattened normalised window → both heads' logits."""
+    return NetSpec("mlp", env.s_spec.n_features, env.s_spec.window, ())
+
+
+def linear_control(env: Env, data: FoldLike, label: str) -> LinearBaseline:
+    """The logistic regression on the flattened standardised window, trained on a student's
+    own training windows (C chosen on its validation windows)."""
+    t0 = time.perf_counter()
+    lin = LinearBaseline(data.mean, data.std).fit(
+        data.train.x, data.train.y, data.val.x, data.val.y
+    )
+    env.log(f"{label} logistic regression: C {lin.chosen_c} ({time.perf_counter() - t0:.0f} s)")
+    return lin
+
+
+@dataclass
+class Diverse:
+    """A teacher with diverse members (issue 29): the logistic regression, LightGBM on window
+    summaries and the TCN ensemble, each a third of the averaged probabilities."""
+
+    linear: LinearBaseline
+    trees: TreeBaseline
+    members: list[nn.Module]
+
+    def predict(self, x: np.ndarray) -> Preds:
+        nets = average([predict(m, x) for m in self.members])
+        return average([self.linear.predict(x), self.trees.predict(x), nets])
+
+    def targets(self, env: Env, x: np.ndarray) -> CachedTeacher:
+        others = [self.linear.predict(x), self.trees.predict(x)]
+        cfg = env.cfg
+        fm = min(cfg.feature_member, len(self.members) - 1)
+        return diverse_targets(self.members, others, x, env.layers, cfg.distill.temperature, fm)
+
+
+def diverse_teacher(
+    env: Env, data: FoldLike, members: list[nn.Module], label: str, linear: LinearBaseline | None
+) -> Diverse:
+    """Fit the non-network members on the teacher's training windows (early stopping and C on
+    its validation windows) and join them to the TCN members."""
+    lin = linear or linear_control(env, data, label)
+    t0 = time.perf_counter()
+    trees = TreeBaseline(data.mean, data.std, seed=env.cfg.members[0]).fit(
+        data.train.x, data.train.y, data.val.x, data.val.y
+    )
+    env.log(f"{label} lightgbm: rounds {trees.rounds} ({time.perf_counter() - t0:.0f} s)")
+    return Diverse(lin, trees, members)

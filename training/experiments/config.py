@@ -51,6 +51,10 @@ class CrossAssetSettings:
     union_stride: int = 2  # teacher's data + slice control: every k-th teacher window
     min_steps: int = 0  # every fit of this setting runs at least this many steps (slices)
     last_bars: int = 0
+    # issue 29's feature-distillation test, pooled over the targets: each of these methods
+    # (from the pooled teacher) against KD from it, volatility head, TOST at ±margin AUC
+    feature_test: tuple[str, ...] = ("attention", "fitnet")
+    margin: float = 0.002
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,18 @@ class SelectSettings:
 
 
 @dataclass(frozen=True)
+class LockedSettings:
+    """The locked evaluation (issue 29): the committed student, once, on bars no choice has
+    seen (every window of these alts' bundled Nov–Jan files, zero-shot), beside the linear
+    control; fixed before it is looked at."""
+
+    symbols: tuple[str, ...] = ("XRPUSDT", "BNBUSDT", "ADAUSDT")
+    period: str = "20251101"
+    bootstrap: int = 2000
+    margin: float = 0.002  # the target: student AUC ≥ linear AUC − margin
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """Everything the report run needs; written into the report and the model card."""
 
@@ -117,6 +133,11 @@ class ReportConfig:
     bootstrap: int = 500
     threads: int = 1
     cka_rows: int = 500
+    # issue 29's standing controls: the logistic regression in every setting, the diverse
+    # teacher (logistic regression + LightGBM + the TCN members) distilled by KD in A and B,
+    # and the linear student in A's rows and among the selection's candidates
+    diverse: bool = True
+    linear_student: bool = True
     export: bool = True
     progress: bool = True
     teacher_fit: FitSettings = field(
@@ -129,6 +150,7 @@ class ReportConfig:
     cross_timeframe: CrossTimeframeSettings = field(default_factory=CrossTimeframeSettings)
     cross_domain: CrossDomainSettings = field(default_factory=CrossDomainSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
+    locked: LockedSettings = field(default_factory=LockedSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict for the report and the model card."""
@@ -145,6 +167,7 @@ SECTIONS: dict[str, type] = {
     "cross_timeframe": CrossTimeframeSettings,
     "cross_domain": CrossDomainSettings,
     "select": SelectSettings,
+    "locked": LockedSettings,
 }
 FIELD_OF = {"teacher": "teacher_fit", "student": "student_fit"}
 

@@ -31,8 +31,10 @@ from training.data.series import (
     pooled_fold,
 )
 from training.experiments.common import (
+    LINEAR,
     Env,
     StudentPlan,
+    linear_control,
     teacher_targets,
     train_members,
     train_students,
@@ -49,24 +51,33 @@ SLICE_KD = "kd from slice-only teacher"
 UNION = "scratch (teacher's data + slice)"
 
 
+KD_DIVERSE = "kd (pooled diverse teacher)"
+DIVERSE_ROW = "pooled diverse teacher"
+
+
 def distilled(cfg: ReportConfig) -> list[str]:
-    return [f"{m} (pooled teacher)" for m in cfg.cross_asset.methods]
+    out = [f"{m} (pooled teacher)" for m in cfg.cross_asset.methods]
+    return out + ([KD_DIVERSE] if cfg.diverse else [])
 
 
 def n_runs(cfg: ReportConfig) -> int:
     ca = cfg.cross_asset
     if not ca.enabled:
         return 0
-    per_target = len(cfg.members) + len(ca.seeds) * (4 + len(ca.methods))
+    per_target = len(cfg.members) + len(ca.seeds) * (4 + len(distilled(cfg)))
     return len(ca.targets) * per_target
 
 
 def comparisons(cfg: ReportConfig) -> list[tuple[str, str]]:
     """Pre-registered family per target: the teacher vs the slice student, every distilled
-    student vs each of the four controls."""
-    out = [(ENSEMBLE, SCRATCH)]
+    student vs each of the four controls and vs the logistic regression on the slice (the
+    linear control, the student's own input and rows); KD from the diverse teacher vs KD
+    from the TCN ensemble."""
+    out = [(ENSEMBLE, SCRATCH), (ENSEMBLE, LINEAR), (SCRATCH, LINEAR)]
     for d in distilled(cfg):
-        out += [(d, SCRATCH), (d, SLICE_KD), (d, FULL), (d, UNION)]
+        out += [(d, SCRATCH), (d, SLICE_KD), (d, FULL), (d, UNION), (d, LINEAR)]
+    if cfg.diverse and "kd" in cfg.cross_asset.methods:
+        out += [(KD_DIVERSE, "kd (pooled teacher)")]
     return out
 
 
@@ -118,13 +129,20 @@ def run(env: Env, a: PooledOutcome) -> tuple[list[SettingResult], dict[str, Targ
             small.test.start_ms,
         )
         res.comparisons = comparisons(cfg)
-        res.gaps = [(d, SCRATCH, ENSEMBLE) for d in distilled(cfg)]
+        res.gaps = [
+            (d, SCRATCH, DIVERSE_ROW if d == KD_DIVERSE else ENSEMBLE) for d in distilled(cfg)
+        ]
         mp = [predict(m, small.test.x) for m in a.members]
         res.add(ENSEMBLE, average(mp), t_params * len(a.members))
         res.add(SINGLE, mp[min(cfg.feature_member, len(mp) - 1)], t_params)
+        lin = linear_control(env, small, f"B {sym}")
+        res.add(LINEAR, lin.predict(small.test.x), lin.params)
         pooled_t = teacher_targets(env, a.members, small.train.x)
         plan: StudentPlan = [(SCRATCH, "scratch", None)]
         plan += [(f"{m} (pooled teacher)", m, pooled_t) for m in ca.methods]
+        if cfg.diverse and a.diverse is not None:
+            res.add(DIVERSE_ROW, a.diverse.predict(small.test.x), 0)
+            plan += [(KD_DIVERSE, "kd", a.diverse.targets(env, small.train.x))]
         preds, _ = train_students(env, small, small.test.x, plan, ca.seeds, f"B {sym}")
         slice_members: list[nn.Module] = train_members(env, small, f"B {sym} slice", cfg.members)
         res.add(

@@ -14,6 +14,7 @@ import numpy as np
 
 from training.data.series import PooledFold, Series, assemble, backtesting_series
 from training.experiments.common import (
+    LINEAR,
     Env,
     StudentPlan,
     teacher_targets,
@@ -69,6 +70,7 @@ def run(env: Env, b: SettingResult, target: TargetData) -> SettingResult:
         ("ensemble teacher", "pooled crypto teacher (zero-shot)"),
         (SCRATCH, SCRATCH),
         (pooled_kd, pooled_kd),
+        (LINEAR, LINEAR),  # the linear control on the same slice (setting B's)
     ):
         if name in b.preds:
             res.preds[as_name] = b.preds[name]
@@ -90,6 +92,8 @@ def run(env: Env, b: SettingResult, target: TargetData) -> SettingResult:
             for p in runs:
                 res.add(name, p, s_params)
             res.comparisons += [(name, SCRATCH)]
+            if LINEAR in res.preds:
+                res.comparisons += [(name, LINEAR)]
             if pooled_kd in res.preds:
                 res.comparisons += [(name, pooled_kd)]
             res.gaps.append((name, SCRATCH, f"{src} teacher (zero-shot)"))

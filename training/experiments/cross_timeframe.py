@@ -39,8 +39,10 @@ from training.data.series import (
 )
 from training.data.transfer import aligned_rows
 from training.experiments.common import (
+    LINEAR,
     Env,
     StudentPlan,
+    linear_control,
     teacher_targets,
     train_members,
     train_students,
@@ -67,8 +69,10 @@ def comparisons(cfg: ReportConfig) -> list[tuple[str, str]]:
     each student vs scratch, the 1-minute-taught ones vs the 5-minute-taught one, and every
     feature method vs KD from the same teacher."""
     out = [(t, "scratch") for t in TEACHERS] + [(T1, T5), (T15, T5)]
+    out += [(T5, LINEAR), ("scratch", LINEAR)]
     for m in cfg.cross_timeframe.methods:
         out += [(f"{m} from {k}", "scratch") for k in TEACHERS.values()]
+        out += [(f"{m} from {k}", LINEAR) for k in TEACHERS.values()]
         out += [(f"{m} from 1m", f"{m} from 5m"), (f"{m} from 1m+5m", f"{m} from 5m")]
         if m != "kd":
             out += [(f"{m} from {k}", f"kd from {k}") for k in TEACHERS.values()]
@@ -147,6 +151,8 @@ def run(env: Env) -> SettingResult:
         pf5.test_symbol,
         comparisons=comparisons(cfg),
     )
+    lin = linear_control(env, pf5, "C")  # the student's input, rows and labels
+    res.add(LINEAR, lin.predict(pf5.test.x), lin.params)
     plan: StudentPlan = [("scratch", "scratch", None)]
     for name, suffix in TEACHERS.items():
         data = teacher_fold(pf5, s1s, name)

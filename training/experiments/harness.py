@@ -99,6 +99,34 @@ def ensemble_targets(
     return CachedTeacher(members[feature_member], logits, feats)
 
 
+def tempered_pair(p: P, temperature: float) -> torch.Tensor:
+    """(M,) class-1 probabilities of a non-network model → (M, 2) tempered probabilities
+    softmax([0, logit(p)] / T), as a network's softmax(z / T) would give."""
+    pc = np.clip(p, 1e-6, 1 - 1e-6)
+    hi = torch.sigmoid(torch.as_tensor(np.log(pc / (1 - pc)) / temperature, dtype=torch.float32))
+    return torch.stack([1 - hi, hi], dim=-1)
+
+
+def diverse_targets(
+    members: Sequence[nn.Module],
+    others: Sequence[Preds],
+    x: NDArray[np.float32],
+    layers: Sequence[int],
+    temperature: float,
+    feature_member: int = 0,
+) -> CachedTeacher:
+    """KD targets of a diverse teacher (issue 29): the network members' ensemble counts as
+    one part and each other model (its probabilities on the same rows x) as another, all
+    parts weighing equally: mean tempered probability = (mean_k softmax(z_k/T) + Σ_j q_j)
+    / (1 + J). Features, as for :func:`ensemble_targets`, from one network member."""
+    base = ensemble_targets(members, x, layers, temperature, feature_member)
+    parts = [F.softmax(base.logits / temperature, dim=-1)]  # (N, H, 2)
+    for o in others:
+        parts.append(torch.stack([tempered_pair(o[h], temperature) for h in HEADS], dim=1))
+    mean_p = torch.stack(parts).mean(dim=0).clamp_min(1e-12)
+    return CachedTeacher(members[feature_member], temperature * torch.log(mean_p), base.feats)
+
+
 def uniform_targets(member: nn.Module, n: int) -> CachedTeacher:
     """A teacher that knows nothing (equal logits): KD with it is the label-smoothing control."""
     return CachedTeacher(member, torch.zeros(n, len(HEADS), 2), {})

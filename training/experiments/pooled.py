@@ -25,8 +25,16 @@ from training.data.series import (
     pooled_fold,
 )
 from training.experiments.common import (
+    DIVERSE,
+    LINEAR,
+    LINEAR_STUDENT,
+    TREES,
+    Diverse,
     Env,
     StudentPlan,
+    diverse_teacher,
+    linear_control,
+    linear_spec,
     majority,
     teacher_targets,
     train_members,
@@ -39,11 +47,15 @@ from training.experiments.results import SettingResult, concat_results
 ENSEMBLE = "ensemble teacher"
 SINGLE = "single teacher"
 CONTROLS = ("scratch", "label-smoothed")
+KD_DIVERSE = "kd (diverse teacher)"
 
 
 def student_rows(cfg: ReportConfig) -> list[str]:
-    """Student row names in report order."""
-    return ["scratch", "label-smoothed", "kd", *(m for m in cfg.pooled.methods if m != "kd")]
+    """Student row names in report order (the [16,16] TCN students, then the linear one)."""
+    out = ["scratch", "label-smoothed", "kd"]
+    out += [KD_DIVERSE] if cfg.diverse else []
+    out += [m for m in cfg.pooled.methods if m != "kd"]
+    return out + ([LINEAR_STUDENT] if cfg.linear_student else [])
 
 
 def n_runs(cfg: ReportConfig) -> int:
@@ -55,12 +67,18 @@ def n_runs(cfg: ReportConfig) -> int:
 
 def comparisons(cfg: ReportConfig) -> list[tuple[str, str]]:
     """The pre-registered family: teachers vs scratch, every student vs scratch, the
-    label-smoothed control vs scratch, every feature method vs label smoothing and vs KD."""
+    label-smoothed control vs scratch, every feature method vs KD; the linear control: the
+    teachers and every distilled student vs the logistic regression; the diverse teacher vs
+    the TCN ensemble and KD from it vs KD from the TCN ensemble."""
     feats = [m for m in cfg.pooled.methods if m != "kd"]
     out = [(ENSEMBLE, "scratch"), (SINGLE, "scratch"), (ENSEMBLE, SINGLE)]
     out += [(s, "scratch") for s in student_rows(cfg) if s != "scratch"]
     out += [("kd", "label-smoothed")]
     out += [(m, "kd") for m in feats]
+    out += [(ENSEMBLE, LINEAR), ("scratch", LINEAR)]
+    out += [(s, LINEAR) for s in student_rows(cfg) if s not in CONTROLS]
+    if cfg.diverse:
+        out += [(DIVERSE, ENSEMBLE), (DIVERSE, LINEAR), (KD_DIVERSE, "kd")]
     return out
 
 
@@ -74,6 +92,7 @@ class PooledOutcome:
     series: list[Series]
     last_students: dict[str, nn.Module]
     last_fold: CalendarFold  # the last fold's boundaries (the selection step re-reads it)
+    diverse: Diverse | None = None  # the last fold's diverse teacher (B distils it too)
 
 
 def load_pooled(cfg: ReportConfig) -> list[Series]:
@@ -96,6 +115,7 @@ def run(env: Env) -> PooledOutcome:
     members: list[nn.Module] = []
     pf: PooledFold | None = None
     students: dict[str, nn.Module] = {}
+    div: Diverse | None = None
     for cf in folds:
         pf = pooled_fold(series, cf, pc.train_stride, val_stride=pc.val_stride)
         env.log(
@@ -112,6 +132,8 @@ def run(env: Env) -> PooledOutcome:
             comparisons=comparisons(cfg),
         )
         res.add("majority", majority(pf.train.y, len(pf.test)), 0)
+        lin = linear_control(env, pf, f"A fold {cf.index}")
+        res.add(LINEAR, lin.predict(pf.test.x), lin.params)
         members = train_members(env, pf, f"A fold {cf.index}", cfg.members)
         member_preds = [predict(m, pf.test.x) for m in members]
         res.add(ENSEMBLE, average(member_preds), t_params * len(members))
@@ -119,15 +141,37 @@ def run(env: Env) -> PooledOutcome:
         cached = teacher_targets(env, members, pf.train.x)
         uniform = uniform_targets(members[0], len(pf.train))
         plan: StudentPlan = [("scratch", "scratch", None), ("label-smoothed", "kd", uniform)]
-        plan += [(m, m, cached) for m in ("kd", *(m for m in pc.methods if m != "kd"))]
+        plan += [("kd", "kd", cached)]
+        if cfg.diverse:
+            div = diverse_teacher(env, pf, members, f"A fold {cf.index}", lin)
+            res.add(TREES, div.trees.predict(pf.test.x), 0)
+            res.add(DIVERSE, div.predict(pf.test.x), t_params * len(members) + lin.params)
+            plan += [(KD_DIVERSE, "kd", div.targets(env, pf.train.x))]
+        plan += [(m, m, cached) for m in pc.methods if m != "kd"]
         preds, students = train_students(env, pf, pf.test.x, plan, cfg.seeds, f"A fold {cf.index}")
         for name, runs in preds.items():
             for p in runs:
                 res.add(name, p, s_params)
+        if cfg.linear_student:
+            lp, _ = train_students(
+                env,
+                pf,
+                pf.test.x,
+                [(LINEAR_STUDENT, "kd", cached)],
+                cfg.seeds,
+                f"A fold {cf.index}",
+                linear_spec(env),
+            )
+            for p in lp[LINEAR_STUDENT]:
+                res.add(LINEAR_STUDENT, p, env.params(linear_spec(env)))
         parts.append(res)
     assert pf is not None
     out = concat_results(parts)
-    out.gaps = [(s, "scratch", ENSEMBLE) for s in student_rows(cfg) if s != "scratch"]
+    out.gaps = [
+        (s, "scratch", ENSEMBLE) for s in student_rows(cfg) if s not in ("scratch", KD_DIVERSE)
+    ]
+    if cfg.diverse:
+        out.gaps.append((KD_DIVERSE, "scratch", DIVERSE))
     out.description = (
         f"{', '.join(pc.symbols)} 5-minute bars of Apr–Jul, pooled; {pc.folds} walk-forward "
         f"folds with calendar boundaries shared by all symbols (each test block "
@@ -136,9 +180,24 @@ def run(env: Env) -> PooledOutcome:
         f"and test), equal windows per symbol in every split, every {pc.train_stride}. "
         f"training window kept. Teacher: an ensemble of {len(cfg.members)} TCN members (seeds "
         f"{list(cfg.members)}); students distil its averaged tempered probabilities (KD) and "
-        f"member {cfg.feature_member}'s features. {len(out.y)} pooled test windows."
+        f"member {cfg.feature_member}'s features. Controls: a logistic regression on the "
+        f"flattened standardised window (C chosen on validation) trained on the same windows"
+        + (
+            "; a diverse teacher (the logistic regression, LightGBM on per-channel window "
+            "summaries early-stopped on validation, and the TCN ensemble, a third each) "
+            "distilled by KD into the same student"
+            if cfg.diverse
+            else ""
+        )
+        + (
+            "; a linear student (the flattened window → both heads, distilled by KD from "
+            "the TCN ensemble)"
+            if cfg.linear_student
+            else ""
+        )
+        + f". {len(out.y)} pooled test windows."
     )
     out.notes["folds"] = [
         {"test_from_ms": f.test_lo, "test_to_ms": f.test_hi, "val_from_ms": f.val_lo} for f in folds
     ]
-    return PooledOutcome(out, members, pf, series, students, folds[-1])
+    return PooledOutcome(out, members, pf, series, students, folds[-1], div)

@@ -16,8 +16,10 @@ and recipe): it is the candidates' KD teacher, the rule's reference, and the com
 student's teacher in its card and in runs/train/teacher/. The committed size is the
 smallest (fewest parameters) whose validation AUC on `select.head` is at least the
 teacher's minus `select.tolerance`; if none holds, the largest size is taken and the report
-says so. Test bars are never read by the rule; the chosen student's test metrics are
-reported afterwards (the last fold's pooled test bars, AUC with a day-block interval).
+says so. With `report.linear_student` (issue 29) the linear student (the flattened window →
+both heads, 1,540 parameters, distilled the same way) is a candidate beside the TCN sizes.
+Test bars are never read by the rule; the chosen student's test metrics are reported
+afterwards (the last fold's pooled test bars, AUC with a day-block interval).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from torch import nn
 
 from service.model.card import HEADS
 from training.data.series import PooledFold, pooled_fold
-from training.experiments.common import Env, teacher_targets, train_members, with_fits
+from training.experiments.common import (
+    Env,
+    linear_spec,
+    teacher_targets,
+    train_members,
+    with_fits,
+)
 from training.experiments.config import ReportConfig
 from training.experiments.harness import Preds, average, fit, predict
 from training.experiments.pooled import PooledOutcome
@@ -54,19 +62,21 @@ def own_teacher(cfg: ReportConfig) -> bool:
 def n_runs(cfg: ReportConfig) -> int:
     if not cfg.pooled.enabled:
         return 0
-    return len(cfg.select.sizes) + (len(cfg.members) if own_teacher(cfg) else 0)
+    n_sizes = len(cfg.select.sizes) + int(cfg.linear_student)
+    return n_sizes + (len(cfg.members) if own_teacher(cfg) else 0)
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One pre-registered size's validation (and, after the choice, test) scores."""
 
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # () with family "mlp": the linear student
     params: int
     val_auc: dict[str, float]
     test: Preds
     best_step: int  # the optimiser step of the validation check kept
     steps: int  # optimiser steps the fit ran
+    family: str = "tcn"
 
 
 @dataclass
@@ -90,6 +100,7 @@ class Selection:
             "teacher_val_auc": self.teacher_val_auc,
             "candidates": [
                 {
+                    "family": c.family,
                     "channels": list(c.channels),
                     "params": c.params,
                     "val_auc": c.val_auc,
@@ -99,6 +110,7 @@ class Selection:
                 for c in self.candidates
             ],
             "chosen": list(self.candidates[self.chosen].channels) if self.candidates else None,
+            "chosen_family": self.candidates[self.chosen].family if self.candidates else None,
             "held": self.held,
             "train_windows": len(self.data.train) if self.data is not None else 0,
             "val_windows": len(self.data.val) if self.data is not None else 0,
@@ -154,8 +166,11 @@ def run(env: Env, a: PooledOutcome) -> Selection:
     targets = teacher_targets(env, members, data.train.x)
     nets: list[nn.Module] = []
     specs: list[NetSpec] = []
-    for channels in sel.sizes:
-        spec = replace(env.s_spec, channels=tuple(channels), dilations=())
+    specs_asked = [replace(env.s_spec, channels=tuple(c), dilations=()) for c in sel.sizes]
+    if cfg.linear_student:  # issue 29: the linear student is a pre-registered candidate
+        specs_asked.append(linear_spec(env))
+    for spec in specs_asked:
+        channels = spec.channels
         res = fit(
             spec,
             data,
@@ -164,7 +179,7 @@ def run(env: Env, a: PooledOutcome) -> Selection:
             cfg.seeds[0],
             targets if sel.method != "scratch" else None,
         )
-        env.progress.step(f"select {list(channels)}", res.seconds)
+        env.progress.step(f"select {spec.family} {list(channels)}", res.seconds)
         pv = predict(res.net, data.val.x)
         sel_out.candidates.append(
             Candidate(
@@ -174,6 +189,7 @@ def run(env: Env, a: PooledOutcome) -> Selection:
                 predict(res.net, data.test.x),
                 res.best_step,
                 int(res.history[-1]["step"]) if res.history else 0,
+                spec.family,
             )
         )
         nets.append(res.net)
@@ -194,7 +210,7 @@ def run(env: Env, a: PooledOutcome) -> Selection:
         for i, h in enumerate(HEADS)
     }
     env.log(
-        f"select: {list(c.channels)} ({c.params} params), val AUC {sel.head} "
+        f"select: {c.family} {list(c.channels)} ({c.params} params), val AUC {sel.head} "
         f"{c.val_auc[sel.head]:.4f} vs teacher {sel_out.teacher_val_auc[sel.head]:.4f} "
         f"(held: {sel_out.held})"
     )

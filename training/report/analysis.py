@@ -1,11 +1,11 @@
 """The numbers of the report, computed once from each setting's predictions (pure).
 
 Per setting and head: every model's metrics per seed; the pre-registered comparisons (each
-model scored as its mean single model over seeds, paired day-block bootstrap of ΔAUC and
-Δlog loss) with Holm–Bonferroni adjusted AUC p-values over the setting's family for that
-head; the gap recovered with its paired bootstrap CI; a per-symbol AUC breakdown. The
-tables and the written answers both read these objects, so the text cannot drift from the
-tables.
+model scored as its mean single model over seeds, paired hierarchical bootstrap over days
+and seeds of ΔAUC and Δlog loss) with Holm–Bonferroni adjusted AUC p-values over the
+setting's family for that head; the gap recovered with its paired bootstrap CI; a
+per-symbol AUC breakdown. The tables and the written answers both read these objects, so
+the text cannot drift from the tables.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from service.model.card import HEADS
 from training.experiments.results import SettingResult
 from training.report.render import seed_metrics
 from training.scoring.metrics import roc_auc
-from training.scoring.stats import GapResult, day_blocks, gap_recovered, holm, runs_bootstrap
+from training.scoring.stats import (
+    BootCache,
+    GapResult,
+    day_blocks,
+    gap_recovered,
+    holm,
+    runs_bootstrap,
+)
 
 P = NDArray[np.float64]
 
@@ -46,10 +53,12 @@ def paired_runs(
     b: str,
     runs_b: list[P],
     n_boot: int,
+    cache: BootCache | None = None,
 ) -> Paired:
-    """Day-block bootstraps of ΔAUC and Δlog loss (A − B) on mean-over-seeds metrics."""
-    ra = runs_bootstrap(y, runs_a, runs_b, blocks, "auc", n_boot)
-    rl = runs_bootstrap(y, runs_a, runs_b, blocks, "log_loss", n_boot)
+    """Hierarchical (days × seeds) bootstraps of ΔAUC and Δlog loss (A − B) on
+    mean-over-seeds metrics."""
+    ra = runs_bootstrap(y, runs_a, runs_b, blocks, "auc", n_boot, cache=cache)
+    rl = runs_bootstrap(y, runs_a, runs_b, blocks, "log_loss", n_boot, cache=cache)
 
     def acc(runs: list[P]) -> float:
         return float(np.mean([np.mean((r > 0.5) == y) for r in runs]))
@@ -120,8 +129,9 @@ def analyse(res: SettingResult, n_boot: int) -> SettingAnalysis:
         # every model scored as its mean single model over seeds (a seed average would be
         # an ensemble of students); the per-symbol breakdown below does the same
         runs = {n: [r[head] for r in rs] for n, rs in res.preds.items()}
+        cache: BootCache = {}  # each model's resamples once per head (ids of `runs` lists)
         tests = [
-            paired_runs(y, blocks, a, runs[a], b, runs[b], n_boot)
+            paired_runs(y, blocks, a, runs[a], b, runs[b], n_boot, cache)
             for a, b in res.comparisons
             if a in runs and b in runs
         ]
@@ -129,7 +139,7 @@ def analyse(res: SettingResult, n_boot: int) -> SettingAnalysis:
         out.comparisons += [Comparison(head, t, q) for t, q in zip(tests, adj, strict=True)]
         for s, c, t in res.gaps:
             if s in runs and c in runs and t in runs:
-                g = gap_recovered(y, runs[s], runs[c], runs[t], blocks, n_boot)
+                g = gap_recovered(y, runs[s], runs[c], runs[t], blocks, n_boot, cache=cache)
                 out.gaps.append(Gap(head, s, c, t, g))
         if res.groups is not None:
             groups = list(dict.fromkeys(res.groups.tolist()))

@@ -12,6 +12,7 @@ from typing import Any
 from training.report.analysis import Comparison, Gap, SettingAnalysis
 
 ALPHA = 0.05
+LINEAR = "logistic regression"
 UNION = "scratch (teacher's data + slice)"
 BAR = 0.70  # the issue's bar for the committed student's test volatility AUC
 
@@ -52,6 +53,7 @@ def beats(c: Comparison | None, alpha: float = ALPHA) -> str:
 def distilled_rows(a: SettingAnalysis) -> list[str]:
     """Rows of A that learn from the teacher (not scratch, label smoothing or teachers)."""
     skip = {"majority", "scratch", "label-smoothed", "ensemble teacher", "single teacher"}
+    skip |= {LINEAR, "lightgbm", "diverse teacher"}
     return [n for n in a.result.preds if n not in skip]
 
 
@@ -64,8 +66,10 @@ def answers(
     selection: dict[str, Any] | None,
     exported: dict[str, Any] | None,
     alpha: float = ALPHA,
+    extra: Sequence[str] = (),
 ) -> str:
-    """Markdown bullets answering the issue's questions with the run's numbers."""
+    """Markdown bullets answering the issue's questions with the run's numbers (`extra`:
+    finished bullets of other steps, e.g. the equivalence test and the locked evaluation)."""
     by_key = {x.result.key: x for x in analyses}
     w: list[str] = ["## Answers (generated from the tables below)\n"]
     a = by_key.get("A")
@@ -164,9 +168,31 @@ def answers(
             f"crypto test bars, scratch on the slice {dd.mean(v, 'scratch (slice)'):.4f}; "
             f"{rows}."
         )
+    w += [line for line in (linear_answer(x, alpha) for x in analyses) if line]
+    w += [line for line in extra if line]
     if selection is not None:
         w.append(committed_answer(selection, exported))
     return "\n".join(w) + "\n"
+
+
+def linear_answer(a: SettingAnalysis, alpha: float = ALPHA, head: str = "volatility") -> str:
+    """Issue 29: does each model of the setting beat the logistic regression on the same
+    input and rows? ΔAUC with its interval and Holm p, per model compared with it."""
+    if LINEAR not in a.result.preds:
+        return ""
+    rows = [c for c in a.comparisons if c.head == head and c.test.b == LINEAR]
+    if not rows:
+        return ""
+    parts = [
+        f"`{c.test.a}` {beats(c, alpha)} it ({a.mean(head, c.test.a):.4f}; {fmt_cmp(c)})"
+        for c in rows
+    ]
+    return (
+        f"- **The linear baseline ({a.result.key}, {head}):** the "
+        f"logistic regression on the flattened window scores {a.mean(head, LINEAR):.4f}; "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _feature_vs_kd(
@@ -199,6 +225,8 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
     v = "volatility"
     sym = b.result.key.split("/", 1)[1]
     rows = [n for n in b.result.preds if n.endswith("(pooled teacher)")]
+    rows += [n for n in b.result.preds if n == "kd (pooled diverse teacher)"]
+    lin = LINEAR in b.result.preds
     parts = []
     for n in rows:
         cells = ", ".join(
@@ -208,7 +236,9 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
                 "kd from slice-only teacher",
                 "scratch (full alt history)",
                 UNION,
+                LINEAR,
             )
+            if b.comparison(v, n, ctl) is not None
         )
         parts.append(f"`{n}` AUC {b.mean(v, n):.4f}, gap recovered {fmt_gap(b.gap(v, n))}; {cells}")
     return (
@@ -217,14 +247,24 @@ def _cross_asset(b: SettingAnalysis, alpha: float) -> str:
         f"{b.mean(v, 'scratch (slice)'):.4f}, scratch on the full alt history "
         f"{b.mean(v, 'scratch (full alt history)'):.4f}, KD from a slice-only teacher "
         f"{b.mean(v, 'kd from slice-only teacher'):.4f}, teacher's data + slice "
-        f"{b.mean(v, UNION):.4f}. " + "; ".join(parts) + "."
+        f"{b.mean(v, UNION):.4f}"
+        + (f", the logistic regression on the slice {b.mean(v, LINEAR):.4f}" if lin else "")
+        + ". "
+        + "; ".join(parts)
+        + "."
     )
+
+
+def size_label(c: dict[str, Any]) -> str:
+    """A candidate's size as the report names it: its TCN channels, or "linear"."""
+    return "linear" if c.get("family") == "mlp" and not c["channels"] else str(c["channels"])
 
 
 def committed_answer(sel: dict[str, Any], exported: dict[str, Any] | None) -> str:
     """The committed student's answer: its size, the rule's outcome and the test bar."""
     ch = sel["chosen"]
     cand = next(c for c in sel["candidates"] if c["channels"] == ch)
+    ch = size_label(cand)
     out = (
         f"- **Committed student:** size {ch} ({cand['params']:,} parameters), the smallest "
         f"pre-registered size whose validation volatility AUC "

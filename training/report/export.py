@@ -85,7 +85,8 @@ def export_committed(env: Env, sel: Selection) -> dict[str, Any]:
     from training.distill.distiller import default_pairs
 
     # the chosen size's own layer pairs (a one-block student has fewer than the default)
-    pairs = [list(p) for p in default_pairs(len(env.t_spec.channels), len(sel.spec.channels))]
+    n_blocks = len(sel.spec.channels)  # 0: the linear student has no feature to pair
+    pairs = [list(p) for p in default_pairs(len(env.t_spec.channels), n_blocks)] if n_blocks else []
     metrics = card_metrics(sel.net, test, teacher, pairs, cfg.cka_rows)
     rng = np.random.default_rng(0)
     parity_x = test.x[np.sort(rng.choice(len(test), size=min(64, len(test)), replace=False))]
@@ -169,6 +170,8 @@ def inference_section(env: Env, selection: dict[str, Any] | None) -> str:
                 NetSpec(**{**env.s_spec.__dict__, "channels": tuple(ch), "dilations": ()}),
             )
         )
+    if env.cfg.linear_student:
+        specs.append(("linear student", NetSpec("mlp", fx.N_FEATURES, fx.WINDOW, ())))
     x = torch.zeros(1, fx.N_FEATURES, fx.WINDOW)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

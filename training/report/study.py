@@ -37,6 +37,12 @@ from training.experiments.config import ReportConfig, load_report_config
 from training.experiments.results import SettingResult
 from training.progress import Progress
 from training.report.analysis import analyse, seed_mean
+from training.report.equivalence import answer as ft_answer
+from training.report.equivalence import feature_test
+from training.report.equivalence import render as ft_render
+from training.report.locked import answer_line as locked_answer
+from training.report.locked import render as locked_render
+from training.report.locked import run_locked
 from training.scoring.evaluate import LeakageAlarm, leakage_check
 
 LEAKAGE_MIN_ROWS = 2000  # at n = 2000 the alarm's 0.56 accuracy is ≈ 5 standard errors
@@ -151,6 +157,19 @@ def run_report(cfg: ReportConfig, quick: bool = False, command: str = "make trai
             check_leakage(r)
         prog.log("analysing")
         analyses = [analyse(r, cfg.bootstrap) for r in results]
+        ft = feature_test(
+            [r for r in results if r.key.startswith("B/")],
+            cfg.cross_asset.feature_test,
+            cfg.cross_asset.margin,
+            cfg.bootstrap,
+        )
+        extra = [ft_answer(ft)]
+        sections = [ft_render(ft)]
+        if exported is not None:
+            prog.log("the locked evaluation (once, on bars no selection has seen)")
+            locked = run_locked(cfg, exported, prog.log)
+            extra.append(locked_answer(locked))
+            sections.append(locked_render(locked))
         inference = inference_section(env, selection)
         path = write_report(
             out_dir,
@@ -163,9 +182,14 @@ def run_report(cfg: ReportConfig, quick: bool = False, command: str = "make trai
             command,
             quick,
             cfg.threads,
+            extra,
+            sections,
         )
         (out_dir / "results.json").write_text(
-            json.dumps(_plain(results_json(analyses) | {"selection": selection}), indent=1)
+            json.dumps(
+                _plain(results_json(analyses) | {"selection": selection, "feature_test": ft}),
+                indent=1,
+            )
         )
         prog.log(f"wrote {path} ({prog.done}/{total} runs, {prog.seconds / 60:.1f} min)")
     return path

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.model.card import HEADS
 from training.report.analysis import SettingAnalysis, seed_mean
-from training.report.answers import answers, fmt_p
+from training.report.answers import answers, fmt_p, size_label
 from training.report.render import fmt_ms, plot_calibration
 
 METRICS = (
@@ -134,8 +134,12 @@ def write_report(
     command: str,
     quick: bool,
     threads: int,
+    extra_answers: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Render the markdown report (and PNGs) into `out`."""
+    """Render the markdown report (and PNGs) into `out` (`extra_answers`: bullets of the
+    equivalence test and the locked evaluation; `sections`: their markdown, placed before the
+    committed student's section)."""
     out.mkdir(parents=True, exist_ok=True)
     md: list[str] = []
     w = md.append
@@ -151,7 +155,7 @@ def write_report(
         f"`{command}`. The experiments, seeds, comparison families and the student-selection "
         "rule were fixed in `configs/report.toml` before the run.\n"
     )
-    w(answers(analyses, selection, exported))
+    w(answers(analyses, selection, exported, extra=extra_answers))
     w("## Method\n")
     w(
         "- Labels (DESIGN §3): **direction** (next candle closes above its open) and "
@@ -161,16 +165,20 @@ def write_report(
     w(
         "- Tests: every model is scored as its mean single model over its seeds (the tables' "
         "means; averaging students' probabilities would make an ensemble of students); ΔAUC "
-        f"and Δlog loss by a paired day-block bootstrap ({cfg_dict['bootstrap']} resamples of "
-        "whole UTC days, the same days for both models), Δacc untested. **Holm p** is the "
-        "Holm–Bonferroni adjusted AUC p over the "
-        "setting's pre-registered family of comparisons on that head (the family is listed in "
-        "each table)."
+        f"and Δlog loss by a paired hierarchical bootstrap ({cfg_dict['bootstrap']} resamples): "
+        "each resample draws whole UTC days with replacement, the same days for both models, "
+        "and each model's seeds with replacement (independently per model; a model with one "
+        "run has no seed level), so the intervals include training randomness. The interval "
+        "is the 2.5–97.5 % percentile of the resampled differences; p is two-sided from the "
+        "bootstrap standard error (z = Δ / SE, normal approximation), so it is never floored "
+        "at 1/(resamples + 1). Δacc untested. **Holm p** is the Holm–Bonferroni adjusted AUC p "
+        "over the setting's pre-registered family of comparisons on that head (the family is "
+        "listed in each table)."
     )
     w(
         "- Gap recovered = (student − control) / (teacher − control) in AUC, with a 95 % "
-        "percentile CI from the same paired day-block resamples (resamples where the teacher "
-        "does not beat the control are left out and counted)."
+        "percentile CI from the same paired hierarchical resamples (resamples where the "
+        "teacher does not beat the control are left out and counted)."
     )
     w(
         f"- Ensemble teacher: {len(cfg_dict['members'])} TCN members (seeds "
@@ -178,6 +186,18 @@ def write_report(
         f"averaged tempered probabilities (T = {cfg_dict['distill']['temperature']}); feature "
         f"targets from member {cfg_dict['feature_member']} (the `single teacher` row). "
         f"Students: seeds {cfg_dict['seeds']}.\n"
+    )
+    w(
+        "- Standing controls (issue 29): `logistic regression` — one L2 logistic regression "
+        "per head on the flattened window standardised with the training rows' per-feature "
+        "statistics, trained on the student's own training windows, C from "
+        "{1e-4, 1e-3, 1e-2, 0.1, 1} by validation AUC; `lightgbm` — LightGBM on five "
+        "statistics per standardised channel (last value, last-4 mean, window mean and std, "
+        "last-12 std), early-stopped on the validation log loss; `diverse teacher` — the mean "
+        "of the logistic regression's, LightGBM's and the TCN ensemble's probabilities (a "
+        "third each), distilled by KD (its tempered probabilities) into the same student; "
+        "`linear student` — the flattened normalised window → both heads' logits, distilled "
+        "by KD from the TCN ensemble.\n"
     )
     for a in analyses:
         r = a.result
@@ -203,6 +223,9 @@ def write_report(
                 )
                 w(f"![calibration {head}]({p.name})")
             w("")
+    for sec in sections:
+        if sec:
+            w(sec)
     w("## The committed student\n")
     if selection is not None:
         w(
@@ -233,7 +256,7 @@ def write_report(
         for c in selection["candidates"]:
             mark = "**yes**" if c["channels"] == selection["chosen"] else ""
             w(
-                f"| {c['channels']} | {c['params']:,} | {c['val_auc']['direction']:.4f} "
+                f"| {size_label(c)} | {c['params']:,} | {c['val_auc']['direction']:.4f} "
                 f"| {c['val_auc']['volatility']:.4f} | {c['best_step']} of {c['steps']} "
                 f"| {mark} |"
             )

@@ -4,7 +4,10 @@
   correction for large counts);
 - a day-block bootstrap for differences in AUC and log loss: whole UTC days are resampled
   with replacement, so the strong autocorrelation of overlapping windows within a day is kept
-  inside each block instead of being counted as independent evidence.
+  inside each block instead of being counted as independent evidence; where a model has
+  several training runs (seeds) the bootstrap is hierarchical: each resample also draws each
+  model's seeds with replacement, so the interval includes training randomness (issue 29);
+- an equivalence test (TOST) of a difference against a margin stated in advance.
 """
 
 from __future__ import annotations
@@ -143,9 +146,8 @@ def block_bootstrap(
 ) -> BootstrapResult:
     """Paired block bootstrap of metric(A) − metric(B) for metric "auc" or "log_loss".
 
-    Blocks (e.g. `day_blocks(times)`) are resampled with replacement; the p-value is the
-    share of centred bootstrap differences at least as far from 0 as the observed one
-    (two-sided), floored at 1 / (n_boot + 1).
+    Blocks (e.g. `day_blocks(times)`) are resampled with replacement; the p-value is
+    :func:`normal_p` (the observed difference over the bootstrap standard error).
     """
     return runs_bootstrap(y, [p_a], [p_b], blocks, metric, n_boot, seed)
 
@@ -211,6 +213,14 @@ class _RunsAUC:
         ]
         return float(np.mean(vals))
 
+    def per_seed(self, counts: NDArray[np.float64], chunk: int = 0) -> NDArray[np.float64]:
+        """(S, B) each seed's AUC under each resample's block weights `counts` (B, D) (one
+        :func:`_weighted_auc` per resample: bincount-based, faster than a chunked matrix
+        form at these sizes; `chunk` is unused)."""
+        return np.array(
+            [[_weighted_auc(ys, g, n, c[b]) for c in counts] for ys, g, n, b in self.parts]
+        )
+
 
 def _as_runs(y: NDArray[np.int64], runs: Runs) -> list[NDArray[np.float64]]:
     """Each run as a flat float array, checked to hold one prediction per row of y."""
@@ -235,6 +245,30 @@ def _block_weights(n_blocks: int, n_boot: int, seed: int) -> NDArray[np.float64]
     return np.stack([np.bincount(d, minlength=n_blocks) for d in draws]).astype(np.float64)
 
 
+def _seed_draws(n_runs: int, n_boot: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """(n_boot, S) seed indices drawn with replacement (all zeros for a single run)."""
+    if n_runs == 1:
+        return np.zeros((n_boot, 1), dtype=np.int64)
+    return rng.integers(0, n_runs, size=(n_boot, n_runs)).astype(np.int64)
+
+
+def _hier_mean(per_seed: NDArray[np.float64], draws: NDArray[np.int64]) -> NDArray[np.float64]:
+    """(S, B) per-seed metric under each day resample, (B, S) seed draws → (B,) the mean over
+    each resample's drawn seeds."""
+    cols = np.arange(per_seed.shape[1])[:, None]  # (B, 1)
+    out: NDArray[np.float64] = per_seed.T[cols, draws].mean(axis=1)
+    return out
+
+
+def normal_p(obs: float, boot: NDArray[np.float64]) -> float:
+    """Two-sided p of H0: difference 0 from the bootstrap standard error (z = obs / sd):
+    2·Φ(−|z|). Never floored by the resample count; 1 when both are 0."""
+    sd = float(np.std(boot, ddof=1)) if boot.size > 1 else 0.0
+    if sd <= 0.0:
+        return 1.0 if obs == 0.0 else 0.0
+    return float(math.erfc(abs(obs) / sd / math.sqrt(2.0)))
+
+
 def runs_bootstrap(
     y: ArrayLike,
     runs_a: Runs,
@@ -243,37 +277,141 @@ def runs_bootstrap(
     metric: str = "auc",
     n_boot: int = 1000,
     seed: int = 0,
+    seeds_too: bool = True,
+    cache: BootCache | None = None,
 ) -> BootstrapResult:
-    """Paired block bootstrap of mean-over-seeds metric(A) − mean-over-seeds metric(B).
+    """Paired hierarchical bootstrap of mean-over-seeds metric(A) − mean-over-seeds metric(B).
 
     Each model is scored as the average *single* model of its seeds (not as the average of
-    its seeds' probabilities, which would be an ensemble). With one run each this is
-    :func:`block_bootstrap`. Metric "auc" or "log_loss". Blocks are resampled with
-    replacement; the p-value is the share of centred bootstrap differences at least as far
-    from 0 as the observed one (two-sided), floored at 1 / (n_boot + 1); the interval is the
-    2.5–97.5 % percentile of the resampled differences.
+    its seeds' probabilities, which would be an ensemble). Metric "auc" or "log_loss".
+    Two levels (issue 29: the intervals include training randomness): each resample draws
+    whole blocks (days) with replacement, the same days for both models (paired), and, with
+    `seeds_too`, each model's seeds with replacement, independently per model (a model's
+    runs are exchangeable draws of its training randomness; a single run has no seed level).
+    The interval is the 2.5–97.5 % percentile of the resampled differences; the p-value is
+    :func:`normal_p` (z = observed / bootstrap standard error), never floored at 1/(B+1).
     """
-    ya, bl = _prep(y, blocks)
-    n_blocks = int(bl.max()) + 1
-    counts = _block_weights(n_blocks, n_boot, seed)
+    obs, boot, n_blocks = boot_samples(
+        y, runs_a, runs_b, blocks, metric, n_boot, seed, seeds_too, cache
+    )
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return BootstrapResult(metric, obs, float(lo), float(hi), normal_p(obs, boot), n_blocks, n_boot)
+
+
+# per-model resampled metrics, reused across the comparisons of one analysis: key (id of
+# the runs list, metric, n_boot, seed) -> (observed mean metric, (S, B) per-seed metric)
+BootCache = dict[tuple[int, str, int, int], tuple[float, NDArray[np.float64]]]
+
+
+def _model_matrix(
+    ya: NDArray[np.int64],
+    runs: Runs,
+    bl: NDArray[np.int64],
+    counts: NDArray[np.float64],
+    metric: str,
+    key: tuple[int, str, int, int],
+    cache: BootCache | None,
+) -> tuple[float, NDArray[np.float64]]:
+    """(observed mean-over-seeds metric, (S, B) each seed's metric under each resample)."""
+    if cache is not None and key in cache:
+        return cache[key]
     if metric == "log_loss":
-        la = np.mean([_row_losses(ya, p) for p in _as_runs(ya, runs_a)], 0)
-        lb = np.mean([_row_losses(ya, p) for p in _as_runs(ya, runs_b)], 0)
-        d_row = la - lb
-        obs = float(d_row.mean())
-        block_sum = np.bincount(bl, weights=d_row, minlength=n_blocks)
-        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)
-        boot = (counts @ block_sum) / (counts @ block_n)
+        n_blocks = counts.shape[1]
+        block_n = np.bincount(bl, minlength=n_blocks).astype(np.float64)  # (D,)
+        losses = [_row_losses(ya, p) for p in _as_runs(ya, runs)]  # S × (N,)
+        sums = np.stack([np.bincount(bl, weights=r, minlength=n_blocks) for r in losses])
+        out = (
+            float(np.mean([r.mean() for r in losses])),
+            (sums @ counts.T) / (counts @ block_n)[None, :],
+        )
     elif metric == "auc":
-        fa, fb = _RunsAUC(ya, runs_a, bl), _RunsAUC(ya, runs_b, bl)
-        obs = fa() - fb()
-        boot = np.array([fa(c) - fb(c) for c in counts])
+        f = _RunsAUC(ya, runs, bl)
+        out = (f(), f.per_seed(counts))
     else:
         raise ValueError(f"unknown metric {metric!r}; use 'auc' or 'log_loss'")
-    centred = boot - boot.mean()
-    p = float((np.sum(np.abs(centred) >= abs(obs)) + 1) / (n_boot + 1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return BootstrapResult(metric, obs, float(lo), float(hi), min(1.0, p), n_blocks, n_boot)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def boot_samples(
+    y: ArrayLike,
+    runs_a: Runs,
+    runs_b: Runs,
+    blocks: ArrayLike,
+    metric: str = "auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    seeds_too: bool = True,
+    cache: BootCache | None = None,
+) -> tuple[float, NDArray[np.float64], int]:
+    """(observed A − B, (n_boot,) resampled differences, block count) of
+    :func:`runs_bootstrap`. `cache` (one per set of rows and blocks) reuses each model's
+    resampled metrics across comparisons."""
+    ya, bl = _prep(y, blocks)
+    n_blocks = int(bl.max()) + 1
+    counts = _block_weights(n_blocks, n_boot, seed)  # (B, D)
+    rng = np.random.default_rng(seed + 1_000_003)
+    oa, ma = _model_matrix(
+        ya, runs_a, bl, counts, metric, (id(runs_a), metric, n_boot, seed), cache
+    )
+    ob, mb = _model_matrix(
+        ya, runs_b, bl, counts, metric, (id(runs_b), metric, n_boot, seed), cache
+    )
+    if seeds_too:
+        da, db = (_seed_draws(m.shape[0], n_boot, rng) for m in (ma, mb))
+        boot = _hier_mean(ma, da) - _hier_mean(mb, db)
+    else:
+        boot = ma.mean(axis=0) - mb.mean(axis=0)
+    return oa - ob, np.asarray(boot, dtype=np.float64), n_blocks
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """TOST of |A − B| < margin: two one-sided tests at α; equivalent when the (1 − 2α)
+    interval lies inside (−margin, +margin). Verdict: "better", "worse" (the 95 % interval
+    excludes 0), "equivalent", or "inconclusive"."""
+
+    diff: float
+    ci90: tuple[float, float]
+    ci95: tuple[float, float]
+    margin: float
+    p_tost: float  # max of the two one-sided p-values (normal approximation)
+    verdict: str
+    n_blocks: int
+    n_boot: int
+
+
+def equivalence(
+    y: ArrayLike,
+    runs_a: Runs,
+    runs_b: Runs,
+    blocks: ArrayLike,
+    margin: float,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Equivalence:
+    """Hierarchical (days × seeds) bootstrap TOST of ΔAUC = A − B against ±margin."""
+    obs, boot, n_blocks = boot_samples(y, runs_a, runs_b, blocks, "auc", n_boot, seed)
+    lo90, hi90 = (float(v) for v in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
+    lo95, hi95 = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    sd = float(np.std(boot, ddof=1)) if boot.size > 1 else 0.0
+    if sd > 0:
+        p_low = 0.5 * math.erfc((obs + margin) / sd / math.sqrt(2.0))  # H0: Δ ≤ −margin
+        p_high = 0.5 * math.erfc((margin - obs) / sd / math.sqrt(2.0))  # H0: Δ ≥ +margin
+        p = max(p_low, p_high)
+    else:
+        p = 0.0 if abs(obs) < margin else 1.0
+    if -margin < lo90 and hi90 < margin:
+        verdict = "equivalent"
+    elif lo95 > 0:
+        verdict = "better"
+    elif hi95 < 0:
+        verdict = "worse"
+    else:
+        verdict = "inconclusive"
+    return Equivalence(obs, (lo90, hi90), (lo95, hi95), margin, p, verdict, n_blocks, n_boot)
 
 
 @dataclass(frozen=True)
@@ -308,20 +446,24 @@ def gap_recovered(
     blocks: ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
+    cache: BootCache | None = None,
 ) -> GapResult:
-    """Gap recovered in mean-over-seeds AUC, with a paired day-block bootstrap (the same
-    resampled days for all three models, so their correlation is kept). Each argument is a
-    list of runs (one (N,) array per seed)."""
+    """Gap recovered in mean-over-seeds AUC, with a paired hierarchical bootstrap (the same
+    resampled days for all three models, so their correlation is kept; each model's seeds
+    drawn with replacement, as :func:`runs_bootstrap`). Each argument is a list of runs (one
+    (N,) array per seed)."""
     ya, bl = _prep(y, blocks)
     n_blocks = int(bl.max()) + 1
-    fs, fc, ft = (_RunsAUC(ya, r, bl) for r in (student, scratch, teacher))
-    s, c, t = fs(), fc(), ft()
+    counts = _block_weights(n_blocks, n_boot, seed)
+    (s, ms), (c, mc), (t, mt) = (
+        _model_matrix(ya, r, bl, counts, "auc", (id(r), "auc", n_boot, seed), cache)
+        for r in (student, scratch, teacher)
+    )
     ratio = (s - c) / (t - c) if t - c > 1e-12 else float("nan")
-    boots: list[float] = []
-    for w in _block_weights(n_blocks, n_boot, seed):
-        bs, bc, bt = fs(w), fc(w), ft(w)
-        if bt - bc > 1e-12:
-            boots.append((bs - bc) / (bt - bc))
+    rng = np.random.default_rng(seed + 1_000_003)
+    bs, bc, bt = (_hier_mean(m, _seed_draws(m.shape[0], n_boot, rng)) for m in (ms, mc, mt))
+    ok = bt - bc > 1e-12
+    boots = ((bs - bc)[ok] / (bt - bc)[ok]).tolist()
     if boots:
         lo, hi = np.percentile(np.asarray(boots), [2.5, 97.5])
     else:

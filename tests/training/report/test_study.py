@@ -133,8 +133,16 @@ def test_repo_config_is_preregistered_and_complete() -> None:
     assert "pre-registered" in text.lower()
     cfg = load_report_config(ROOT / "configs" / "report.toml")
     assert cfg.pooled.symbols == ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT")
-    assert set(cfg.pooled.methods) == set(ALL_METHODS)
-    assert len(cfg.cross_asset.targets) >= 2 and cfg.cross_asset.period == "20251101"
+    assert {"kd", "attention", "fitnet"} <= set(cfg.pooled.methods) <= set(ALL_METHODS)
+    assert len(cfg.cross_asset.targets) >= 3 and cfg.cross_asset.period == "20251101"
+    # issue 29: 8 seeds where the answers rely on them, no p on its floor, the controls,
+    # the feature test and the locked evaluation fixed before the run
+    assert len(cfg.seeds) >= 8 and len(cfg.cross_asset.seeds) >= 8 and cfg.bootstrap >= 2000
+    assert cfg.diverse and cfg.linear_student
+    assert cfg.cross_asset.feature_test[0] == "attention" and cfg.cross_asset.margin == 0.002
+    assert {"attention", "fitnet", "kd"} <= set(cfg.cross_asset.methods)
+    assert set(cfg.locked.symbols) == {"XRPUSDT", "BNBUSDT", "ADAUSDT"}
+    assert cfg.locked.bootstrap >= 2000 and cfg.locked.margin == 0.002
     assert cfg.cross_asset.fraction == 0.2
     assert cfg.cross_timeframe.enabled and cfg.cross_domain.enabled
     assert {(16, 16), (8,)} <= set(cfg.select.sizes)

@@ -152,3 +152,82 @@ def test_auc_interval_is_the_bootstrap_against_a_constant_shifted_by_a_half() ->
     y4 = rng.integers(0, 2, 4 * n)
     wide = auc_interval(y4, y4 + rng.normal(0, 2.0, 4 * n), big, n_boot=200)
     assert wide.ci_high - wide.ci_low < got.ci_high - got.ci_low
+
+
+def test_hierarchical_bootstrap_widens_with_seed_spread() -> None:
+    """Issue 29: seeds drawn with replacement put training randomness into the interval."""
+    from training.scoring.stats import runs_bootstrap
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 100
+    base = y + rng.normal(0, 1.5, n)
+    # four seeds that agree vs four seeds of which two are much worse
+    close = [base + rng.normal(0, 0.05, n) for _ in range(4)]
+    spread = [base + rng.normal(0, s, n) for s in (0.05, 0.05, 3.0, 3.0)]
+    b = [y + rng.normal(0, 1.5, n)]
+    flat = runs_bootstrap(y, close, b, blocks, "auc", n_boot=400)
+    wide = runs_bootstrap(y, spread, b, blocks, "auc", n_boot=400)
+    days_only = runs_bootstrap(y, spread, b, blocks, "auc", n_boot=400, seeds_too=False)
+    assert wide.ci_high - wide.ci_low > 1.5 * (days_only.ci_high - days_only.ci_low)
+    assert flat.ci_high - flat.ci_low < wide.ci_high - wide.ci_low
+    # the observed difference is the mean single model's, whatever the resampling
+    assert wide.diff == pytest.approx(days_only.diff)
+
+
+def test_normal_p_is_not_floored_by_the_resample_count() -> None:
+    from training.scoring.stats import normal_p, runs_bootstrap
+
+    rng = np.random.default_rng(6)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 100
+    good, bad = y + rng.normal(0, 0.8, n), y + rng.normal(0, 2.0, n)
+    r = runs_bootstrap(y, [good], [bad], blocks, "auc", n_boot=100)
+    assert 0 <= r.p_value < 1 / 101  # below the old floor of 1/(B + 1)
+    assert normal_p(0.0, np.zeros(5)) == 1.0
+    # z = 1.96 gives p ≈ 0.05
+    boot = np.array([-1.0, 1.0] * 500)
+    assert normal_p(1.96 * float(np.std(boot, ddof=1)), boot) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_equivalence_verdicts() -> None:
+    from training.scoring.stats import equivalence
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 200
+    a = y + rng.normal(0, 1.5, n)
+    same = [a + rng.normal(0, 0.01, n) for _ in range(3)]
+    eq = equivalence(y, same, [a], blocks, margin=0.002, n_boot=300)
+    assert eq.verdict == "equivalent" and eq.p_tost < 0.05
+    assert -0.002 < eq.ci90[0] <= eq.diff <= eq.ci90[1] < 0.002
+    worse = [y + rng.normal(0, 3.0, n)]
+    w = equivalence(y, worse, [a], blocks, margin=0.002, n_boot=300)
+    assert w.verdict == "worse" and w.ci95[1] < 0
+    b = equivalence(y, [a], worse, blocks, margin=0.002, n_boot=300)
+    assert b.verdict == "better"
+    # a tiny sample: nothing can be said
+    small = np.arange(400)
+    inc = equivalence(
+        y[small], [a[small] + rng.normal(0, 0.5, 400)], [a[small]], blocks[small] // 1, 0.002, 200
+    )
+    assert inc.verdict in ("inconclusive", "worse")
+
+
+def test_per_seed_matches_the_one_resample_auc() -> None:
+    from training.scoring.stats import _block_weights, _RunsAUC
+
+    rng = np.random.default_rng(8)
+    n = 1500
+    y = rng.integers(0, 2, n)
+    blocks = np.arange(n) // 50
+    runs = [np.round(y + rng.normal(0, 1.0, n), 1) for _ in range(2)]  # ties on purpose
+    f = _RunsAUC(y, runs, blocks)
+    counts = _block_weights(30, 70, 3)
+    mat = f.per_seed(counts, chunk=16)
+    for j in (0, 15, 16, 69):
+        one = [_RunsAUC(y, [r], blocks)(counts[j]) for r in runs]
+        np.testing.assert_allclose(mat[:, j], one, rtol=0, atol=1e-12)
