@@ -71,6 +71,7 @@ test: $(ALL_STAMP)
 train: $(ALL_STAMP)
 	@echo "make train: exports the student into $(TRAIN_MODELS_DIR)/ (TRAIN_MODELS_DIR=runs/models keeps the committed one)"
 	$(PY) -m training report --config configs/report.toml --models-dir $(TRAIN_MODELS_DIR)
+	$(PY) -m training policy --model $(TRAIN_MODELS_DIR)/student_pooled_5m.onnx --write-card
 
 bench: $(ALL_STAMP)
 	$(PY) -m bench $(ARGS)
