@@ -70,7 +70,12 @@ class Settings(BaseSettings):
 
     # market data
     backfill_bars: int = Field(
-        300, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
+        600,
+        ge=60,
+        le=5000,
+        description="closed candles fetched by REST at start and after gaps: the signal "
+        "horizon plus 300, so a restart after up to 300 missed candles publishes each of "
+        "them with the full horizon behind it (one request per symbol)",
     )
     signal_horizon_bars: int = Field(
         300,
