@@ -69,11 +69,13 @@ class Settings(BaseSettings):
     )
 
     # market data
-    # More than the horizon below: a restart publishes signals only for bars with the horizon
-    # behind them, so the warm-up must reach back past it to cover the downtime (1000 bars:
-    # one Bybit request, and 700 bars = 58 h of 5-minute downtime recovered with signals).
     backfill_bars: int = Field(
-        1000, ge=60, le=5000, description="closed candles fetched by REST at start and after gaps"
+        600,
+        ge=60,
+        le=5000,
+        description="closed candles fetched by REST at start and after gaps: the signal "
+        "horizon plus 300, so a restart after up to 300 missed candles publishes each of "
+        "them with the full horizon behind it (one request per symbol)",
     )
     signal_horizon_bars: int = Field(
         300,
