@@ -93,6 +93,12 @@ def _compose_variables() -> set[str]:
 DEMO_VARIABLES = {"APPRENTICE_REPLAY_PORT"}  # read by `make demo` (service/demo.py) only
 
 
+def _training_variables() -> set[str]:
+    """Variables the training runner reads from the environment (training/experiments)."""
+    text = (ROOT / "training" / "experiments" / "runner.py").read_text()
+    return set(re.findall(r'"(APPRENTICE_TRAIN_[A-Z_]+)"', text))
+
+
 @functools.cache
 def _app_routes() -> set[tuple[str, str]]:
     from service.http.app import create_app
@@ -273,6 +279,7 @@ def test_every_variable_the_readme_names_exists() -> None:
         | DEMO_VARIABLES
         | _compose_variables()
         | _make_variables()
+        | _training_variables()
         | {"COMPOSE_PROFILES"}  # the committed .env's one setting
     )
     named = set(
