@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -45,7 +46,6 @@ from service.http.schemas import (
 from service.http.signal_json import SignalBodies
 from service.model.card import ModelCard, ModelCardError
 from service.paper.account import PaperTrader
-from service.pipeline.scoring import BARS_TO_FIRST_SIGNAL
 from service.runtime import Runtime
 
 router = APIRouter()
@@ -75,7 +75,11 @@ def _whole_number(value: object) -> object:
     return value
 
 
-QueryInt = Annotated[int, BeforeValidator(_whole_number)]
+# Query integers in their bounds, written in digits. The bounds come before the digits check
+# so the published OpenAPI states them as minimum/maximum (after a BeforeValidator pydantic
+# would publish the raw ge/le, which no OpenAPI client reads).
+HistoryInt = Annotated[int, Ge(0), Le(500), BeforeValidator(_whole_number)]
+LimitInt = Annotated[int, Ge(1), Le(10_000), BeforeValidator(_whole_number)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -159,7 +163,7 @@ async def get_signal(symbol: Symbol, request: Request) -> Response:
         st = rt.pipeline.states[sym]
         raise HTTPException(
             503,
-            f"{sym} is warming up: {st.bars}/{BARS_TO_FIRST_SIGNAL} closed candles",
+            f"{sym} is warming up: {st.bars}/{st.needed} closed candles",
             headers={"Retry-After": str(rt.warm_retry_after_s(sym))},
         )
     bodies: SignalBodies = request.app.state.signal_bodies
@@ -170,15 +174,15 @@ async def get_signal(symbol: Symbol, request: Request) -> Response:
 @router.get("/signals", response_model=SignalsOut, summary="Every configured symbol's signal")
 async def get_signals(
     rt: RuntimeDep,
-    history: Annotated[QueryInt, Query(ge=0, le=500, description="probability points")] = 0,
+    history: Annotated[HistoryInt, Query(description="probability points")] = 0,
 ) -> SignalsOut:
     """Latest signals; symbols still warming up are listed with their progress."""
     signals, warming = [], []
     for sym in rt.settings.symbols:
         out = _signal_out(rt, sym)
         if out is None:
-            bars = rt.pipeline.states[sym].bars
-            warming.append(WarmingOut(symbol=sym, bars=bars, needed=BARS_TO_FIRST_SIGNAL))
+            st = rt.pipeline.states[sym]
+            warming.append(WarmingOut(symbol=sym, bars=st.bars, needed=st.needed))
         else:
             signals.append(out)
     hist = {s: rt.store.history(s, history) for s in rt.settings.symbols} if history else None
@@ -209,7 +213,7 @@ async def get_ready(rt: RuntimeDep) -> Any:
         signal = rt.store.latest(sym)
         symbols[sym] = SymbolReadiness(
             bars=st.bars,
-            needed=BARS_TO_FIRST_SIGNAL,
+            needed=st.needed,
             warm=st.warm,
             stale=None if signal is None else rt.is_stale(signal),
             age_seconds=None if signal is None else round(rt.age_s(signal.received_ns), 3),
@@ -264,7 +268,7 @@ async def get_paper(rt: RuntimeDep) -> PaperOut:
 @router.get("/paper/trades", response_model=TradesOut, responses={404: {"model": ErrorOut}})
 async def get_trades(
     rt: RuntimeDep,
-    limit: Annotated[QueryInt, Query(ge=1, le=10_000)] = 100,
+    limit: Annotated[LimitInt, Query()] = 100,
     symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
 ) -> Response:
     """The current account's fills from the journal, newest first; ``total`` counts the

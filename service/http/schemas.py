@@ -260,8 +260,13 @@ class ResetIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    initial_usdt: float | None = Field(None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False)
-    notional_usdt: float | None = Field(None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False)
+    # strict: JSON true is not 1 USDT (a number is; an integer is a number)
+    initial_usdt: float | None = Field(
+        None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False, strict=True
+    )
+    notional_usdt: float | None = Field(
+        None, ge=MIN_USDT, le=MAX_USDT, allow_inf_nan=False, strict=True
+    )
 
 
 def iso(epoch_s: float) -> str:

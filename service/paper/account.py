@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 MIN_USDT = 1.0
 MAX_USDT = 1e12
 MAX_BPS = 1_000.0
+# A journaled fill's notional, fee or realised PnL beyond this (a thousand times the largest
+# account) cannot come from this service: replay skips it, so the running sums stay finite.
+MAX_FILL_USDT = MAX_USDT * 1e3
 QUEUE_SIZE = 10_000  # signals waiting for the trader (backfill delivers a few hundred)
 SETTLE_S = 0.005  # wait after a signal before journaling: a burst of closes is scored first
 EQUITY_POINTS = 1000  # equity curve points kept in memory (the dashboard's chart)
@@ -477,8 +480,11 @@ def replay_fills(
     journaled equity curve (one point per candle), peak and marks (so the curve and drawdown
     continue unchanged).
 
-    A journaled fill that is not finite (written before fills were checked) is skipped and
-    logged, so an old poisoned journal cannot poison the account again."""
+    A journaled fill that is not finite (written before fills were checked), or whose
+    amounts no account of these terms can reach, is skipped and logged, and so is one that
+    would take the running sums (cash, fees, realised PnL, equity) out of the finite: each fill
+    alone can be finite while two of them sum to infinity (hand-edited fills of 1e308), so an
+    old or edited journal cannot poison the account again."""
     account = PaperAccount(terms, policy or PolicyConfig())
     for f in fills:
         if not _finite(f.qty, f.price, f.close, f.fee, f.realized_pnl, f.position_after):
@@ -486,9 +492,19 @@ def replay_fills(
                 "paper: journaled fill %s %d is not finite; skipped", f.symbol, f.candle_start
             )
             continue
+        if max(abs(f.qty * f.price), abs(f.fee), abs(f.realized_pnl)) > MAX_FILL_USDT:
+            log.error(
+                "paper: journaled fill %s %d is beyond any account's amounts; skipped",
+                f.symbol,
+                f.candle_start,
+            )
+            continue
         account.apply(f)
-        if not math.isfinite(account.equity):  # pragma: no cover - only an old journal
-            log.error("paper: journaled fill %s %d overflows equity", f.symbol, f.candle_start)
+        if not math.isfinite(account.equity):  # unreachable with the bound above; a guard
+            raise ValueError(
+                f"journaled fill {f.symbol} {f.candle_start} takes the account's equity out "
+                "of the finite"
+            )
     if curve is not None and curve.points:
         finite = [p for p in curve.points if math.isfinite(p.equity)]
         account.curve.clear()

@@ -141,6 +141,8 @@ def test_malformed_bodies_without_a_token_are_401_and_oversized_ones_413(
         {"initial_usdt": 0},
         {"initial_usdt": -1},
         {"notional_usdt": 1e13},
+        {"notional_usdt": True},  # JSON true is not 1 USDT
+        {"initial_usdt": False},
     ],
 )
 def test_paper_reset_terms_are_range_checked(serve: Callable[..., Any], terms: Any) -> None:
@@ -186,6 +188,15 @@ def test_the_openapi_schema_states_the_limits(serve: Callable[..., Any]) -> None
     assert '"maxLength": 128' in text and '"pattern"' in text
     reset = spec["components"]["schemas"]["ResetIn"]["properties"]["notional_usdt"]
     assert "1000000000000" in json.dumps(reset) or "1e+12" in json.dumps(reset)
+    # query bounds in OpenAPI's words (minimum/maximum), not pydantic's (ge/le)
+    params = {
+        p["name"]: p["schema"]
+        for path in ("/signals", "/paper/trades")
+        for p in spec["paths"][path]["get"]["parameters"]
+    }
+    assert params["history"]["minimum"] == 0 and params["history"]["maximum"] == 500
+    assert params["limit"]["minimum"] == 1 and params["limit"]["maximum"] == 10_000
+    assert not {"ge", "le"} & (set(params["history"]) | set(params["limit"]))
 
 
 def test_a_failing_journal_is_counted_and_shown_on_health_then_recovers(

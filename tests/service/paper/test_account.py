@@ -285,3 +285,35 @@ def test_round_trips_and_per_symbol_pnl_count_what_they_say() -> None:
     assert trip["net_pnl"] == pytest.approx(10 * (109.989 - 100.01) - fees)
     (pos,) = snap["positions"]
     assert pos["net_pnl"] == pytest.approx(trip["net_pnl"])  # per symbol, after fees
+
+
+async def test_replay_keeps_the_running_sums_finite_over_hand_edited_fills(
+    tmp_path: Path,
+) -> None:
+    """Issue 27 item 10: two journaled fills of 1e308 are each finite, their sum is not;
+    replay skips what no account of these terms can reach, so /paper's equity stays a number."""
+    j = Journal(tmp_path)
+    await j.call(j.open)
+    try:
+        terms = await j.call(j.current_account, 10_000.0, 1_000.0, 5.5, 1.0)
+        trader = PaperTrader(j, PaperAccount(terms), Metrics())
+        await trader.on_signal(sig("BTCUSDT", 300_000, 100.0, "long"))
+        await trader.on_signal(sig("BTCUSDT", 600_000, 101.0, "short"))
+        await trader.on_signal(sig("BTCUSDT", 900_000, 102.0, "long"))
+        honest = replay_fills(terms, await j.call(j.fills, terms.epoch))
+        assert honest.trades == 3
+    finally:
+        j.close()
+    with sqlite3.connect(j.path) as db:  # an operator's hand edit
+        db.execute("UPDATE fills SET realized_pnl = 1e308 WHERE candle_start IN (600000, 900000)")
+    j = Journal(tmp_path)
+    await j.call(j.open)
+    try:
+        fills = await j.call(j.fills, terms.epoch)
+    finally:
+        j.close()
+    assert sum(1 for f in fills if f.realized_pnl == 1e308) == 2
+    restored = replay_fills(terms, fills)
+    snap = restored.snapshot()
+    assert restored.trades == 1  # the edited fills are skipped, the honest one kept
+    assert snap["equity"] is not None and abs(snap["equity"]) < 1e6
