@@ -264,11 +264,11 @@ class Settings(BaseSettings):
     def _check_thresholds(self) -> Settings:
         if self.short_threshold > self.long_threshold:
             raise ValueError("APPRENTICE_SHORT_THRESHOLD must not exceed APPRENTICE_LONG_THRESHOLD")
-        if self.backfill_bars <= self.signal_horizon_bars:
+        if self.backfill_bars < self.signal_horizon_bars:
             raise ValueError(
-                "APPRENTICE_BACKFILL_BARS must exceed APPRENTICE_SIGNAL_HORIZON_BARS: the "
-                "candles missed while the service was down get signals only from the warm-up "
-                "bars past the horizon"
+                "APPRENTICE_BACKFILL_BARS must be at least APPRENTICE_SIGNAL_HORIZON_BARS: "
+                "signals come only from bars with the horizon behind them, and the candles "
+                "missed while the service was down get them only from the warm-up bars past it"
             )
         return self
 

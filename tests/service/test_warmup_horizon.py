@@ -35,7 +35,7 @@ def pipeline(predictor: Predictor, horizon: int, observed: list[Any]) -> Pipelin
         metrics=Metrics(CollectorRegistry()),
         long_threshold=0.55,
         short_threshold=0.45,
-        observer=lambda ev, vec, signal: observed.append(signal),
+        observer=lambda batch: observed.extend(signal for _ev, _vec, signal in batch),
         horizon_bars=horizon,
     )
 

@@ -65,6 +65,9 @@ async def test_shadow_refuse_restart_promote_rollback(
             APPRENTICE_MODEL=str(champion),
             APPRENTICE_ADMIN_TOKEN=TOKEN,
             APPRENTICE_PROMOTE_MIN_SCORED=str(MIN_SCORED),
+            # the committed card's default is flat (nothing beat it on validation): trade the
+            # direction rule so "the challenger never trades" has fills to check
+            APPRENTICE_POLICY="direction",
         )
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=10, headers=AUTH) as http:
 
