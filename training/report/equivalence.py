@@ -112,7 +112,7 @@ def _per_alt_mean_equivalence(
     """TOST on the mean over alts of each alt's ΔAUC: AUC within each alt, so one alt's
     base rate never ranks against another's. Implemented by scoring every alt's rows as
     their own 'model' under the shared block resamples (blocks are alt-specific)."""
-    from training.scoring.stats import boot_samples
+    from training.scoring.stats import boot_samples, tost
 
     diffs, boots = [], []
     for k in np.unique(alt):
@@ -130,31 +130,7 @@ def _per_alt_mean_equivalence(
         boots.append(boot)
     obs = float(np.mean(diffs))
     boot = np.mean(boots, axis=0)  # (B,) independent alts: resampled independently
-    return _tost(obs, boot, margin, int(np.unique(blocks).size), n_boot)
-
-
-def _tost(obs: float, boot: np.ndarray, margin: float, n_blocks: int, n_boot: int) -> Equivalence:
-    import math
-
-    lo90, hi90 = (float(v) for v in np.percentile(boot, [5, 95]))
-    lo95, hi95 = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-    sd = float(np.std(boot, ddof=1))
-    if sd > 0:
-        p = max(
-            0.5 * math.erfc((obs + margin) / sd / math.sqrt(2.0)),
-            0.5 * math.erfc((margin - obs) / sd / math.sqrt(2.0)),
-        )
-    else:
-        p = 0.0 if abs(obs) < margin else 1.0
-    if -margin < lo90 and hi90 < margin:
-        verdict = "equivalent"
-    elif lo95 > 0:
-        verdict = "better"
-    elif hi95 < 0:
-        verdict = "worse"
-    else:
-        verdict = "inconclusive"
-    return Equivalence(obs, (lo90, hi90), (lo95, hi95), margin, p, verdict, n_blocks, n_boot)
+    return tost(obs, boot, margin, int(np.unique(blocks).size))
 
 
 def render(ft: dict[str, Any]) -> str:

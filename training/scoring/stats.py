@@ -394,6 +394,16 @@ def equivalence(
 ) -> Equivalence:
     """Hierarchical (days × seeds) bootstrap TOST of ΔAUC = A − B against ±margin."""
     obs, boot, n_blocks = boot_samples(y, runs_a, runs_b, blocks, "auc", n_boot, seed)
+    return tost(obs, boot, margin, n_blocks, alpha)
+
+
+def tost(
+    obs: float, boot: NDArray[np.float64], margin: float, n_blocks: int, alpha: float = 0.05
+) -> Equivalence:
+    """Two one-sided tests of an observed difference ``obs`` against ±margin from its
+    (n_boot,) bootstrap resamples ``boot``: equivalent when the 1 − 2α interval lies inside
+    the margin; better / worse when the 95 % interval excludes 0; else inconclusive."""
+    n_boot = int(boot.size)
     lo90, hi90 = (float(v) for v in np.percentile(boot, [100 * alpha, 100 * (1 - alpha)]))
     lo95, hi95 = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     sd = float(np.std(boot, ddof=1)) if boot.size > 1 else 0.0
