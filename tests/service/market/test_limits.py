@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 
 import orjson
 import pytest
@@ -45,7 +46,7 @@ def test_every_topic_lands_once_in_a_group_within_the_budget(
     assert [t for g in groups for t in g] == ts  # each once, in order
     assert all(g and args_chars(g) <= ARGS_BUDGET_CHARS < ARGS_LIMIT_CHARS for g in groups)
     # greedy: a group is closed only because the next topic would not fit
-    for g, nxt in zip(groups, groups[1:], strict=False):
+    for g, nxt in itertools.pairwise(groups):
         assert args_chars([*g, nxt[0]]) > ARGS_BUDGET_CHARS
 
 
