@@ -84,6 +84,7 @@ REJECT_REASONS = (
     "out_of_order",
     "duplicate",
     "queue_overflow",
+    "frame_overflow",  # a connection's frame queue was full: the frame dropped, REST repairs
     "subscribe_rejected",
 )
 # Why a batch with live candles was scored (apprentice_bursts_total{scored}): every expected

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from service.market.feed import KlineFeed
 from service.market.klines import KlineEvent, interval_ms
+from service.market.limits import rest_limiter
 from service.market.rest import RestKlines
 from service.metrics import Metrics
 from service.model.predictor import ModelSlot, Predictor
@@ -72,7 +73,8 @@ def bybit_feed(
         symbols=list(settings.symbols),
         interval=settings.interval,
         ws_url=settings.ws_url,
-        rest=RestKlines(settings.rest_url),
+        # one bucket for every REST request of the process (lanes and clock probes)
+        rest=RestKlines(settings.rest_url, limiter=rest_limiter(settings.rest_per_5s)),
         out=queue,
         metrics=metrics,
         backfill_bars=settings.backfill_bars,

@@ -20,18 +20,19 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from service.market.bybit import short
 from service.market.klines import VALID_INTERVALS
+from service.market.limits import DEFAULT_REST_PER_WINDOW, REST_LIMIT_PER_WINDOW
 
 MAINNET_WS = "wss://stream.bybit.com/v5/public/linear"
 MAINNET_REST = "https://api.bybit.com"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "student_pooled_5m.onnx"
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
 _HOST = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")  # a host name, IPv4 or IPv6 address
-# Measured with the replay exchange (README, "What it survives"; one bundled file under many
-# names, a candle a second, 2 shared cores; soak --clones N): 100 symbols stayed exact with
-# a close-to-delivery lag median of 10 ms (p99 26 ms, max 0.34 s over runs); 300 tripped the
-# watchdog twice and lagged 2.6 s at p99. Each symbol is also one topic, one REST warm-up
-# request and one lane at start.
-MAX_SYMBOLS = 100
+# DESIGN section 13: 500 symbols per process, and 1000 keep up (issue 30). Past ~800
+# five-minute topics the feed opens a second websocket (Bybit's 21,000-character args limit
+# per connection, service.market.limits); each symbol is one REST warm-up request, under the
+# process's REST bucket (APPRENTICE_REST_PER_5S: 1000 symbols warm up in ~15 s at 400).
+# More: shard the symbol list over several services.
+MAX_SYMBOLS = 1000
 MIN_TOKEN = 12  # characters: "a" or " " is not a secret
 MAX_URL = 2048
 MAX_PATH = 1024  # characters; each part at most 255 (what file systems take)
@@ -84,6 +85,13 @@ class Settings(BaseSettings):
         description="closed candles of history before a symbol's first signal is published: "
         "RSI has infinite memory and features match the full history's only after ~300 "
         "(fewer than a full window, 79, means 79)",
+    )
+    rest_per_5s: int = Field(
+        DEFAULT_REST_PER_WINDOW,
+        ge=10,
+        le=REST_LIMIT_PER_WINDOW - 50,
+        description=f"REST requests in any 5 s at most, every symbol together (Bybit bans an "
+        f"IP past {REST_LIMIT_PER_WINDOW} for 10 minutes; 10 to {REST_LIMIT_PER_WINDOW - 50})",
     )
     queue_size: int = Field(4096, ge=16, le=1_000_000, description="feed -> pipeline queue length")
     ping_interval_s: float = Field(

@@ -17,6 +17,12 @@ Every answer is classified once, here (:func:`classify`):
 - anything else (an HTML page, an envelope of the wrong shape, an oversized body, another
   ``retCode``) → a :class:`RestError` that is not retried inside the call.
 No answer, however malformed, raises anything but a :class:`RestError`.
+
+Rate: Bybit bans an IP that sends more than 600 requests in 5 s (HTTP 403, 10 minutes). With
+a ``limiter`` (the service's: :func:`service.market.limits.rest_limiter`, one per process,
+shared by every symbol's lane and clock probe) each attempt, retries included, first takes a
+token; requests of different symbols still run at the same time, none waits for another's
+answer, only for the bucket.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import orjson
 from service.market import http_get
 from service.market.bybit import MAINNET_REST_URL, short
 from service.market.klines import Kline, interval_ms
+from service.market.limits import TokenBucket
 from service.market.log_limit import LogLimit
 
 log = logging.getLogger(__name__)
@@ -269,8 +276,10 @@ class RestKlines:
         on_reject: Callable[[str], None] | None = None,
         max_body: int = http_get.MAX_BODY,
         max_inflated: int = http_get.MAX_INFLATED,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.limiter = limiter  # None: no client-side cap (scripts, tests); see module doc
         # called with the reason of each refused row (the feed counts it as a rejected kline)
         self.on_reject = on_reject
         self.server_time: int | None = None  # the newest exchange ``time`` seen on REST
@@ -287,6 +296,8 @@ class RestKlines:
     async def _call(self, params: dict[str, Any]) -> dict[str, Any]:
         """One request, its answer classified (module docstring)."""
         what = f"{params.get('symbol')} interval {params.get('interval')}"
+        if self.limiter is not None:
+            await self.limiter.wait()  # below Bybit's per-IP limit (module docstring)
         self.requests_made += 1
         try:
             resp = await http_get.get(

@@ -135,6 +135,8 @@ def test_start_up_checks_never_print_a_token_pasted_into_a_path_or_host(
         ("rest_url", "ftp://api.bybit.com"),
         ("ping_interval_s", "1e-9"),
         ("http_header_timeout_s", "1e-300"),
+        ("rest_per_5s", "600"),  # Bybit's own limit: a ban at the first burst
+        ("rest_per_5s", "0"),
         ("admin_token", "a"),
         ("admin_token", " "),
         ("admin_token", "twelve chars with spaces"),
