@@ -248,6 +248,11 @@ class Runtime:
             done, _ = await asyncio.wait({task}, timeout=timeout_s)
             if not done:
                 log.warning("%s task did not stop within %.1fs", name, timeout_s)
+        if self.trader is not None and self.journal is not None:
+            try:  # the points of a burst the trader was booking when it was cancelled
+                await self.trader.flush_points()
+            except Exception as exc:  # a failing disk at shutdown costs curve points only
+                log.warning("paper: equity points not journaled at shutdown: %s", exc)
         task = self.tasks.get("signal-journal")
         if task is not None:
             task.cancel()

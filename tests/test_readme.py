@@ -96,7 +96,7 @@ DEMO_VARIABLES = {"APPRENTICE_REPLAY_PORT"}  # read by `make demo` (service/demo
 def _training_variables() -> set[str]:
     """Variables the training runner reads from the environment (training/experiments)."""
     text = (ROOT / "training" / "experiments" / "runner.py").read_text()
-    return set(re.findall(r'"(APPRENTICE_TRAIN_[A-Z_]+)"', text))
+    return set(re.findall(r'"(APPRENTICE_TRAIN_[A-Z0-9_]+)"', text))
 
 
 @functools.cache
@@ -283,7 +283,7 @@ def test_every_variable_the_readme_names_exists() -> None:
         | {"COMPOSE_PROFILES"}  # the committed .env's one setting
     )
     named = set(
-        re.findall(r"\b(?:APPRENTICE|GF|TORCH|TRAIN|REPLAY|PROMETHEUS|GRAFANA)_[A-Z_]+", README)
+        re.findall(r"\b(?:APPRENTICE|GF|TORCH|TRAIN|REPLAY|PROMETHEUS|GRAFANA)_[A-Z0-9_]+", README)
     )
     assert named - known == set(), f"the README names variables nothing reads: {named - known}"
     for var in ("APPRENTICE_PORT", "APPRENTICE_LOG_LEVEL", "APPRENTICE_BIND", "TORCH_INDEX_URL"):

@@ -556,6 +556,10 @@ class PaperTrader:
         self.errors = 0
         self.failing: str | None = None  # why a signal was not booked since the last fill
         self.failures = 0  # signals not booked since the last booked fill
+        # equity points booked but not yet journaled, with their account's epoch: a burst's
+        # points go in one transaction (one fsync), not one each (measured: at 500 symbols
+        # the per-point commits were a quarter of the service's CPU in bench.scale)
+        self._points: list[tuple[int, EquityPoint]] = []
         self.update_gauges()
 
     def offer(self, signal: Signal) -> None:
@@ -585,11 +589,18 @@ class PaperTrader:
                 if self.queue.empty():
                     break
                 signal = self.queue.get_nowait()
+            async with self.lock:  # the queue is drained: the burst's points, committed once
+                try:
+                    await self.flush_points()
+                except Exception as exc:
+                    self.errors += 1
+                    self.metrics.paper_errors.labels("journal").inc()
+                    self._failed("journal", f"equity points not journaled: {exc}", exc)
 
     async def _trade(self, signal: Signal) -> None:
         async with self.lock:
             try:
-                fill = await self.on_signal(signal)
+                fill = await self._book(signal)
             except Exception as exc:
                 self.errors += 1
                 reason = exc.reason if isinstance(exc, PaperError) else "journal"
@@ -624,8 +635,23 @@ class PaperTrader:
         ]
 
     async def on_signal(self, signal: Signal) -> Fill | None:
-        """Mark, plan, journal, then book (O(1) in the number of symbols). Returns the
-        booked fill, if any."""
+        """Mark, plan, journal, then book (O(1) in the number of symbols), its equity point
+        committed before it returns. Returns the booked fill, if any."""
+        fill = await self._book(signal)
+        await self.flush_points()
+        return fill
+
+    async def flush_points(self) -> None:
+        """Journal the equity points booked since the last flush, in one transaction. A
+        failure loses those points of the curve (logged by the caller), never a fill."""
+        if not self._points:
+            return
+        points, self._points = self._points, []
+        await self.journal.call(self.journal.insert_points, points)
+
+    async def _book(self, signal: Signal) -> Fill | None:
+        """:meth:`on_signal` without the flush: the fill is committed before it is booked,
+        the equity point is queued for :meth:`flush_points`."""
         account = self.account
         fill = account.on_close(signal, int(time.time() * 1000))
         if fill is not None:
@@ -640,7 +666,7 @@ class PaperTrader:
         account.book(signal, fill)
         if signal.live:
             point = EquityPoint(signal.symbol, signal.candle_start, signal.close, account.equity)
-            await self.journal.call(self.journal.insert_point, account.terms.epoch, point)
+            self._points.append((account.terms.epoch, point))
         self.update_gauges(signal.symbol)
         return fill
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
@@ -348,13 +348,16 @@ class Journal:
             args.append(limit)
         return [Fill(*row) for row in self.db.execute(sql, args)]
 
-    def insert_point(self, epoch: int, point: EquityPoint) -> None:
-        """Journal one equity point (autocommit): the curve survives a restart."""
-        self.db.execute(
-            "INSERT INTO equity_points (epoch, symbol, candle_start, close, equity) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (epoch, point.symbol, point.candle_start, point.close, point.equity),
-        )
+    def insert_points(self, points: Sequence[tuple[int, EquityPoint]]) -> None:
+        """Journal (epoch, equity point) pairs in one transaction: the curve survives a
+        restart, at one commit per burst of candles."""
+        with self.db:  # BEGIN ... COMMIT (the connection autocommits otherwise)
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO equity_points (epoch, symbol, candle_start, close, equity) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(e, p.symbol, p.candle_start, p.close, p.equity) for e, p in points],
+            )
 
     def curve_state(self, epoch: int, limit: int) -> CurveState:
         """The newest ``limit`` points of an account, its peak and its symbols' last closes."""

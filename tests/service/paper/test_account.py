@@ -317,3 +317,38 @@ async def test_replay_keeps_the_running_sums_finite_over_hand_edited_fills(
     snap = restored.snapshot()
     assert restored.trades == 1  # the edited fills are skipped, the honest one kept
     assert snap["equity"] is not None and abs(snap["equity"]) < 1e6
+
+
+async def test_a_burst_of_equity_points_is_one_transaction(tmp_path: Path) -> None:
+    """Issue 30 item 1 (journals commit per burst): 200 symbols' live signals queued
+    together cost the trader one equity-point transaction, not 200 autocommits (each an
+    fsync under synchronous=FULL), and every point is in the journal after it."""
+    j = Journal(tmp_path)
+    await j.call(j.open)
+    terms = await j.call(j.current_account, 1e9, 1_000.0, 5.5, 1.0)
+    trader = PaperTrader(j, PaperAccount(terms), Metrics(), settle_s=0.0)
+    writes: list[int] = []
+    original = j.insert_points
+
+    def counting(points: list[tuple[int, object]]) -> None:
+        writes.append(len(points))
+        original(points)  # type: ignore[arg-type]
+
+    j.insert_points = counting  # type: ignore[method-assign]
+    symbols = [f"S{i:03d}USDT" for i in range(200)]
+    for s in symbols:
+        trader.offer(sig(s, 300_000, 100.0, "long"))
+    task = asyncio.create_task(trader.run())
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if sum(writes) == len(symbols):
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert writes == [len(symbols)]
+    db = sqlite3.connect(tmp_path / "paper.sqlite3")
+    (n,) = db.execute("SELECT COUNT(*) FROM equity_points").fetchone()
+    db.close()
+    assert n == len(symbols)
+    await j.aclose()
