@@ -49,6 +49,7 @@ class ScalePoint:
     reconnects: float = 0.0
     dropped: float = 0.0
     rejected: float = 0.0
+    rejected_by: dict[str, float] = field(default_factory=dict)  # reason -> count
     profile: str = ""
     paper: bool = True
     shards: int = 1
@@ -198,6 +199,11 @@ def measure(
             point.reconnects += outside.sample(now, "apprentice_ws_reconnects_total")
             point.dropped += outside.sample(now, "apprentice_paper_errors_total")
             point.rejected += outside.sample(now, "apprentice_klines_rejected_total")
+            for reason, count in outside.by_label(
+                now, "apprentice_klines_rejected_total", "reason"
+            ):
+                if count:
+                    point.rejected_by[reason] = point.rejected_by.get(reason, 0.0) + count
         point.rows_per_batch = rows / calls if calls else math.nan
         point.burst_complete_p99_ms = 1000.0 * histogram_quantile(0.99, sorted(steady.items()))
         point.spread_p50_ms = 1000.0 * histogram_quantile(0.5, sorted(spread.items()))

@@ -98,6 +98,16 @@ def sample(text: str, name: str, label: str = "") -> float:
     return total
 
 
+def by_label(text: str, name: str, label: str) -> list[tuple[str, float]]:
+    """``name``'s samples as (value of ``label``, sample), e.g. rejected klines by reason."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'{label}="' in line:
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out.append((value, float(line.rsplit(" ", 1)[1])))
+    return out
+
+
 def buckets(text: str, name: str) -> list[tuple[float, float]]:
     out = []
     for line in text.splitlines():

@@ -204,6 +204,18 @@ def _write(sec: Section, points: Sequence[ScalePoint], profile_lines: Sequence[s
         ),
         rows,
     )
+    refused = [
+        f"{_label(p)}: " + ", ".join(f"{r} {n:.0f}" for r, n in sorted(p.rejected_by.items()))
+        for p in points
+        if p.rejected_by
+    ]
+    if refused:
+        sec.add(
+            "Refused klines by reason (`apprentice_klines_rejected_total`): "
+            + "; ".join(refused)
+            + ".",
+            "",
+        )
     by_n = {p.n: p for p in points if p.paper and p.shards == 1}
     one, big = by_n.get(1), by_n.get(500) or (points[-1] if points else None)
     if one is not None and big is not None and big.n != 1:
