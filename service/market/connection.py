@@ -110,8 +110,8 @@ class ConnectionOptions:
     open_timeout_s: float
     recycle_after_s: float | None
     refused_retry_s: float
-    queue_frames: int = FRAME_QUEUE_FRAMES
-    queue_bytes: int = FRAME_QUEUE_BYTES
+    queue_frames: int
+    queue_bytes: int
 
 
 _Item = tuple[str | bytes, int] | None  # (frame, arrival ns); None: the reader has ended

@@ -55,7 +55,6 @@ every earlier event is done, and order is kept. REST fills always go through the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import math
@@ -65,7 +64,12 @@ from typing import Any
 
 from service.market.backfill import Lane
 from service.market.bybit import KlineFrame, kline_topic
-from service.market.connection import ConnectionOptions, FeedConnection
+from service.market.connection import (
+    FRAME_QUEUE_BYTES,
+    FRAME_QUEUE_FRAMES,
+    ConnectionOptions,
+    FeedConnection,
+)
 from service.market.klines import KlineEvent, interval_ms
 from service.market.limits import ARGS_BUDGET_CHARS, TokenBucket, connect_limiter, plan_connections
 from service.market.log_limit import LogLimit
@@ -111,8 +115,8 @@ class KlineFeed:
         refused_retry_s: float = 600.0,
         args_budget_chars: int = ARGS_BUDGET_CHARS,
         connect_gate: TokenBucket | None = None,
-        frame_queue_frames: int | None = None,
-        frame_queue_bytes: int | None = None,
+        frame_queue_frames: int = FRAME_QUEUE_FRAMES,
+        frame_queue_bytes: int = FRAME_QUEUE_BYTES,
     ) -> None:
         self.symbols = list(symbols)
         self.interval = interval
@@ -139,7 +143,7 @@ class KlineFeed:
         )
         history = backfill_bars or 1000  # what the service keeps: no fill asks for more
         if rest.on_reject is None:
-            rest.on_reject = self._reject  # refused REST rows count like refused frames
+            rest.on_reject = self.reject  # refused REST rows count like refused frames
         self.lanes = {
             s: Lane(
                 CandleSequencer(
@@ -184,11 +188,9 @@ class KlineFeed:
             open_timeout_s=open_timeout_s,
             recycle_after_s=recycle_after_s,
             refused_retry_s=refused_retry_s,
+            queue_frames=frame_queue_frames,
+            queue_bytes=frame_queue_bytes,
         )
-        if frame_queue_frames is not None:
-            options = dataclasses.replace(options, queue_frames=frame_queue_frames)
-        if frame_queue_bytes is not None:
-            options = dataclasses.replace(options, queue_bytes=frame_queue_bytes)
         first_backoff = backoff or Backoff()
         self.backoff = first_backoff  # the first connection's (each has its own)
         groups = plan_connections(list(self.topics), args_budget_chars)
@@ -306,14 +308,10 @@ class KlineFeed:
         """Add ``n`` to the counter ``key`` of :meth:`snapshot`."""
         self.stats[key] = self.stats.get(key, 0) + n
 
-    _count = count
-
     def reject(self, reason: str) -> None:
         """A frame or kline refused: counted, by reason."""
-        self._count(f"rejected_{reason}")
+        self.count(f"rejected_{reason}")
         self.metrics.klines_rejected.labels(reason).inc()
-
-    _reject = reject
 
     def connection_changed(self) -> None:
         """A connection opened or closed: the feed is connected while all of them are."""
@@ -323,7 +321,7 @@ class KlineFeed:
     def topic_refused(self, topic: str) -> None:
         """The exchange refused ``topic`` for good: before start-up, if no topic is left on
         any connection, the configuration is wrong (:class:`ConfigError`)."""
-        self._count("rejected_topics")
+        self.count("rejected_topics")
         self.metrics.klines_rejected.labels("subscribe_rejected").inc()
         symbol = self.topics.get(topic)
         if symbol is not None:
@@ -347,7 +345,7 @@ class KlineFeed:
         sequencer; True if it carried data for a subscribed topic."""
         symbol = self.topics.get(frame.topic)
         if symbol is None:
-            self._reject("unknown_topic")
+            self.reject("unknown_topic")
             return False
         seq = self._seq[symbol]
         d = seq.on_frame(frame.ts, frame.klines, received_ns)
@@ -370,7 +368,7 @@ class KlineFeed:
                     soonest = min(soonest, other.due_from())
             self._next_due = soonest
         if d.fetch is not None and d.fetch.latest == 0 and not d.deliver:
-            self._count("gaps" if seq.held else "late_fills")
+            self.count("gaps" if seq.held else "late_fills")
         await self._apply(seq, d)
         for k in frame.klines:
             self._m_klines[symbol, k.confirm].inc()  # counted after the hand-off
@@ -380,7 +378,7 @@ class KlineFeed:
         """Carry out a sequencer's decision: closed candles on (in order), interim updates
         offered, refusals counted, a fetch to the symbol's lane, a clock probe started."""
         for reason in d.refused:
-            self._reject(reason)
+            self.reject(reason)
         for event in d.deliver:
             await self._deliver(event)
         for event in d.interim:
@@ -397,7 +395,7 @@ class KlineFeed:
         if event.source == "rest":
             await self.out.put(event)
             return
-        self._count("closed_ws")
+        self.count("closed_ws")
         if self.direct is not None and self.out.empty():
             self.direct(event)  # nothing queued ahead of it: score it now (module docstring)
             return
@@ -432,4 +430,4 @@ class KlineFeed:
         try:
             self.out.put_nowait(event)
         except asyncio.QueueFull:
-            self._reject("queue_overflow")
+            self.reject("queue_overflow")

@@ -593,24 +593,26 @@ class PaperTrader:
                 try:
                     await self.flush_points()
                 except Exception as exc:
-                    self.errors += 1
-                    self.metrics.paper_errors.labels("journal").inc()
-                    self._failed("journal", f"equity points not journaled: {exc}", exc)
+                    self._error("journal", f"equity points not journaled: {exc}", exc)
 
     async def _trade(self, signal: Signal) -> None:
         async with self.lock:
             try:
                 fill = await self._book(signal)
             except Exception as exc:
-                self.errors += 1
                 reason = exc.reason if isinstance(exc, PaperError) else "journal"
-                self.metrics.paper_errors.labels(reason).inc()
                 what = f"signal {signal.symbol} {signal.candle_start} not traded"
-                self._failed(reason, f"{what}: {type(exc).__name__}: {exc}", exc)
+                self._error(reason, f"{what}: {type(exc).__name__}: {exc}", exc)
             else:  # a booked fill proves the account works again (a hold proves nothing)
                 if fill is not None and self.failing is not None:
                     log.info("paper: trading again after %d failed signals", self.failures)
                     self.failing, self.failures = None, 0
+
+    def _error(self, reason: str, message: str, exc: BaseException) -> None:
+        """A booking or journal write that raised: counted, then as :meth:`_failed`."""
+        self.errors += 1
+        self.metrics.paper_errors.labels(reason).inc()
+        self._failed(reason, message, exc)
 
     def _failed(self, reason: str, message: str, exc: BaseException | None = None) -> None:
         """One signal not booked: the first since the last fill is logged in full, then one
